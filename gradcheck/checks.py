@@ -1,0 +1,285 @@
+"""Pure checks: ``FlowReport -> Finding``. No torch here, so a saved report.json can be re-judged
+anywhere. Messages follow pytest's ``approx`` style: what failed, how many of how many, the worst
+value against the threshold, where, and one hint."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from .records import PATH_KINDS, Finding, FlowReport, ProbeStats
+
+
+def fmt(x: float | None) -> str:
+    """A compact number: 1.2e-03 style, or 'none'."""
+    if x is None:
+        return "none"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return f"{x:.2e}"
+
+
+def ranges(steps: Iterable[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0..2, 5, 7..8'."""
+    s = sorted(set(steps))
+    out, i = [], 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
+            j += 1
+        out.append(str(s[i]) if i == j else f"{s[i]}..{s[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _carries(p: ProbeStats) -> bool:
+    return p.reached and (p.max_abs or 0.0) > 0.0
+
+
+def step_picture(report: FlowReport) -> str:
+    """'steps 2..4 carry gradient (|g| 1.2e-03..4.5e-02); steps 0..1 receive none'."""
+    path = [p for p in report.of_kind(*PATH_KINDS) if p.step is not None]
+    if not path:
+        return "no per-step probes recorded (instrument the denoiser to get them)"
+    steps = sorted({p.step for p in path})
+    good = [s for s in steps if all(_carries(p) for p in path if p.step == s)]
+    parts = []
+    if good:
+        norms = [p.norm for p in path if p.step in good and p.norm is not None]
+        parts.append(f"steps {ranges(good)} carry gradient (|g| {fmt(min(norms))}..{fmt(max(norms))})")
+    bad = [s for s in steps if s not in good]
+    if bad:
+        parts.append(f"steps {ranges(bad)} receive none or only part")
+    return "; ".join(parts)
+
+
+def break_between(report: FlowReport) -> str | None:
+    """Where, between two probes in forward order, the gradient stops (None when it does not)."""
+    path = sorted((p for p in report.probes if p.kind not in ("loss",)), key=lambda p: p.order)
+    for k in range(len(path) - 1, -1, -1):
+        if not _carries(path[k]) and path[k].kind != "step_noise":
+            after = next((q for q in path[k + 1:] if _carries(q)), None)
+            if after is None:
+                return None
+            return f"between {path[k].name} ({_where(path[k])}) and {after.name} ({_where(after)})"
+    return None
+
+
+def _where(p: ProbeStats) -> str:
+    return f"step {p.step}" if p.step is not None else p.kind
+
+
+def output_requires_grad(r: FlowReport) -> Finding:
+    ok = r.output_requires_grad
+    return Finding(
+        "output_requires_grad", ok, value=ok, threshold=True,
+        message="sampler output requires grad" if ok else
+        "sampler output does not require grad: the sampler ran without autograd. "
+        "hint: look for @torch.no_grad() / torch.inference_mode() on the sampler or pipeline entry "
+        "point, or a .detach() on its result",
+    )
+
+
+def grad_reaches_output(r: FlowReport) -> Finding:
+    out = next((p for p in r.probes if p.kind == "output"), None)
+    if not r.loss_requires_grad:
+        return Finding("grad_reaches_output", False, value=None, threshold="reached",
+                       message="the loss does not require grad, so no gradient can reach the "
+                       "output. hint: the loss (or the output) was computed without autograd")
+    ok = out is not None and out.reached and not out.nonfinite
+    msg = (f"gradient reaches the output (|g| {fmt(out.norm)})" if ok else
+           f"gradient does not reach the output ({out.status if out else 'not probed'})")
+    return Finding("grad_reaches_output", ok, value=out.norm if out else None,
+                   threshold="reached, finite", message=msg)
+
+
+def loss_not_stationary(r: FlowReport) -> Finding:
+    v = r.output_grad_max_abs
+    if v is None:
+        return Finding("loss_not_stationary", True, level="info", value=None, threshold="> 0",
+                       message="no gradient at the output to judge stationarity by")
+    ok = v > 0.0
+    msg = (f"dL/d(output) is non-zero (max |g| {fmt(v)})" if ok else
+           f"dL/d(output) is exactly zero (loss {fmt(r.loss)}): the loss sits at a stationary "
+           f"point, so dL/dz0 is zero and an optimizer cannot move. hint: a baseline or target "
+           f"made from the same z0 equals the output; draw the baseline from different noise "
+           f"or start from a small perturbation of z0")
+    return Finding("loss_not_stationary", ok, value=v, threshold="> 0", message=msg)
+
+
+def grad_reaches_every_step(r: FlowReport) -> Finding:
+    path = r.of_kind(*PATH_KINDS)
+    if not path:
+        return Finding("grad_reaches_every_step", True, level="info", value=0, threshold="all",
+                       message="no per-step probes recorded; wrap the denoiser with "
+                       "gradcheck.instrument() to see the gradient at every call")
+    missing = [p for p in path if not p.reached]
+    ok = not missing
+    if ok:
+        msg = f"gradient reaches all {len(path)} step probes; {step_picture(r)}"
+    else:
+        names = ", ".join(p.name for p in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        where = break_between(r)
+        msg = (f"gradient misses {len(missing)} of {len(path)} step probes: {names}"
+               f" (steps {ranges(p.step for p in missing if p.step is not None)}); "
+               f"{step_picture(r)}" + (f"; it stops {where}" if where else ""))
+    return Finding("grad_reaches_every_step", ok, value=len(path) - len(missing),
+                   threshold=len(path), message=msg,
+                   step=max((p.step for p in missing if p.step is not None), default=None))
+
+
+def grad_reaches_z0(r: FlowReport) -> Finding:
+    z = next((p for p in r.probes if p.kind == "z0"), None)
+    if z is None:
+        return Finding("grad_reaches_z0", False, value=None, threshold="reached",
+                       message="z0 was not probed")
+    st = z.status
+    if st == "ok":
+        return Finding("grad_reaches_z0", True, value=z.norm, threshold="> 0, finite",
+                       message=f"gradient reaches z0: |dL/dz0| {fmt(z.norm)}, "
+                       f"mean |g| {fmt(z.mean_abs)}")
+    where = break_between(r)
+    if st in ("unreached", "not_in_graph"):
+        head = "gradient does not reach z0 (z0.grad would be None)"
+    elif st == "zero":
+        head = "gradient reaches z0 but is exactly zero everywhere"
+    else:
+        head = f"gradient at z0 has {z.nonfinite} non-finite value(s)"
+    msg = f"{head}; {step_picture(r)}" + (f"; it stops {where}" if where else "")
+    if st in ("unreached", "not_in_graph", "zero"):
+        msg += ". hint: look for .detach(), torch.no_grad(), .item() or a uint8 round trip there"
+    return Finding("grad_reaches_z0", False, value=z.norm, threshold="> 0, finite", message=msg)
+
+
+def step_noise(r: FlowReport) -> Finding:
+    expect = r.expect.get("step_noise", "none")
+    eps = r.of_kind("step_noise")
+    name = "step_noise"
+    if expect == "none":
+        if not eps:
+            return Finding(name, True, level="info", value=0, threshold=None,
+                           message="no step noise injected (mode default)")
+        dis = [p for p in eps if not p.connected_to_z0]
+        return Finding(name, True, level="info", value=len(eps), threshold=None,
+                       message=f"{len(eps)} step noise(s) injected, {len(dis)} not connected to z0")
+    if not eps:
+        return Finding(name, False, value=0, threshold=">= 1",
+                       message=f"mode {r.mode} expects step noise but the sampler injected none. "
+                       f"hint: churn is off (S_churn = 0, S_noise = 0, or sigma outside "
+                       f"(S_min, S_max)); no step injects noise")
+    if expect == "disconnected":
+        dis = [p for p in eps if not p.connected_to_z0]
+        return Finding(name, True, level="info", value=len(dis), threshold=None,
+                       message=f"{len(dis)} of {len(eps)} step noises are not connected to z0 "
+                       f"(fresh randn per step, steps {ranges(p.step for p in dis)}): they do "
+                       f"not block dL/dz0, but they make the objective stochastic and cannot be "
+                       f"optimised")
+    if expect == "connected":
+        bad = [p for p in eps if not (_carries(p) and p.connected_to_z0)]
+        if not bad:
+            norms = [p.norm for p in eps]
+            return Finding(name, True, value=len(eps), threshold=len(eps),
+                           message=f"all {len(eps)} step noises receive gradient "
+                           f"(|g| {fmt(min(norms))}..{fmt(max(norms))}) and pass it on to z0")
+        why = []
+        for p in bad[:6]:
+            if not p.connected_to_z0:
+                why.append(f"{p.name} is not connected to z0"
+                           + (" (it does not require grad: a fresh draw?)" if not p.requires_grad
+                              else ""))
+            else:
+                why.append(f"{p.name} receives {'no' if not p.reached else 'zero'} gradient")
+        return Finding(name, False, value=len(eps) - len(bad), threshold=len(eps),
+                       step=bad[0].step,
+                       message=f"{len(bad)} of {len(eps)} step noises do not carry gradient to z0: "
+                       + "; ".join(why) + ". hint: derive each step's noise from z0 "
+                       "differentiably instead of drawing it with randn_like")
+    # expect == "leaves": each step noise is its own learnable leaf
+    bad = [p for p in eps if not _carries(p)]
+    ok = not bad
+    msg = (f"all {len(eps)} step-noise leaves receive gradient" if ok else
+           f"{len(bad)} of {len(eps)} step-noise leaves receive no gradient: "
+           + ", ".join(f"{p.name} ({p.status})" for p in bad[:6]))
+    return Finding(name, ok, value=len(eps) - len(bad), threshold=len(eps), message=msg,
+                   step=bad[0].step if bad else None)
+
+
+def numeric_directional(r: FlowReport) -> Finding:
+    n = r.numeric
+    if n is None or n.skipped:
+        return Finding("numeric_directional", True, level="info", value=None, threshold=None,
+                       message=f"numeric check skipped{': ' + n.skipped if n and n.skipped else ''}")
+    tol = n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol
+    ok = n.abs_error <= tol
+    head = (f"<v, dL/dz0> = {n.reverse:.6e} vs finite differences {n.fd:.6e} "
+            f"(eps {n.eps:.1e}, {n.dtype}): relative error {fmt(n.rel_error)}, "
+            f"tolerance rtol {n.rtol:.0e} + round-off {fmt(n.atol)}")
+    if not ok and n.reverse == 0.0:
+        head += ". The loss changes along v but reverse mode says it does not: the gradient path " \
+                "is cut (detach / no_grad / a non-differentiable round trip)"
+    elif not ok:
+        head += ". reverse mode disagrees with the loss it differentiates: a wrong custom " \
+                "backward, a stochastic sampler (unseeded noise), or a biased shortcut"
+    return Finding("numeric_directional", ok, value=n.rel_error, threshold=n.rtol, message=head)
+
+
+def optimizer_changes_z0(r: FlowReport) -> Finding:
+    o = r.optim
+    if o is None or o.skipped:
+        return Finding("optimizer_changes_z0", True, level="info", value=None, threshold=None,
+                       message="optimizer check skipped")
+    msg = (f"one Adam step (lr {o.lr:g}) changes z0 (max |dz0| {fmt(o.max_abs_change)})"
+           if o.z0_changed else
+           f"one Adam step (lr {o.lr:g}) leaves z0 unchanged: its gradient is None or zero")
+    return Finding("optimizer_changes_z0", o.z0_changed, value=o.max_abs_change, threshold="> 0",
+                   message=msg)
+
+
+def loss_moves(r: FlowReport) -> Finding:
+    o = r.optim
+    if o is None or o.skipped or len(o.losses) < 2:
+        return Finding("loss_moves", True, level="info", value=None, threshold=None,
+                       message="optimizer check skipped")
+    first, last = o.losses[0], o.losses[-1]
+    sign = 1.0 if o.objective == "maximize" else -1.0
+    ok = math.isfinite(last) and sign * (last - first) > 0
+    way = "up" if o.objective == "maximize" else "down"
+    msg = (f"{o.steps} Adam steps move the loss {way} as intended: {first:.6g} -> {last:.6g}"
+           if ok else
+           f"{o.steps} Adam steps should move the loss {way} ({o.objective}) but it went "
+           f"{first:.6g} -> {last:.6g}. hint: the gradient is missing, zero or has the wrong sign")
+    return Finding("loss_moves", ok, value=last - first, threshold=f"{way}", message=msg)
+
+
+def trace_hygiene(r: FlowReport) -> Finding:
+    h = r.hygiene
+    problems = []
+    if h.hooks_left:
+        problems.append(f"{h.hooks_left} of {h.hooks_registered} hooks still registered")
+    if h.grad_mode_after != h.grad_mode_before:
+        problems.append(f"grad mode {h.grad_mode_before} before, {h.grad_mode_after} after")
+    if h.sampler_changed_grad_mode:
+        problems.append("the sampler changed the global grad mode and left it changed "
+                        "(torch.set_grad_enabled without restoring; gradcheck restored it)")
+    ok = not problems
+    return Finding("trace_hygiene", ok, value=h.hooks_left, threshold=0,
+                   message=f"all {h.hooks_registered} hooks removed, grad mode restored" if ok
+                   else "; ".join(problems))
+
+
+CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
+    output_requires_grad,
+    grad_reaches_output,
+    loss_not_stationary,
+    grad_reaches_every_step,
+    grad_reaches_z0,
+    step_noise,
+    numeric_directional,
+    optimizer_changes_z0,
+    loss_moves,
+    trace_hygiene,
+)
+
+
+def run_checks(report: FlowReport) -> list[Finding]:
+    """Every check, in a fixed order."""
+    return [check(report) for check in CHECKS]

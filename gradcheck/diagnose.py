@@ -1,0 +1,232 @@
+"""``diagnose(sample_fn, z0)``: run a sampler under a trace, back-propagate, judge.
+
+The run records (torch); :mod:`gradcheck.checks` judges the record (pure); renderers draw it.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterator
+
+import torch
+
+from . import graph
+from .checks import run_checks
+from .errors import GradcheckError, InputError
+from .numeric import directional_check
+from .probes import probe, trace
+from .records import FlowReport, Hygiene, OptimResult
+
+#: What each noise mode promises about the step noise (read by the checks).
+STEP_NOISE_EXPECTATION = {
+    "default": "none",
+    "learnable_step_noise": "connected",
+    "fresh_noise": "disconnected",
+    "independent_leaves": "leaves",
+}
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork the global RNG (CPU, and the CUDA device if any) and seed it, so a sampler that draws
+    from the global generator is the same function of z0 on every call."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def validate_z0(z0: Any) -> torch.Tensor:
+    if not isinstance(z0, torch.Tensor):
+        raise InputError(f"z0 must be a tensor, got {type(z0).__name__}")
+    if not z0.is_floating_point():
+        raise InputError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    if z0.ndim < 1 or z0.numel() == 0:
+        raise InputError(f"z0 must have a batch dimension and elements, got shape {tuple(z0.shape)}")
+    bad = (~torch.isfinite(z0)).sum().item()
+    if bad:
+        nan = torch.isnan(z0).sum().item()
+        raise InputError(
+            f"z0 contains {bad} non-finite value(s) ({nan} NaN, {bad - nan} Inf) of {z0.numel()}"
+        )
+    return z0
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(a, b.to(a.dtype))
+
+
+def diagnose(
+    sample_fn: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    *,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    target: torch.Tensor | None = None,
+    objective: str | None = None,
+    mode: str | None = None,
+    seed: int = 0,
+    numeric: bool = True,
+    optim_steps: int = 3,
+    lr: float = 1e-2,
+) -> FlowReport:
+    """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
+
+    Args:
+        sample_fn: ``z0 -> output``; instrument its denoiser with :func:`gradcheck.instrument`
+            (the built-in :class:`~gradcheck.sampling.ResSampler` is instrumented already).
+        z0: the initial noise. Not modified: a leaf copy of it is differentiated and returned in
+            ``report.handles["z0"]``.
+        loss_fn: ``output -> scalar``. Default: MSE between the output and ``target``; without a
+            target, MSE to a fixed baseline: the output of the same sampler (no grad) from a
+            *different* seeded noise draw (a baseline from the same z0 would equal the output and
+            put the loss at a stationary point with exactly zero gradient).
+        target: a tensor to compare the output with (MSE).
+        objective: ``"minimize"`` or ``"maximize"``; default maximize for the baseline loss (the
+            originating experiment: push the output away from the baseline), minimize otherwise.
+        mode: the noise mode, which sets what is expected of the step noise; default
+            ``sample_fn.mode`` or ``"default"``.
+        seed: seeds the global RNG around every sampler call, the baseline draw and the numeric
+            direction.
+        numeric: run the finite-difference check (2 forward passes per step size).
+        optim_steps: Adam steps on a copy of z0 for the optimizer checks (0 skips them).
+        lr: Adam's learning rate for those steps.
+
+    Returns:
+        A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
+    """
+    mode = mode or getattr(sample_fn, "mode", None) or "default"
+    if mode not in STEP_NOISE_EXPECTATION:
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"unknown mode {mode!r}; choose one of {', '.join(STEP_NOISE_EXPECTATION)}"
+        )
+    z0 = validate_z0(z0)
+    device = z0.device
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        with seeded(seed, device):
+            out = sample_fn(z)
+        if not isinstance(out, torch.Tensor):
+            raise GradcheckError(
+                f"sample_fn returned {type(out).__name__}, expected the sampler output tensor"
+            )
+        return out
+
+    # -- the loss -------------------------------------------------------------------------
+    if loss_fn is not None:
+        loss_of, desc, default_obj = loss_fn, "user loss_fn(output)", "minimize"
+    elif target is not None:
+        tgt = target.detach()
+        loss_of, desc, default_obj = (lambda out: _mse(out, tgt)), "MSE(output, target)", "minimize"
+    else:
+        g = torch.Generator().manual_seed(int(seed) + 1)
+        z_base = torch.randn(z0.shape, generator=g, dtype=torch.float64).to(z0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            baseline = run(z_base).detach()
+        timings["baseline_s"] = time.perf_counter() - t0
+        loss_of = lambda out: _mse(out, baseline)  # noqa: E731
+        desc = f"MSE(output, baseline); baseline = sampler output from noise seed {int(seed) + 1}"
+        default_obj = "maximize"
+    objective = objective or default_obj
+    if objective not in ("minimize", "maximize"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"objective must be 'minimize' or 'maximize', got {objective!r}")
+
+    # -- record: forward + backward under the trace ----------------------------------------
+    z = z0.detach().clone().requires_grad_(True)
+    z_grad = None
+    loss_value = None
+    with trace() as tr:
+        probe(z, "z0", kind="z0")
+        grad_mode = torch.is_grad_enabled()
+        t0 = time.perf_counter()
+        with seeded(seed, device):
+            out = sample_fn(z)
+        changed = torch.is_grad_enabled() != grad_mode
+        torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported, not obeyed
+        if not isinstance(out, torch.Tensor):
+            raise GradcheckError(
+                f"sample_fn returned {type(out).__name__}, expected the sampler output tensor"
+            )
+        probe(out, "output", kind="output")
+        loss = loss_of(out)
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+            raise GradcheckError(f"loss_fn must return a scalar tensor, got {loss!r:.80}")
+        probe(loss, "loss", kind="loss")
+        timings["forward_s"] = time.perf_counter() - t0
+        out_rg, loss_rg = bool(out.requires_grad), bool(loss.requires_grad)
+        t0 = time.perf_counter()
+        if loss_rg:
+            inputs = graph.leaf_tensors(loss)  # everything backward() would reach, .grad untouched
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            for t, gr in zip(inputs, grads):
+                if t is z:
+                    z_grad = gr
+            del grads, inputs
+        timings["backward_s"] = time.perf_counter() - t0
+        loss_value = float(loss.detach())
+    hygiene = Hygiene(
+        hooks_registered=tr.hooks_registered, hooks_left=tr.hooks_left or 0,
+        grad_mode_before=tr.grad_mode_before, grad_mode_after=bool(tr.grad_mode_after),
+        sampler_changed_grad_mode=changed,
+    )
+    out_stats = next((p for p in tr.stats if p.kind == "output"), None)
+
+    # -- numeric check ---------------------------------------------------------------------
+    def loss_at(zz: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(loss_of(run(zz)).detach())
+
+    num = None
+    if numeric:
+        t0 = time.perf_counter()
+        num = directional_check(loss_at, z, z_grad, seed=seed)
+        timings["numeric_s"] = time.perf_counter() - t0
+
+    # -- optimizer: does Adam move z0, and the loss the intended way? -----------------------
+    opt_res = None
+    if optim_steps > 0:
+        t0 = time.perf_counter()
+        opt_res = _adam_probe(run, loss_of, z, z_grad, loss_value, objective, optim_steps, lr)
+        timings["optim_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+
+    report = FlowReport(
+        mode=mode, objective=objective, loss_description=desc, loss=loss_value,
+        output_requires_grad=out_rg, loss_requires_grad=loss_rg,
+        output_grad_max_abs=out_stats.max_abs if out_stats else None,
+        probes=tr.stats, numeric=num, optim=opt_res, hygiene=hygiene,
+        expect={"step_noise": STEP_NOISE_EXPECTATION[mode]}, timings=timings,
+        handles={"z0": z, "z0_grad": z_grad, "output": out.detach(),
+                 "leaves": list(getattr(sample_fn, "leaves", []))},
+    )
+    report.checks = run_checks(report)
+    return report
+
+
+def _adam_probe(run, loss_of, z, z_grad, loss0, objective, steps, lr) -> OptimResult:
+    """``steps`` Adam steps on a copy of z0, the first with the diagnosed gradient."""
+    p = z.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=lr, maximize=objective == "maximize")
+    losses = [loss0]
+    changed, max_change = False, 0.0
+    grad = z_grad
+    for k in range(steps):
+        p.grad = None if grad is None else grad.detach().clone()
+        before = p.detach().clone()
+        opt.step()
+        delta = float((p.detach() - before).abs().max())
+        if k == 0:
+            changed, max_change = delta > 0, delta
+        loss = loss_of(run(p))
+        losses.append(float(loss.detach()))
+        if k + 1 < steps:
+            grad = (torch.autograd.grad(loss, [p], allow_unused=True)[0]
+                    if loss.requires_grad else None)
+    return OptimResult(lr=lr, steps=steps, objective=objective, z0_changed=changed,
+                       max_abs_change=max_change, losses=losses)

@@ -1,0 +1,297 @@
+"""Tracing: tag tensors with :func:`probe`, record statistics of the gradient that reaches them.
+
+    with gradcheck.trace() as tr:
+        x = gradcheck.probe(x, "x[3]", step=3, kind="state")
+        ...
+        loss.backward()
+    tr.stats   # list[ProbeStats], plain data
+
+Hooks only record detached 0-d statistics (L2 norm, mean |g|, max |g|, non-finite count); no
+gradient tensor is kept and no hook synchronises with the device: the statistics are materialised
+once, when the trace closes. Every hook is removed and the grad mode restored on exit, also when
+the code inside raises. The active trace lives in a ContextVar (like autocast state), never in a
+module-level tensor global.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import graph
+from .errors import DenoiserError
+from .records import ProbeStats
+
+_ACTIVE: ContextVar[Trace | None] = ContextVar("gradcheck_active_trace", default=None)
+
+
+def current_trace() -> Trace | None:
+    """The innermost active trace, or None."""
+    return _ACTIVE.get()
+
+
+@dataclass
+class _Entry:
+    name: str
+    kind: str
+    order: int
+    step: int | None
+    call: int | None
+    sigma: Any
+    dtype: str
+    shape: list[int]
+    requires_grad: bool
+    grad_fn: str | None
+    connected_to_z0: bool | None
+    stats: torch.Tensor | None = None  # [norm, mean|g|, max|g|, nonfinite], 0-d tensors stacked
+    fired: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _grad_stats(g: torch.Tensor) -> torch.Tensor:
+    """[L2 norm, mean |g|, max |g|, non-finite count] as one small tensor on g's device. No sync."""
+    with torch.no_grad():
+        acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+        if g.numel() == 0:
+            return torch.zeros(4, dtype=acc, device=g.device)
+        a = g.detach().abs()
+        return torch.stack(
+            [
+                torch.linalg.vector_norm(g.detach(), dtype=acc),
+                a.mean(dtype=acc),
+                a.max().to(acc),
+                (~torch.isfinite(g.detach())).sum().to(acc),
+            ]
+        )
+
+
+class Trace:
+    """A recording context. Use :func:`trace` to make one."""
+
+    def __init__(self) -> None:
+        self._entries: list[_Entry] = []
+        self._handles: list[Any] = []
+        self._seen: dict[tuple[int, str], weakref.ref] = {}
+        self._calls = 0
+        self._token = None
+        self._grad_mode_before = True
+        self.z0: torch.Tensor | None = None
+        self.stats: list[ProbeStats] = []
+        self.hooks_left: int | None = None
+        self.grad_mode_after: bool | None = None
+
+    # -- context management -------------------------------------------------------------
+    def __enter__(self) -> Trace:
+        self._grad_mode_before = torch.is_grad_enabled()
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            for h in self._handles:
+                h.remove()
+            self.hooks_left = sum(
+                1 for h in self._handles
+                if (d := h.hooks_dict_ref()) is not None and h.id in d
+            )
+        finally:
+            _ACTIVE.reset(self._token)
+            torch.set_grad_enabled(self._grad_mode_before)
+            self.grad_mode_after = torch.is_grad_enabled()
+            self.stats = self._materialise()
+            self.z0 = None  # drop the reference to the user's tensor
+        return False
+
+    @property
+    def hooks_registered(self) -> int:
+        return len(self._handles)
+
+    @property
+    def grad_mode_before(self) -> bool:
+        return self._grad_mode_before
+
+    def next_call(self) -> int:
+        """A fresh denoiser-call index (0, 1, 2, ... within this trace)."""
+        n = self._calls
+        self._calls += 1
+        return n
+
+    # -- recording ----------------------------------------------------------------------
+    def add(self, t: torch.Tensor, name: str, *, step: int | None, kind: str | None,
+            sigma: Any = None, call: int | None = None) -> torch.Tensor:
+        kind = kind or "custom"
+        key = (id(t), name)
+        ref = self._seen.get(key)
+        if ref is not None and ref() is t:
+            return t
+        if kind == "z0" and self.z0 is None:
+            self.z0 = t
+        connected: bool | None = None
+        if kind in ("step_noise", "x_T") and self.z0 is not None:
+            connected = graph.is_connected(t, self.z0)
+        elif kind == "z0":
+            connected = True
+        entry = _Entry(
+            name=str(name), kind=kind, order=len(self._entries), step=step, call=call,
+            sigma=sigma.detach().reshape(-1)[0] if isinstance(sigma, torch.Tensor) else sigma,
+            dtype=str(t.dtype).replace("torch.", ""), shape=list(t.shape),
+            requires_grad=bool(t.requires_grad),
+            grad_fn=type(t.grad_fn).__name__ if t.grad_fn is not None else None,
+            connected_to_z0=connected,
+        )
+        self._entries.append(entry)
+        self._seen[key] = weakref.ref(t)
+        if t.requires_grad:
+            def hook(g: torch.Tensor, _e: _Entry = entry) -> None:
+                _e.stats = _grad_stats(g)
+                _e.fired += 1
+
+            self._handles.append(t.register_hook(hook))
+        return t
+
+    def _materialise(self) -> list[ProbeStats]:
+        """Turn the 0-d statistics into floats: one transfer per device, not one per probe."""
+        values: dict[int, list[float]] = {}
+        by_device: dict[torch.device, list[int]] = {}
+        for i, e in enumerate(self._entries):
+            if e.stats is not None:
+                by_device.setdefault(e.stats.device, []).append(i)
+        for dev, idx in by_device.items():
+            rows = torch.stack([self._entries[i].stats.to(torch.float64) for i in idx]).tolist()
+            values.update(zip(idx, rows))
+        sig = [e.sigma for e in self._entries if isinstance(e.sigma, torch.Tensor)]
+        sig_vals = iter(torch.stack([s.double().cpu() for s in sig]).tolist() if sig else [])
+        out = []
+        for i, e in enumerate(self._entries):
+            sigma = next(sig_vals) if isinstance(e.sigma, torch.Tensor) else e.sigma
+            v = values.get(i)
+            out.append(ProbeStats(
+                name=e.name, kind=e.kind, order=e.order, step=e.step, call=e.call,
+                sigma=float(sigma) if sigma is not None else None, dtype=e.dtype, shape=e.shape,
+                requires_grad=e.requires_grad, grad_fn=e.grad_fn,
+                connected_to_z0=e.connected_to_z0, reached=v is not None,
+                norm=v[0] if v else None, mean_abs=v[1] if v else None,
+                max_abs=v[2] if v else None,
+                nonfinite=int(v[3]) if v and math.isfinite(v[3]) else None,
+            ))
+        return out
+
+
+def trace() -> Trace:
+    """A context manager that records the gradient reaching every :func:`probe` inside it."""
+    return Trace()
+
+
+def probe(tensor: torch.Tensor, name: str, *, step: int | None = None, kind: str | None = None,
+          sigma: Any = None) -> torch.Tensor:
+    """Tag ``tensor`` in the active trace and return it unchanged (a no-op outside a trace).
+
+    Args:
+        tensor: any tensor; if it requires grad, the gradient that reaches it is summarised.
+        name: a label for reports, e.g. ``"x[3]"``.
+        step: the sampler step it belongs to.
+        kind: ``z0``, ``x_T``, ``state``, ``step_noise``, ``denoiser_in``, ``denoiser_out``,
+            ``output``, ``loss`` or anything else (reported as given).
+        sigma: the noise level at that point (float or tensor).
+    """
+    tr = _ACTIVE.get()
+    if tr is None or not isinstance(tensor, torch.Tensor):
+        return tensor
+    return tr.add(tensor, name, step=step, kind=kind, sigma=sigma)
+
+
+def alias(x: torch.Tensor) -> torch.Tensor:
+    """A fresh autograd node viewing ``x`` (same values): a probe on the alias measures only the
+    gradient that flows through the alias's own uses, not all of ``x``'s."""
+    return x.view_as(x) if x.requires_grad else x
+
+
+def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: Any,
+                  step: int | None = None, label: str = "D", suffix: str = "",
+                  **kwargs: Any) -> torch.Tensor:
+    """Call a denoiser ``fn(x, sigma, ...)``, probing input and output and checking the result is
+    a tensor of ``x``'s shape. ``step`` defaults to the call index within the active trace."""
+    tr = _ACTIVE.get()
+    call = tr.next_call() if tr is not None else None
+    if step is None:
+        step = call
+    if tr is not None:
+        x = alias(x)
+        probe_sigma = sigma
+        tr.add(x, f"{label}_in[{step}]{suffix}", step=step, kind="denoiser_in",
+               sigma=probe_sigma, call=call)
+    out = fn(x, sigma, *args, **kwargs)
+    if not isinstance(out, torch.Tensor):
+        raise DenoiserError(
+            f"denoiser {_fn_name(fn)} returned {type(out).__name__}, expected a tensor of shape "
+            f"{tuple(x.shape)}"
+        )
+    if out.shape != x.shape:
+        raise DenoiserError(
+            f"denoiser {_fn_name(fn)} returned shape {tuple(out.shape)}, expected the input's "
+            f"shape {tuple(x.shape)}"
+        )
+    if tr is not None:
+        tr.add(out, f"{label}_out[{step}]{suffix}", step=step, kind="denoiser_out",
+               sigma=sigma, call=call)
+    return out
+
+
+def _fn_name(fn: Any) -> str:
+    inner = getattr(fn, "inner", fn)
+    return getattr(inner, "__qualname__", None) or type(inner).__name__
+
+
+class _InstrumentedFn:
+    """A denoiser callable whose every call is probed (see :func:`instrument`)."""
+
+    def __init__(self, inner: Callable[..., Any], label: str) -> None:
+        self.inner = inner
+        self.label = label
+
+    def __call__(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return call_denoiser(self.inner, x, sigma, *args, label=self.label, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"instrument({self.inner!r})"
+
+
+class _InstrumentedModule(torch.nn.Module):
+    """An ``nn.Module`` wrapper whose forward is probed; parameters stay the inner module's."""
+
+    def __init__(self, inner: torch.nn.Module, label: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.label = label
+
+    def forward(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return call_denoiser(self.inner, x, sigma, *args, label=self.label, **kwargs)
+
+
+def instrument(denoiser: Callable[..., Any], label: str = "D") -> Callable[..., Any]:
+    """Wrap a denoiser ``D(x, sigma, ...) -> x0_hat`` so that every call's input and output are
+    probed, numbered by call index, and its output is checked to be a tensor of x's shape.
+
+    Results are unchanged (the input is passed through a value-preserving view so the input probe
+    measures only the gradient that flows through the denoiser). Works on ``nn.Module`` (the
+    wrapper is a Module sharing the parameters) and on any callable. Outside a trace it only
+    checks the output.
+
+    Args:
+        denoiser: the callable or module.
+        label: prefix of the probe names (``D_in[3]``, ``D_out[3]``).
+    """
+    if isinstance(denoiser, (_InstrumentedFn, _InstrumentedModule)):
+        return denoiser
+    if isinstance(denoiser, torch.nn.Module):
+        return _InstrumentedModule(denoiser, label)
+    if not callable(denoiser):
+        raise DenoiserError(f"instrument() needs a callable denoiser, got {type(denoiser).__name__}")
+    return _InstrumentedFn(denoiser, label)

@@ -1,0 +1,315 @@
+"""Plain-data records: what a diagnosis observed, and what the checks concluded.
+
+Nothing here imports torch. A ``report.json`` written by ``gradcheck run`` is made of these
+dataclasses (``to_dict``) and can be loaded back (``from_dict``), re-checked and re-rendered on a
+machine without torch.
+
+Non-finite floats are stored in JSON as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+so that the file stays strict JSON (browsers' ``JSON.parse`` rejects bare ``NaN``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+#: Probe kinds the built-in sampler emits, in the order a step is laid out.
+PROBE_KINDS = (
+    "z0",
+    "x_T",
+    "state",
+    "step_noise",
+    "denoiser_in",
+    "denoiser_out",
+    "output",
+    "loss",
+    "custom",
+)
+
+#: Kinds that make up the sampler's gradient path (the "every step" check looks at these).
+PATH_KINDS = ("x_T", "state", "denoiser_in", "denoiser_out")
+
+
+def _enc(x: Any) -> Any:
+    """Make a value strict-JSON safe (non-finite floats become strings), recursively."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+    if isinstance(x, dict):
+        return {k: _enc(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_enc(v) for v in x]
+    return x
+
+
+_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _dec(x: Any) -> Any:
+    """Inverse of :func:`_enc`."""
+    if isinstance(x, str) and x in _SPECIAL:
+        return _SPECIAL[x]
+    if isinstance(x, dict):
+        return {k: _dec(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_dec(v) for v in x]
+    return x
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """asdict() minus fields marked ``metadata={"transient": True}``."""
+    out = {}
+    for f in fields(obj):
+        if f.metadata.get("transient"):
+            continue
+        v = getattr(obj, f.name)
+        if hasattr(v, "to_dict"):
+            v = v.to_dict()
+        elif isinstance(v, list):
+            v = [e.to_dict() if hasattr(e, "to_dict") else e for e in v]
+        elif hasattr(v, "__dataclass_fields__"):
+            v = asdict(v)
+        out[f.name] = v
+    return out
+
+
+def _take(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``d`` that are fields of ``cls`` (forward compatible with newer schemas)."""
+    names = {f.name for f in fields(cls) if not f.metadata.get("transient")}
+    return {k: v for k, v in _dec(d).items() if k in names}
+
+
+@dataclass
+class ProbeStats:
+    """Statistics of the gradient that reached one probed tensor. Never the gradient itself.
+
+    ``reached`` is False when no gradient arrived at all (the tensor was not on any backward path);
+    ``requires_grad`` tells whether it was in an autograd graph at all when it was probed.
+    """
+
+    name: str
+    kind: str
+    order: int
+    step: int | None = None
+    call: int | None = None
+    sigma: float | None = None
+    dtype: str = ""
+    shape: list[int] = field(default_factory=list)
+    requires_grad: bool = False
+    grad_fn: str | None = None
+    connected_to_z0: bool | None = None
+    reached: bool = False
+    norm: float | None = None
+    mean_abs: float | None = None
+    max_abs: float | None = None
+    nonfinite: int | None = None
+
+    @property
+    def status(self) -> str:
+        """One word: ``ok``, ``zero`` (arrived, exactly zero), ``nonfinite``, ``unreached``
+        (in a graph, but no gradient arrived) or ``not_in_graph`` (did not require grad)."""
+        if not self.reached:
+            return "unreached" if self.requires_grad else "not_in_graph"
+        if self.nonfinite:
+            return "nonfinite"
+        if self.max_abs == 0.0:
+            return "zero"
+        return "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _enc(_plain(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProbeStats:
+        return cls(**_take(cls, d))
+
+
+@dataclass
+class Finding:
+    """The verdict of one check. ``level`` is ``error`` (counts towards pass/fail) or ``info``."""
+
+    name: str
+    passed: bool
+    message: str
+    value: Any = None
+    threshold: Any = None
+    step: int | None = None
+    level: str = "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _enc(_plain(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        return cls(**_take(cls, d))
+
+
+@dataclass
+class NumericResult:
+    """Central finite differences of the loss along a unit direction v against <v, dL/dz0>."""
+
+    dtype: str
+    direction_seed: int
+    eps: float | None
+    fd: float | None
+    reverse: float | None
+    abs_error: float | None
+    rel_error: float | None
+    rtol: float
+    atol: float
+    sweep: list[dict[str, float]] = field(default_factory=list)
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _enc(_plain(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NumericResult:
+        return cls(**_take(cls, d))
+
+
+@dataclass
+class OptimResult:
+    """A few Adam steps on a copy of z0: did z0 change, did the loss move the intended way?"""
+
+    lr: float
+    steps: int
+    objective: str
+    z0_changed: bool
+    max_abs_change: float
+    losses: list[float] = field(default_factory=list)
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _enc(_plain(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OptimResult:
+        return cls(**_take(cls, d))
+
+
+@dataclass
+class Hygiene:
+    """What the trace left behind: hooks still registered, the grad mode before and after, and
+    whether the user's sampler itself changed the global grad mode and left it changed."""
+
+    hooks_registered: int
+    hooks_left: int
+    grad_mode_before: bool
+    grad_mode_after: bool
+    sampler_changed_grad_mode: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Hygiene:
+        return cls(**_take(cls, d))
+
+
+@dataclass
+class FlowReport:
+    """Everything one diagnosis observed for one noise mode, and the checks' findings.
+
+    ``handles`` holds live objects for the Python caller (the z0 leaf that was differentiated, step
+    noise leaves, the output); it is never serialised.
+    """
+
+    mode: str
+    objective: str
+    loss_description: str
+    loss: float | None
+    output_requires_grad: bool
+    loss_requires_grad: bool
+    output_grad_max_abs: float | None
+    probes: list[ProbeStats]
+    numeric: NumericResult | None
+    optim: OptimResult | None
+    hygiene: Hygiene
+    expect: dict[str, Any] = field(default_factory=dict)
+    checks: list[Finding] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,
+                                    metadata={"transient": True})
+
+    @property
+    def passed(self) -> bool:
+        return all(f.passed for f in self.checks if f.level == "error")
+
+    @property
+    def failed(self) -> list[Finding]:
+        return [f for f in self.checks if f.level == "error" and not f.passed]
+
+    def probe(self, name: str) -> ProbeStats:
+        for p in self.probes:
+            if p.name == name:
+                return p
+        raise KeyError(f"no probe named {name!r}; probes: {', '.join(p.name for p in self.probes)}")
+
+    def of_kind(self, *kinds: str) -> list[ProbeStats]:
+        return [p for p in self.probes if p.kind in kinds]
+
+    def check(self, name: str) -> Finding:
+        for f in self.checks:
+            if f.name == name:
+                return f
+        raise KeyError(f"no check named {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _plain(self)
+        d["passed"] = self.passed
+        return _enc(d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FlowReport:
+        kw = _take(cls, d)
+        kw["probes"] = [ProbeStats.from_dict(p) for p in kw.get("probes", [])]
+        kw["checks"] = [Finding.from_dict(c) for c in kw.get("checks", [])]
+        kw["numeric"] = NumericResult.from_dict(kw["numeric"]) if kw.get("numeric") else None
+        kw["optim"] = OptimResult.from_dict(kw["optim"]) if kw.get("optim") else None
+        kw["hygiene"] = Hygiene.from_dict(kw["hygiene"])
+        return cls(**kw)
+
+
+@dataclass
+class RunRecord:
+    """The whole of ``report.json``: one FlowReport per mode plus config and environment."""
+
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    modes: dict[str, FlowReport]
+    schema_version: int = SCHEMA_VERSION
+    tool: str = "gradcheck"
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.modes.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "tool": self.tool,
+            "passed": self.passed,
+            "config": _enc(self.config),
+            "environment": _enc(self.environment),
+            "modes": {m: r.to_dict() for m, r in self.modes.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            from .errors import GradcheckError
+
+            raise GradcheckError(
+                f"report schema_version {version!r} is not supported (this gradcheck reads "
+                f"version {SCHEMA_VERSION})"
+            )
+        return cls(
+            config=_dec(d["config"]),
+            environment=_dec(d["environment"]),
+            modes={m: FlowReport.from_dict(r) for m, r in d["modes"].items()},
+            schema_version=version,
+            tool=d.get("tool", "gradcheck"),
+        )

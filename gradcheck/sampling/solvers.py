@@ -1,0 +1,151 @@
+"""RES samplers (Zhang, Song & Chen 2023, as in Cosmos' ``res_sampler.py``), differentiable end to end.
+
+Written from the math in ``shared/reference/res-sampler.md``. The denoiser is ``D(x, sigma) ->
+x0_hat`` (EDM convention ``x_sigma = x0 + sigma * eps``); ``sigma`` is passed as a tensor of shape
+[B] in the input dtype, as in k-diffusion. With ``lambda = -ln(sigma)`` the probability-flow ODE is
+``dx/dlambda = D - x`` and a step s -> t (``h = ln(sigma_s / sigma_t) > 0``) integrates it
+exponentially:
+
+    Euler (DDIM):  x_t = (sigma_t/sigma_s) x_s + (1 - sigma_t/sigma_s) x0_s
+    RES 2nd order: x_t = e^{-h} x_s + h (b1 x0_s + b2 x0_s1),  b2 = phi2(-h)/c2,  b1 = phi1(-h) - b2
+
+Nothing here runs under ``no_grad``. Every state, denoiser input/output and step noise is probed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ConfigError
+from ..probes import call_denoiser, probe
+
+SOLVERS = ("2ab", "2mid", "1euler")
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``noise(step, x) -> eps`` (or None for "inject nothing"); eps has x's shape.
+StepNoiseFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+def phi1(z: float) -> float:
+    """(e^z - 1)/z, accurate near 0."""
+    if abs(z) < 1e-5:
+        return 1.0 + z / 2.0 + z * z / 6.0
+    return math.expm1(z) / z
+
+
+def phi2(z: float) -> float:
+    """(phi1(z) - 1)/z, accurate near 0."""
+    if abs(z) < 1e-4:
+        return 0.5 + z / 6.0 + z * z / 24.0
+    return (phi1(z) - 1.0) / z
+
+
+def churn_eta(s_churn: float, num_steps: int) -> float:
+    """EDM Algorithm 2's churn amount, capped as in the original: min(S_churn/(N+1), sqrt(1.2)-1)."""
+    return min(s_churn / (num_steps + 1), math.sqrt(1.2) - 1.0)
+
+
+def euler_step(x: torch.Tensor, x0: torch.Tensor, sigma_s: float, sigma_t: float) -> torch.Tensor:
+    """DDIM / exponential Euler: x_t = r x_s + (1 - r) x0_s with r = sigma_t / sigma_s."""
+    r = sigma_t / sigma_s
+    return r * x + (1.0 - r) * x0
+
+
+def res2_step(x: torch.Tensor, x0_s: torch.Tensor, x0_s1: torch.Tensor, sigma_s: float,
+              sigma_s1: float, sigma_t: float) -> torch.Tensor:
+    """The RES second-order core with a second prediction x0_s1 taken at sigma_s1."""
+    h = math.log(sigma_s / sigma_t)
+    c2 = (math.log(sigma_s) - math.log(sigma_s1)) / h  # (lambda_s1 - lambda_s) / h
+    b2 = phi2(-h) / c2
+    b1 = phi1(-h) - b2
+    return math.exp(-h) * x + h * (b1 * x0_s + b2 * x0_s1)
+
+
+def sample_res(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | list[float],
+    *,
+    solver: str = "2ab",
+    s_churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float = math.inf,
+    s_noise: float = 1.0,
+    step_noise: StepNoiseFn | None = None,
+    solver_dtype: torch.dtype | None = torch.float64,
+    final_denoise: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> torch.Tensor:
+    """Run a RES sampler from ``x = x_T`` down the schedule ``sigmas`` (length N+1, decreasing).
+
+    Args:
+        denoiser: ``D(x, sigma) -> x0_hat``; sees x in its input dtype, sigma as a [B] tensor.
+        x: the initial state ``sigma_max * z0``, shape [B, ...].
+        sigmas: the noise levels sigma_0 = sigma_max > ... > sigma_N = sigma_min.
+        solver: ``"2ab"`` (multistep, one call per step), ``"2mid"`` (midpoint, two calls per
+            step) or ``"1euler"``.
+        s_churn, s_min, s_max, s_noise: EDM churn; step i injects noise when s_min < sigma_i < s_max.
+        step_noise: ``noise(i, x)`` giving the eps of step i's churn, or None for no injection
+            (the churn then only raises sigma, as with S_noise = 0).
+        solver_dtype: dtype of the solver state (float64 as in the original); None keeps x's.
+        final_denoise: return ``D(x_N, sigma_N)`` (the original's behaviour) rather than x_N.
+        callback: called after every step with ``{"i", "x", "sigma", "sigma_hat", "denoised"}``.
+
+    Returns:
+        The clean prediction at sigma_min (or x_N), in x's input dtype.
+    """
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    sig = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+    n = len(sig) - 1
+    in_dtype = x.dtype
+    state_dtype = solver_dtype or in_dtype
+    batch = x.shape[0]
+
+    def D(xs: torch.Tensor, sigma: float, step: int, suffix: str = "") -> torch.Tensor:
+        s = torch.full((batch,), sigma, dtype=in_dtype, device=xs.device)  # [B]
+        out = call_denoiser(denoiser, xs.to(in_dtype), s, step=step, suffix=suffix)
+        return out.to(state_dtype)
+
+    eta = churn_eta(s_churn, n)
+    x = x.to(state_dtype)
+    prev: tuple[torch.Tensor, float] | None = None  # 2ab: (x0 of the previous step, its sigma)
+    for i in range(n):
+        sigma, sigma_next = sig[i], sig[i + 1]
+        x = probe(x, "x_T" if i == 0 else f"x[{i}]", step=i, kind="x_T" if i == 0 else "state",
+                  sigma=sigma)
+
+        # 1. churn (EDM Algorithm 2): raise sigma to sigma_hat and add matching noise
+        sigma_hat = sigma
+        if eta > 0.0 and s_min < sigma < s_max:
+            sigma_hat = sigma * (1.0 + eta)
+            eps = step_noise(i, x) if (step_noise is not None and s_noise != 0.0) else None
+            if eps is not None:
+                eps = probe(eps, f"eps[{i}]", step=i, kind="step_noise", sigma=sigma)
+                x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * eps.to(state_dtype)
+
+        # 2. solver update
+        x0 = D(x, sigma_hat, i)
+        if solver == "1euler" or (solver == "2ab" and prev is None):
+            x_next = euler_step(x, x0, sigma_hat, sigma_next)
+        elif solver == "2ab":
+            # Adams-Bashforth in lambda: the RES core with s1 = the previous step's sigma
+            x0_prev, sigma_prev = prev
+            x_next = res2_step(x, x0, x0_prev, sigma_hat, sigma_prev, sigma_next)
+        else:  # 2mid: Euler to the lambda-midpoint, second prediction there, RES core
+            sigma_mid = math.sqrt(sigma_hat * sigma_next)
+            x_mid = euler_step(x, x0, sigma_hat, sigma_mid)
+            x0_mid = D(x_mid, sigma_mid, i, "@mid")
+            x_next = res2_step(x, x0, x0_mid, sigma_hat, sigma_mid, sigma_next)
+        prev = (x0, sigma_hat)
+        if callback is not None:
+            callback({"i": i, "x": x_next, "sigma": sigma, "sigma_hat": sigma_hat,
+                      "denoised": x0})
+        x = x_next
+
+    x = probe(x, f"x[{n}]", step=n, kind="state", sigma=sig[n])
+    if not final_denoise:
+        return x.to(in_dtype)
+    return D(x, sig[n], n).to(in_dtype)

@@ -4,9 +4,11 @@
 - ``learnable_step_noise``: eps_i = S_i P_i z0, a fixed seeded permutation P_i of each sample's
   elements followed by seeded sign flips S_i. The map is orthogonal, so eps_i is *exactly*
   N(0, I) whenever z0 is, and it passes gradient back to z0 unchanged in norm
-  (dL/dz0 += P_i^T S_i dL/deps_i). The eps_i are of course not independent of z0 or of each other:
-  they are deterministic functions of it, which is the point (the sampler stays a function of z0
-  alone, and every injected noise can be optimised through z0).
+  (dL/dz0 += P_i^T S_i dL/deps_i). P_i is a uniformly random single cycle (a derangement), so
+  no element of eps_i is +-the same element of z0: each pair (z0_j, eps_i,j) is independent.
+  The vector eps_i is of course not independent of z0 as a whole: it is a deterministic function
+  of it, which is the point (the sampler stays a function of z0 alone, and every injected noise
+  can be optimised through z0).
 - ``fresh_noise``: the stock behaviour, independent ``randn`` per step from a seeded generator:
   it does not block the gradient to z0 through the state, but the step noise is not connected to
   z0 and cannot be optimised.
@@ -43,11 +45,14 @@ class LearnableStepNoise:
         self._maps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def transform(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(perm [d], signs [d]) of step i, d = elements per sample; cached per step."""
+        """(perm [d], signs [d]) of step i, d = elements per sample; cached per step.
+        eps[:, j] = signs[j] * z0[:, perm[j]]."""
         if i not in self._maps:
             d = self.z0[0].numel()
             g = _gen(self.seed, _STREAM_PERM, i)
-            perm = torch.randperm(d, generator=g)
+            order = torch.randperm(d, generator=g)
+            perm = torch.empty_like(order)
+            perm[order] = order.roll(-1)  # one d-cycle: element order[k] takes order[k+1]
             signs = torch.randint(0, 2, (d,), generator=g).mul_(2).sub_(1)
             self._maps[i] = (perm.to(self.z0.device),
                              signs.to(device=self.z0.device, dtype=self.z0.dtype))

@@ -91,7 +91,8 @@ def sample_res(
             (the churn then only raises sigma, as with S_noise = 0).
         solver_dtype: dtype of the solver state (float64 as in the original); None keeps x's.
         final_denoise: return ``D(x_N, sigma_N)`` (the original's behaviour) rather than x_N.
-        callback: called after every step with ``{"i", "x", "sigma", "sigma_hat", "denoised"}``.
+        callback: called after every step with ``{"i", "x", "sigma", "sigma_hat", "denoised"}``
+            (x is the new state); if it returns a tensor, that tensor becomes the state.
 
     Returns:
         The clean prediction at sigma_min (or x_N), in x's input dtype.
@@ -141,8 +142,12 @@ def sample_res(
             x_next = res2_step(x, x0, x0_mid, sigma_hat, sigma_mid, sigma_next)
         prev = (x0, sigma_hat)
         if callback is not None:
-            callback({"i": i, "x": x_next, "sigma": sigma, "sigma_hat": sigma_hat,
-                      "denoised": x0})
+            # like k-diffusion's callback, plus: a returned tensor replaces the state, which is
+            # how real callbacks that receive **locals() end up detaching or mutating it
+            ret = callback({"i": i, "x": x_next, "sigma": sigma, "sigma_hat": sigma_hat,
+                            "denoised": x0})
+            if isinstance(ret, torch.Tensor):
+                x_next = ret
         x = x_next
 
     x = probe(x, f"x[{n}]", step=n, kind="state", sigma=sig[n])

@@ -1,0 +1,4 @@
+"""``python -m gradcheck`` is the ``gradcheck`` command."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""Command line: ``gradcheck run``. Composition only; the work is in runner/diagnosis/checks/report.
+
+Exit codes (as coverage.py): 0 every check passed, 2 a check failed, 1 bad input or runtime error
+(one line on stderr naming the bad value; a traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import ConfigError, GradcheckError
+
+EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
+MODES = ("default", "learnable_step_noise", "fresh_noise", "independent_leaves")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on a usage error; 2 means 'a check failed' here, so use 1."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"gradcheck: error: {message}\n")
+        raise SystemExit(EXIT_ERROR)
+
+
+def parse_modes(text: str) -> list[str]:
+    """'both' -> default + learnable_step_noise; 'all' -> every mode; else a comma list."""
+    if text == "both":
+        return ["default", "learnable_step_noise"]
+    if text == "all":
+        return list(MODES)
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            raise ConfigError(f"unknown mode {m!r}; choose one of {', '.join(MODES)}, both, all")
+    if not modes:
+        raise ConfigError(f"no mode in --mode {text!r}")
+    return modes
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--shape must look like 1,8,8, got {text!r}") from None
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigError(f"--shape must be positive sizes like 1,8,8, got {text!r}")
+    return shape
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gradcheck", description="Gradient-flow diagnostics for diffusion samplers: "
+                "does the gradient of a loss reach the initial noise z0, and where does it stop?")
+    p.add_argument("--version", action="version", version=f"gradcheck {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="diagnose the built-in (or your) sampler in one or more modes",
+                       description="Run the RES sampler on a denoiser, back-propagate a loss to "
+                       "z0 and check the gradient path, per mode.")
+    g = r.add_argument_group("what to run")
+    g.add_argument("--mode", default="both", help="default | learnable_step_noise | fresh_noise | "
+                   "independent_leaves, a comma list, 'both' (default + learnable_step_noise; "
+                   "the default) or 'all'")
+    g.add_argument("--denoiser", default="conv", help="built-in: conv (default), gaussian; or "
+                   "package.module:factory returning D(x, sigma) -> x0_hat")
+    g.add_argument("--shape", type=str, default=None, help="sample shape C,H,W (default: the "
+                   "denoiser's; 1,8,8 for the built-ins)")
+    g.add_argument("--batch", type=int, default=2, help="batch size of z0 (default 2)")
+    g.add_argument("--z0", dest="z0_path", default=None, help="load z0 from a .pt or .npy file "
+                   "instead of drawing it from --seed")
+    g.add_argument("--seed", type=int, default=0, help="one seed for every random draw (default 0)")
+    g.add_argument("--dtype", default="float32", help="dtype of z0 and the denoiser: float32 "
+                   "(default), float64, bfloat16, float16")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+
+    s = r.add_argument_group("sampler")
+    s.add_argument("--solver", default="2ab", help="2ab (default), 2mid, 1euler")
+    s.add_argument("--steps", type=int, default=4, help="sampling steps (default 4, as in the "
+                   "originating test; the original sampler uses 35)")
+    s.add_argument("--sigma-min", type=_float, default=0.002)
+    s.add_argument("--sigma-max", type=_float, default=80.0)
+    s.add_argument("--rho", type=_float, default=7.0)
+    s.add_argument("--s-churn", type=_float, default=None, help="EDM churn (default: 0 in mode "
+                   "default, 40 in the step-noise modes)")
+    s.add_argument("--s-noise", type=_float, default=1.0)
+    s.add_argument("--s-min", type=_float, default=0.0)
+    s.add_argument("--s-max", type=_float, default=math.inf)
+    s.add_argument("--solver-dtype", default="float64", help="float64 (default, as the "
+                   "original) or input (z0's dtype)")
+
+    c = r.add_argument_group("checks and output")
+    c.add_argument("--no-numeric", action="store_true", help="skip the finite-difference check")
+    c.add_argument("--optim-steps", type=int, default=3, help="Adam steps of the optimizer checks "
+                   "(default 3; 0 skips them)")
+    c.add_argument("--lr", type=_float, default=1e-2, help="Adam learning rate (default 0.01)")
+    c.add_argument("--out", default="gradcheck-report", help="output directory for report.json "
+                   "(default ./gradcheck-report)")
+    c.add_argument("--json", action="store_true", help="print the record as JSON on stdout "
+                   "instead of the summary")
+    c.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report import check_writable, summary, write_json_atomic
+    from .runner import RunConfig, run
+    from .sampling import SamplerConfig
+
+    sampler = SamplerConfig(
+        solver=args.solver, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+        rho=args.rho, s_churn=args.s_churn, s_min=args.s_min, s_max=args.s_max,
+        s_noise=args.s_noise, solver_dtype=args.solver_dtype,
+    )
+    cfg = RunConfig(
+        modes=parse_modes(args.mode), sampler=sampler, denoiser=args.denoiser, seed=args.seed,
+        dtype=args.dtype, device=args.device, batch=args.batch,
+        shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
+        numeric=not args.no_numeric, optim_steps=args.optim_steps, lr=args.lr,
+    ).validate()
+    out = check_writable(args.out)  # fail before the run, not after it
+    record = run(cfg)
+    data = record.to_dict()
+    path = write_json_atomic(Path(out) / "report.json", data)
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    else:
+        print(summary(record))
+        print(f"report: {path}")
+    return EXIT_OK if record.passed else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return cmd_run(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("gradcheck: interrupted\n")
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - one line for users, the traceback with --debug
+        if getattr(args, "debug", False):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, GradcheckError):
+            sys.stderr.write(f"gradcheck: error: {msg}\n")
+        else:
+            sys.stderr.write(f"gradcheck: error: {type(exc).__name__}: {msg} "
+                             f"(--debug shows the traceback)\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

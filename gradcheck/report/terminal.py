@@ -1,0 +1,76 @@
+"""The compact terminal summary of a run: per mode, every check and a per-step gradient table."""
+from __future__ import annotations
+
+from ..checks import fmt
+from ..records import FlowReport, ProbeStats, RunRecord
+
+#: Columns of the per-step table: header -> probe kinds shown there.
+COLUMNS = (("|g| state", ("x_T", "state")), ("|g| D_in", ("denoiser_in",)),
+           ("|g| D_out", ("denoiser_out",)), ("|g| eps", ("step_noise",)))
+
+
+def cell(p: ProbeStats | None) -> str:
+    """A gradient norm, or what stands in for it: '-' not probed, 'none' nothing arrived,
+    'no-graph' did not require grad, '0' exactly zero."""
+    if p is None:
+        return "-"
+    st = p.status
+    if st == "not_in_graph":
+        return "no-graph"
+    if st == "unreached":
+        return "none"
+    if st == "zero":
+        return "0"
+    if st == "nonfinite":
+        return f"nan/inf({p.nonfinite})"
+    return fmt(p.norm)
+
+
+def step_table(r: FlowReport) -> list[str]:
+    """One row per sampler step: sigma and the gradient norm at each probe kind."""
+    steps = sorted({p.step for p in r.probes if p.step is not None})
+    if not steps:
+        return ["  (no per-step probes)"]
+    rows = [["step", "sigma"] + [c for c, _ in COLUMNS]]
+    for s in steps:
+        at = [p for p in r.probes if p.step == s]
+        sig = next((p.sigma for p in at if p.sigma is not None), None)
+        row = [str(s), f"{sig:.4g}" if sig is not None else "-"]
+        for _, kinds in COLUMNS:
+            first = next((p for p in at if p.kind in kinds), None)  # the main call, not @mid
+            row.append(cell(first))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
+
+
+def mode_summary(r: FlowReport) -> list[str]:
+    errors = [f for f in r.checks if f.level == "error"]
+    n_ok = sum(f.passed for f in errors)
+    verdict = "PASS" if r.passed else "FAIL"
+    lines = [f"mode {r.mode}: {verdict} ({n_ok}/{len(errors)} checks)  "
+             f"loss {fmt(r.loss)} [{r.objective}: {r.loss_description}]"]
+    width = max(len(f.name) for f in r.checks)
+    for f in r.checks:
+        tag = "info" if f.level == "info" else ("PASS" if f.passed else "FAIL")
+        lines.append(f"  {tag:4}  {f.name:<{width}}  {f.message}")
+    lines += step_table(r)
+    t = r.timings
+    lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.3f}s" for k, v in t.items()))
+    return lines
+
+
+def summary(rec: RunRecord) -> str:
+    c = rec.config
+    s = c.get("sampler", {})
+    head = (f"gradcheck {rec.environment.get('gradcheck', '')}: RES {s.get('solver')}, "
+            f"{s.get('steps')} steps, sigma {s.get('sigma_max')} -> {s.get('sigma_min')}, "
+            f"denoiser {c.get('denoiser')}, z0 {c.get('z0_shape')} {c.get('dtype')} on "
+            f"{c.get('device')}, seed {c.get('seed')}")
+    lines = [head, ""]
+    for r in rec.modes.values():
+        lines += mode_summary(r) + [""]
+    verdict = "all checks pass" if rec.passed else "some checks FAIL: " + ", ".join(
+        f"{m}/{f.name}" for m, r in rec.modes.items() for f in r.failed)
+    lines.append(f"verdict: {verdict}")
+    return "\n".join(lines)

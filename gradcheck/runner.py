@@ -1,0 +1,172 @@
+"""``gradcheck run`` as a function: build the denoiser and z0, diagnose each mode, collect a RunRecord."""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .diagnosis import diagnose, validate_z0
+from .errors import ConfigError, DenoiserError, InputError
+from .records import RunRecord
+from .sampling import BUILTIN_SHAPES, NOISE_MODES, ResSampler, SamplerConfig, build_denoiser
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+#: ``--mode both`` means the originating note's two modes.
+BOTH = ("default", "learnable_step_noise")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``gradcheck run`` needs; defaults are the CLI's."""
+
+    modes: list[str] = field(default_factory=lambda: list(BOTH))
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=4))
+    denoiser: str = "conv"
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch: int = 2
+    shape: tuple[int, ...] | None = None
+    z0_path: str | None = None
+    numeric: bool = True
+    optim_steps: int = 3
+    lr: float = 1e-2
+
+    def validate(self) -> RunConfig:
+        for m in self.modes:
+            if m not in NOISE_MODES:
+                raise ConfigError(
+                    f"unknown mode {m!r}; choose one of {', '.join(NOISE_MODES)} or both"
+                )
+        if not self.modes:
+            raise ConfigError("no mode given")
+        self.sampler.validate()
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch!r}")
+        if self.shape is not None and (not self.shape or any(d < 1 for d in self.shape)):
+            raise ConfigError(f"shape must be positive sizes like 1,8,8, got {self.shape!r}")
+        if self.optim_steps < 0:
+            raise ConfigError(f"optim_steps must be >= 0, got {self.optim_steps!r}")
+        if not (self.lr > 0):
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sampler"] = self.sampler.to_dict()
+        d["shape"] = list(self.shape) if self.shape else None
+        return d
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
+def load_denoiser(spec: str, *, seed: int, dtype: torch.dtype,
+                  device: torch.device) -> tuple[Callable[..., Any], tuple[int, ...] | None]:
+    """A built-in name, or ``package.module:factory`` (called with no arguments).
+
+    Returns the denoiser and the sample shape it expects (from BUILTIN_SHAPES, or the factory
+    result's ``sample_shape`` attribute), if known.
+    """
+    if ":" not in spec:
+        return build_denoiser(spec, seed=seed, dtype=dtype, device=device), BUILTIN_SHAPES.get(spec)
+    mod_name, _, attr = spec.partition(":")
+    try:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        factory = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's bad input
+        raise DenoiserError(f"cannot import denoiser {spec!r}: {type(exc).__name__}: {exc}") from exc
+    try:
+        den = factory()
+    except Exception as exc:  # noqa: BLE001
+        raise DenoiserError(f"denoiser factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    if not callable(den):
+        raise DenoiserError(f"denoiser factory {spec!r} returned {type(den).__name__}, not a callable")
+    if isinstance(den, torch.nn.Module):
+        den = den.to(device=device, dtype=dtype)
+    shape = getattr(den, "sample_shape", None)
+    return den, tuple(shape) if shape else None
+
+
+def load_z0(path: str, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """z0 from a ``.pt`` (a tensor, loaded with weights_only) or ``.npy`` file."""
+    p = Path(path)
+    try:
+        if p.suffix == ".npy":
+            import numpy as np
+
+            z = torch.from_numpy(np.load(p, allow_pickle=False))
+        else:
+            z = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot load z0 from {path!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(z, torch.Tensor):
+        raise InputError(f"z0 file {path!r} holds {type(z).__name__}, expected a tensor")
+    return validate_z0(z).to(device=device, dtype=dtype)
+
+
+def environment(dtype: str, device: torch.device) -> dict[str, Any]:
+    env = {
+        "gradcheck": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else (platform.processor() or platform.machine()),
+        "torch_threads": torch.get_num_threads(),
+        "dtype": dtype,
+    }
+    return env
+
+
+def run(cfg: RunConfig) -> RunRecord:
+    """Diagnose the built-in (or the given) sampler in every mode of ``cfg``."""
+    cfg.validate()
+    dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+    den, default_shape = load_denoiser(cfg.denoiser, seed=cfg.seed, dtype=dtype, device=device)
+    if cfg.z0_path:
+        z0 = load_z0(cfg.z0_path, dtype=dtype, device=device)
+    else:
+        shape = cfg.shape or default_shape
+        if shape is None:
+            raise ConfigError(
+                f"denoiser {cfg.denoiser!r} does not say its sample shape: pass --shape C,H,W "
+                f"or give the factory's result a sample_shape attribute"
+            )
+        g = torch.Generator().manual_seed(cfg.seed)
+        z0 = torch.randn((cfg.batch, *shape), generator=g, dtype=torch.float64)
+        z0 = z0.to(device=device, dtype=dtype)  # [B, C, H, W]
+    modes = {}
+    for mode in cfg.modes:
+        sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
+        modes[mode] = diagnose(sampler, z0, mode=mode, seed=cfg.seed, numeric=cfg.numeric,
+                               optim_steps=cfg.optim_steps, lr=cfg.lr)
+    config = cfg.to_dict()
+    config["z0_shape"] = list(z0.shape)
+    config["sigmas"] = cfg.sampler.sigmas().tolist()
+    config["s_churn_by_mode"] = {m: cfg.sampler.churn_for(m) for m in cfg.modes}
+    return RunRecord(config=config, environment=environment(cfg.dtype, device), modes=modes)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up gradcheck in ./.venv: the CPU build of PyTorch, then the package with its test extras.
+# GPU users: GRADCHECK_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+# (or any CUDA build of torch >= 2.1) before running this, or `pip install torch` yourself first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC2086
+.venv/bin/python -m pip install -q ${GRADCHECK_TORCH:-torch==2.13.0}
+.venv/bin/python -m pip install -q -e ".[test]"

@@ -1,0 +1,104 @@
+"""Shared fixtures and purpose-built broken samplers (each violates one thing on purpose)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradcheck.sampling import GaussianDenoiser, ResSampler, SamplerConfig, build_denoiser
+
+SHAPE = (2, 1, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_guard():
+    """Every test must leave the global grad mode as it found it."""
+    before = torch.is_grad_enabled()
+    yield
+    after = torch.is_grad_enabled()
+    torch.set_grad_enabled(before)
+    assert after == before, "a test left the global grad mode changed"
+
+
+@pytest.fixture
+def gaussian() -> GaussianDenoiser:
+    return GaussianDenoiser(mu=0.1, s=0.5)
+
+
+@pytest.fixture(scope="session")
+def conv32():
+    return build_denoiser("conv", seed=0, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def conv64():
+    return build_denoiser("conv", seed=0, dtype=torch.float64)
+
+
+def z0_like(shape=SHAPE, dtype=torch.float64, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def sampler(den, mode="default", **cfg) -> ResSampler:
+    cfg.setdefault("steps", 4)
+    return ResSampler(den, SamplerConfig(**cfg), mode=mode, seed=0)
+
+
+class CallFault:
+    """Wraps a denoiser; on call number ``at`` applies ``fault`` ('detach_out', 'no_grad',
+    'scale_grad', 'flip_grad', 'nan_grad')."""
+
+    def __init__(self, inner, at: int, fault: str, factor: float = 2.0) -> None:
+        self.inner, self.at, self.fault, self.factor = inner, at, fault, factor
+        self.calls = 0
+
+    def __call__(self, x, sigma):
+        k = self.calls
+        self.calls += 1
+        if k != self.at:
+            return self.inner(x, sigma)
+        if self.fault == "no_grad":
+            with torch.no_grad():
+                return self.inner(x, sigma)
+        out = self.inner(x, sigma)
+        if self.fault == "detach_out":
+            return out.detach()
+        if self.fault == "scale_grad":
+            return _GradScale.apply(out, self.factor)
+        if self.fault == "flip_grad":
+            return _GradScale.apply(out, -1.0)
+        if self.fault == "nan_grad":
+            return _GradScale.apply(out, math.nan)
+        raise ValueError(self.fault)
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward, backward multiplied by a factor: a wrong custom backward."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.factor, None
+
+
+class ResetCalls:
+    """A sample_fn that resets a CallFault's counter per call, so every run is the same function."""
+
+    def __init__(self, fault: CallFault, smp: ResSampler) -> None:
+        self.fault, self.smp = fault, smp
+        self.mode = smp.mode
+        smp.denoiser = fault
+
+    @property
+    def leaves(self):
+        return self.smp.leaves
+
+    def __call__(self, z):
+        self.fault.calls = 0
+        return self.smp(z)

@@ -1,0 +1,141 @@
+"""Probes and traces: exact statistics, no stored gradients, hooks removed, grad mode restored."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck import instrument, probe, trace
+from gradcheck.errors import DenoiserError
+
+from .conftest import sampler, z0_like
+
+
+def test_probe_is_a_noop_outside_a_trace():
+    x = torch.randn(3, requires_grad=True)
+    y = x * 2
+    assert probe(y, "y") is y
+    assert y._backward_hooks is None or len(y._backward_hooks) == 0
+
+
+def test_statistics_match_the_gradient_exactly():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64)
+    w[0, 0] = 0.0
+    with trace() as tr:
+        y = probe(x * 3.0, "y", step=2, kind="state", sigma=torch.tensor([1.5, 2.0]))
+        probe(x, "x", kind="z0")
+        (y * w).sum().backward()
+    st = {s.name: s for s in tr.stats}
+    g = w  # dL/dy
+    assert st["y"].reached and st["y"].step == 2 and st["y"].sigma == 1.5
+    assert st["y"].norm == pytest.approx(g.norm().item())
+    assert st["y"].mean_abs == pytest.approx(g.abs().mean().item())
+    assert st["y"].max_abs == pytest.approx(g.abs().max().item())
+    assert st["y"].nonfinite == 0
+    assert st["x"].norm == pytest.approx((3 * g).norm().item())
+    for s in tr.stats:  # plain data only: no tensors survive the trace
+        for v in vars(s).values():
+            assert not isinstance(v, torch.Tensor)
+
+
+def test_none_vs_zero_vs_nonfinite_vs_not_in_graph():
+    x = torch.randn(3, requires_grad=True)
+    with trace() as tr:
+        a = probe(x * 1.0, "a")  # used below
+        b = probe(x * 2.0, "b")  # in a graph, never used: no gradient arrives
+        c = probe(torch.clamp(x, 10, 20), "c")  # saturated clamp: exactly zero upstream of it
+        d = probe(torch.ones(3), "d")  # not in any graph
+        e = probe(x * 1.0, "e")
+        loss = a.sum() + c.sum() + (e * torch.tensor([1.0, float("nan"), 1.0])).sum() + d.sum()
+        loss.backward()
+    st = {s.name: s.status for s in tr.stats}
+    assert st == {"a": "ok", "b": "unreached", "c": "ok", "d": "not_in_graph", "e": "nonfinite"}
+    assert x.grad is not None
+    del b
+
+
+def test_hooks_removed_and_grad_mode_restored_when_the_code_raises():
+    x = torch.randn(3, requires_grad=True)
+    ys = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with trace() as tr:
+            y = probe(x * 2, "y")
+            ys.append(y)
+            torch.set_grad_enabled(False)
+            raise RuntimeError("boom")
+    assert torch.is_grad_enabled()
+    assert tr.hooks_registered == 1 and tr.hooks_left == 0
+    assert len(ys[0]._backward_hooks or {}) == 0
+    assert gradcheck.probes.current_trace() is None
+
+
+def test_diagnose_removes_hooks_after_an_exception_inside_the_sampler(conv32):
+    kept = []
+
+    def boom(z):
+        x = sampler(conv32)(z)
+        kept.append(x)
+        raise ValueError("sampler exploded")
+
+    with pytest.raises(ValueError, match="sampler exploded"):
+        gradcheck.diagnose(boom, z0_like(dtype=torch.float32), numeric=False, optim_steps=0)
+    assert torch.is_grad_enabled()
+    assert gradcheck.probes.current_trace() is None
+    out = kept[-1]
+    assert len(out._backward_hooks or {}) == 0
+
+
+@pytest.mark.parametrize("as_module", [True, False])
+def test_instrument_preserves_results_and_numbers_calls(conv32, as_module):
+    den = conv32 if as_module else (lambda x, s: conv32(x, s))
+    wrapped = instrument(den)
+    assert isinstance(wrapped, torch.nn.Module) == as_module
+    if as_module:
+        assert {id(p) for p in wrapped.parameters()} == {id(p) for p in conv32.parameters()}
+    x = z0_like(dtype=torch.float32)
+    s = torch.full((2,), 3.0)
+    torch.testing.assert_close(wrapped(x, s), den(x, s), rtol=0, atol=0)
+    z = x.clone().requires_grad_(True)
+    with trace() as tr:
+        probe(z, "z0", kind="z0")
+        y = z
+        for _ in range(3):
+            y = wrapped(y, s)
+        y.sum().backward()
+    names = [p.name for p in tr.stats]
+    assert names == ["z0", "D_in[0]", "D_out[0]", "D_in[1]", "D_out[1]", "D_in[2]", "D_out[2]"]
+    assert [p.step for p in tr.stats[1:]] == [0, 0, 1, 1, 2, 2]
+    assert all(p.reached for p in tr.stats)
+    assert instrument(wrapped) is wrapped
+
+
+def test_instrument_checks_output_shape_and_rejects_non_callables():
+    with pytest.raises(DenoiserError, match=r"shape \(2, 3\)"):
+        instrument(lambda x, s: x[:, :3])(torch.randn(2, 5), 1.0)
+    with pytest.raises(DenoiserError, match="callable"):
+        instrument(42)
+
+
+def test_probing_the_same_tensor_twice_under_one_name_records_once():
+    x = torch.randn(3, requires_grad=True)
+    with trace() as tr:
+        probe(x, "z0", kind="z0")
+        probe(x, "z0", kind="z0")
+        (x * 2).sum().backward()
+    assert [s.name for s in tr.stats] == ["z0"]
+
+
+def test_built_in_sampler_probes_every_state_call_and_noise(conv32):
+    z = z0_like(dtype=torch.float32).requires_grad_(True)
+    with trace() as tr:
+        out = sampler(conv32, "learnable_step_noise", steps=3)(z)
+        out.sum().backward()
+    names = [p.name for p in tr.stats]
+    assert names == ["z0", "x_T", "eps[0]", "D_in[0]", "D_out[0]", "x[1]", "eps[1]", "D_in[1]",
+                     "D_out[1]", "x[2]", "eps[2]", "D_in[2]", "D_out[2]", "x[3]", "D_in[3]",
+                     "D_out[3]"]
+    assert all(p.reached for p in tr.stats)
+    assert all(p.connected_to_z0 for p in tr.stats if p.kind == "step_noise")
+    sig = {p.name: p.sigma for p in tr.stats}
+    assert sig["x_T"] == pytest.approx(80.0) and sig["D_in[3]"] == pytest.approx(0.002)

@@ -35,32 +35,59 @@ def _carries(p: ProbeStats) -> bool:
     return p.reached and (p.max_abs or 0.0) > 0.0
 
 
+def _steps(label: str, steps: list[int]) -> str:
+    return f"{'step' if len(set(steps)) == 1 else 'steps'} {ranges(steps)} {label}"
+
+
 def step_picture(report: FlowReport) -> str:
-    """'steps 2..4 carry gradient (|g| 1.2e-03..4.5e-02); steps 0..1 receive none'."""
+    """'steps 2..4 carry gradient (|g| 1.2e-03..4.5e-02); steps 0..1 receive none (...)'."""
     path = [p for p in report.of_kind(*PATH_KINDS) if p.step is not None]
     if not path:
         return "no per-step probes recorded (instrument the denoiser to get them)"
-    steps = sorted({p.step for p in path})
-    good = [s for s in steps if all(_carries(p) for p in path if p.step == s)]
+    by_step: dict[int, list[ProbeStats]] = {}
+    for p in path:
+        by_step.setdefault(p.step, []).append(p)
+    carry, part, none, nograph = [], [], [], []
+    for s, ps in sorted(by_step.items()):
+        if all(_carries(p) for p in ps):
+            carry.append(s)
+        elif any(_carries(p) for p in ps):
+            part.append(s)
+        elif all(not p.requires_grad for p in ps):
+            nograph.append(s)
+        else:
+            none.append(s)
     parts = []
-    if good:
-        norms = [p.norm for p in path if p.step in good and p.norm is not None]
-        parts.append(f"steps {ranges(good)} carry gradient (|g| {fmt(min(norms))}..{fmt(max(norms))})")
-    bad = [s for s in steps if s not in good]
-    if bad:
-        parts.append(f"steps {ranges(bad)} receive none or only part")
+    if carry:
+        norms = [p.norm for s in carry for p in by_step[s] if p.norm is not None]
+        parts.append(_steps(f"carry gradient (|g| {fmt(min(norms))}..{fmt(max(norms))})", carry))
+    if part:
+        parts.append(_steps("carry gradient only in part of their probes", part))
+    if none:
+        parts.append(_steps("receive none (in the autograd graph, but cut off from the loss)",
+                            none))
+    if nograph:
+        parts.append(_steps("are not in the autograd graph at all", nograph))
     return "; ".join(parts)
 
 
 def break_between(report: FlowReport) -> str | None:
-    """Where, between two probes in forward order, the gradient stops (None when it does not)."""
-    path = sorted((p for p in report.probes if p.kind not in ("loss",)), key=lambda p: p.order)
+    """Where, between two probes in forward order, the gradient path breaks (None if it does
+    not): first where the autograd graph ends (an in-graph probe followed by one that does not
+    require grad), else where the gradient stops (the last probe without gradient that is
+    followed by one with gradient)."""
+    path = sorted((p for p in report.probes if p.kind in PATH_KINDS or p.kind == "output"),
+                  key=lambda p: p.order)
+    for a, b in zip(path, path[1:]):
+        if a.requires_grad and not b.requires_grad:
+            return f"the autograd graph ends between {a.name} ({_where(a)}) and {b.name} ({_where(b)})"
     for k in range(len(path) - 1, -1, -1):
-        if not _carries(path[k]) and path[k].kind != "step_noise":
+        if not _carries(path[k]):
             after = next((q for q in path[k + 1:] if _carries(q)), None)
             if after is None:
                 return None
-            return f"between {path[k].name} ({_where(path[k])}) and {after.name} ({_where(after)})"
+            return (f"the gradient stops between {path[k].name} ({_where(path[k])}) and "
+                    f"{after.name} ({_where(after)})")
     return None
 
 
@@ -112,16 +139,17 @@ def grad_reaches_every_step(r: FlowReport) -> Finding:
         return Finding("grad_reaches_every_step", True, level="info", value=0, threshold="all",
                        message="no per-step probes recorded; wrap the denoiser with "
                        "gradcheck.instrument() to see the gradient at every call")
-    missing = [p for p in path if not p.reached]
+    missing = [p for p in path if not _carries(p)]
     ok = not missing
     if ok:
-        msg = f"gradient reaches all {len(path)} step probes; {step_picture(r)}"
+        msg = f"non-zero gradient reaches all {len(path)} step probes; {step_picture(r)}"
     else:
-        names = ", ".join(p.name for p in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        names = ", ".join(p.name + (" (exactly zero)" if p.status == "zero" else "")
+                          for p in missing[:8]) + (", ..." if len(missing) > 8 else "")
         where = break_between(r)
         msg = (f"gradient misses {len(missing)} of {len(path)} step probes: {names}"
-               f" (steps {ranges(p.step for p in missing if p.step is not None)}); "
-               f"{step_picture(r)}" + (f"; it stops {where}" if where else ""))
+               f" ({_steps('', [p.step for p in missing if p.step is not None]).strip()}); "
+               f"{step_picture(r)}" + (f"; {where}" if where else ""))
     return Finding("grad_reaches_every_step", ok, value=len(path) - len(missing),
                    threshold=len(path), message=msg,
                    step=max((p.step for p in missing if p.step is not None), default=None))
@@ -144,7 +172,7 @@ def grad_reaches_z0(r: FlowReport) -> Finding:
         head = "gradient reaches z0 but is exactly zero everywhere"
     else:
         head = f"gradient at z0 has {z.nonfinite} non-finite value(s)"
-    msg = f"{head}; {step_picture(r)}" + (f"; it stops {where}" if where else "")
+    msg = f"{head}; {step_picture(r)}" + (f"; {where}" if where else "")
     if st in ("unreached", "not_in_graph", "zero"):
         msg += ". hint: look for .detach(), torch.no_grad(), .item() or a uint8 round trip there"
     return Finding("grad_reaches_z0", False, value=z.norm, threshold="> 0, finite", message=msg)

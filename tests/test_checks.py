@@ -1,0 +1,264 @@
+"""Every check passes on the healthy sampler (solver x mode x steps) and fails on a sampler built to
+violate it, with a message that says where."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck.sampling import NOISE_MODES, SOLVERS, FreshStepNoise, SamplerConfig, sample_res
+
+from .conftest import CallFault, ResetCalls, sampler, z0_like
+
+ERROR_CHECKS = {"output_requires_grad", "grad_reaches_output", "loss_not_stationary",
+                "grad_reaches_every_step", "grad_reaches_z0", "numeric_directional",
+                "optimizer_changes_z0", "loss_moves", "trace_hygiene"}
+
+
+def failed(rep) -> set[str]:
+    return {f.name for f in rep.failed}
+
+
+@pytest.mark.parametrize("steps", [1, 4, 35])
+@pytest.mark.parametrize("mode", NOISE_MODES)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_healthy_gaussian_sampler_passes_everything(solver, mode, steps, gaussian):
+    rep = gradcheck.diagnose(sampler(gaussian, mode, solver=solver, steps=steps), z0_like())
+    assert rep.passed, [f.message for f in rep.failed]
+    names = {f.name for f in rep.checks if f.level == "error"}
+    assert ERROR_CHECKS <= names
+    expected_noise = {"learnable_step_noise": "error", "independent_leaves": "error"}
+    assert rep.check("step_noise").level == expected_noise.get(mode, "info")
+    # float64 oracle: reverse mode and finite differences agree tightly
+    assert rep.numeric.rel_error < 1e-6
+
+
+@pytest.mark.parametrize("mode", NOISE_MODES)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_healthy_conv_sampler_passes_everything_float32(solver, mode, conv32):
+    rep = gradcheck.diagnose(sampler(conv32, mode, solver=solver, steps=4),
+                             z0_like(dtype=torch.float32))
+    assert rep.passed, [f.message for f in rep.failed]
+
+
+def test_healthy_conv_sampler_35_steps(conv32):
+    for mode in ("default", "learnable_step_noise"):
+        rep = gradcheck.diagnose(sampler(conv32, mode, steps=35), z0_like(dtype=torch.float32))
+        assert rep.passed, [f.message for f in rep.failed]
+        assert len(rep.of_kind("denoiser_in")) == 36
+
+
+def test_fresh_noise_is_reported_as_disconnected(gaussian):
+    rep = gradcheck.diagnose(sampler(gaussian, "fresh_noise"), z0_like())
+    f = rep.check("step_noise")
+    assert f.level == "info" and f.passed
+    assert "4 of 4 step noises are not connected to z0" in f.message
+    assert rep.check("grad_reaches_z0").passed
+
+
+# -- each check fails on a sampler built to violate it ------------------------------------------
+
+def test_no_grad_sampler_fails_output_requires_grad(gaussian):
+    smp = sampler(gaussian)
+
+    @torch.no_grad()
+    def sample(z):
+        return smp(z)
+
+    rep = gradcheck.diagnose(sample, z0_like())
+    assert {"output_requires_grad", "grad_reaches_output", "grad_reaches_z0",
+            "numeric_directional", "optimizer_changes_z0", "loss_moves"} <= failed(rep)
+    assert "@torch.no_grad()" in rep.check("output_requires_grad").message
+    assert rep.check("trace_hygiene").passed  # the decorator restores grad mode itself
+
+
+def test_detached_loss_fails_grad_reaches_output(gaussian):
+    target = z0_like(seed=3)
+    rep = gradcheck.diagnose(sampler(gaussian), z0_like(),
+                             loss_fn=lambda out: ((out.detach() - target) ** 2).mean())
+    assert "grad_reaches_output" in failed(rep)
+    assert rep.check("output_requires_grad").passed
+    assert "loss does not require grad" in rep.check("grad_reaches_output").message
+
+
+def test_baseline_from_the_same_z0_is_a_stationary_point(gaussian):
+    smp = sampler(gaussian)
+    z0 = z0_like()
+    with torch.no_grad():
+        same = smp(z0)
+    rep = gradcheck.diagnose(smp, z0, target=same)
+    assert {"loss_not_stationary", "grad_reaches_z0", "optimizer_changes_z0"} <= failed(rep)
+    assert "stationary point" in rep.check("loss_not_stationary").message
+    assert "exactly zero" in rep.check("grad_reaches_z0").message
+    assert rep.check("grad_reaches_output").passed  # gradient arrives, it is just zero
+
+
+def _cut_state_sampler(den, solver, at):
+    sig = SamplerConfig(solver=solver, steps=4 if solver != "2mid" else 8).sigmas()
+
+    def sample(z):
+        def cut(d):
+            return d["x"].detach() if d["i"] == at else None
+        return sample_res(den, 80.0 * gradcheck.probe(z, "z0", kind="z0"), sig, solver=solver,
+                          callback=cut)
+    return sample
+
+
+@pytest.mark.parametrize("solver", ["1euler", "2mid"])
+def test_detached_state_in_a_middle_step_names_the_break(solver, gaussian):
+    rep = gradcheck.diagnose(_cut_state_sampler(gaussian, solver, at=1), z0_like())
+    assert {"grad_reaches_every_step", "grad_reaches_z0", "numeric_directional",
+            "output_requires_grad"} <= failed(rep)
+    msg = rep.check("grad_reaches_z0").message
+    assert msg.startswith("gradient does not reach z0 (z0.grad would be None)")
+    assert "steps 0..1 receive none (in the autograd graph, but cut off from the loss)" in msg
+    assert "steps 2..4 are not in the autograd graph at all" in msg
+    last = "D_out[1]@mid" if solver == "2mid" else "D_out[1]"
+    assert f"the autograd graph ends between {last} (step 1) and x[2] (step 2)" in msg
+    assert "reverse mode says it does not" in rep.check("numeric_directional").message
+
+
+def test_detached_state_in_2ab_leaks_through_the_multistep_history(gaussian):
+    # 2ab reuses D_out[1] in step 2's update, so cutting the state x[2] leaves a (biased) path
+    rep = gradcheck.diagnose(_cut_state_sampler(gaussian, "2ab", at=1), z0_like())
+    assert failed(rep) >= {"grad_reaches_every_step", "numeric_directional"}
+    assert rep.check("grad_reaches_z0").passed
+    msg = rep.check("grad_reaches_every_step").message
+    assert "misses 3 of 15 step probes: x[2], D_in[2], D_out[2]" in msg
+    assert "step 2 are not in the autograd graph at all" in msg
+    assert "the autograd graph ends between D_out[1] (step 1) and x[2] (step 2)" in msg
+
+
+def test_one_denoiser_call_under_no_grad_is_found(conv32):
+    smp = ResetCalls(CallFault(conv32, at=2, fault="no_grad"), sampler(conv32))
+    rep = gradcheck.diagnose(smp, z0_like(dtype=torch.float32))
+    # the state path (e^-h x term) still reaches z0, but the gradient is biased
+    assert {"grad_reaches_every_step", "numeric_directional"} <= failed(rep)
+    assert rep.check("grad_reaches_z0").passed
+    miss = rep.check("grad_reaches_every_step").message
+    assert "misses 2 of 15 step probes: D_in[2], D_out[2] (step 2)" in miss
+    assert "the autograd graph ends between D_in[2] (step 2) and D_out[2] (step 2)" in miss
+
+
+def test_detached_denoiser_output_is_a_biased_skip_gradient(conv32):
+    smp = ResetCalls(CallFault(conv32, at=1, fault="detach_out"), sampler(conv32))
+    rep = gradcheck.diagnose(smp, z0_like(dtype=torch.float32))
+    assert {"grad_reaches_every_step", "numeric_directional"} <= failed(rep)
+    assert "reverse mode disagrees" in rep.check("numeric_directional").message
+
+
+def test_fresh_noise_in_learnable_mode_fails_step_noise(gaussian):
+    sig = SamplerConfig(steps=4).sigmas()
+
+    def sample(z):
+        z = gradcheck.probe(z, "z0", kind="z0")
+        return sample_res(gaussian, 80.0 * z, sig, s_churn=40.0, step_noise=FreshStepNoise(0))
+
+    rep = gradcheck.diagnose(sample, z0_like(), mode="learnable_step_noise")
+    assert failed(rep) == {"step_noise"}
+    msg = rep.check("step_noise").message
+    assert "4 of 4 step noises do not carry gradient to z0" in msg
+    assert "eps[0] is not connected to z0 (it does not require grad: a fresh draw?)" in msg
+
+
+def test_learnable_mode_without_churn_fails_step_noise(gaussian):
+    rep = gradcheck.diagnose(sampler(gaussian, "learnable_step_noise", s_churn=0.0), z0_like())
+    assert failed(rep) == {"step_noise"}
+    assert "injected none" in rep.check("step_noise").message
+
+
+def test_detached_leaf_fails_independent_leaves(gaussian):
+    smp = sampler(gaussian, "independent_leaves")
+    noise = smp._noise(z0_like())  # the persistent leaves
+
+    def sample(z):
+        z = gradcheck.probe(z, "z0", kind="z0")
+        return sample_res(gaussian, 80.0 * z, smp.config.sigmas(), s_churn=40.0,
+                          step_noise=lambda i, x: noise(i, x).detach() if i == 2 else noise(i, x))
+
+    rep = gradcheck.diagnose(sample, z0_like(), mode="independent_leaves")
+    assert failed(rep) == {"step_noise"}
+    assert "1 of 4 step-noise leaves receive no gradient: eps[2] (not_in_graph)" in \
+        rep.check("step_noise").message
+
+
+def test_wrong_custom_backward_fails_the_numeric_check_only(conv32):
+    smp = ResetCalls(CallFault(conv32, at=3, fault="scale_grad", factor=3.0), sampler(conv32))
+    rep = gradcheck.diagnose(smp, z0_like(dtype=torch.float32))
+    assert failed(rep) == {"numeric_directional"}
+    assert rep.numeric.rel_error > 0.05
+
+
+def test_wrong_sign_backward_moves_the_loss_the_wrong_way(gaussian):
+    # flip the sign of the gradient at the output (the only path to z0)
+    smp = ResetCalls(CallFault(gaussian, at=4, fault="flip_grad"), sampler(gaussian))
+    rep = gradcheck.diagnose(smp, z0_like())
+    assert {"loss_moves", "numeric_directional"} <= failed(rep)
+    assert "should move the loss up" in rep.check("loss_moves").message
+
+
+def test_nan_backward_is_reported_as_non_finite(gaussian):
+    smp = ResetCalls(CallFault(gaussian, at=2, fault="nan_grad"), sampler(gaussian))
+    rep = gradcheck.diagnose(smp, z0_like())
+    assert "grad_reaches_z0" in failed(rep)
+    assert "non-finite" in rep.check("grad_reaches_z0").message
+
+
+def test_sampler_leaking_grad_mode_fails_hygiene(gaussian):
+    smp = sampler(gaussian)
+
+    def sample(z):
+        out = smp(z)
+        torch.set_grad_enabled(False)  # e.g. a pipeline loader that disables grad globally
+        return out
+
+    rep = gradcheck.diagnose(sample, z0_like(), numeric=False, optim_steps=0)
+    torch.set_grad_enabled(True)
+    assert failed(rep) == {"trace_hygiene"}
+    assert "changed the global grad mode" in rep.check("trace_hygiene").message
+    assert rep.hygiene.hooks_left == 0
+
+
+def test_hygiene_check_is_a_pure_function_of_the_record(gaussian):
+    from gradcheck.checks import trace_hygiene
+
+    rep = gradcheck.diagnose(sampler(gaussian), z0_like(), numeric=False, optim_steps=0)
+    rep.hygiene.hooks_left = 2
+    rep.hygiene.grad_mode_after = False
+    f = trace_hygiene(rep)
+    assert not f.passed and "2 of" in f.message and "grad mode True before, False after" in f.message
+
+
+def test_diagnose_leaves_the_callers_z0_alone(gaussian):
+    z0 = z0_like()
+    before = z0.clone()
+    rep = gradcheck.diagnose(sampler(gaussian, "learnable_step_noise"), z0)
+    assert torch.equal(z0, before) and not z0.requires_grad and z0.grad is None
+    assert rep.handles["z0"] is not z0 and rep.handles["z0_grad"] is not None
+
+
+def test_diagnose_does_not_touch_parameter_grads():
+    net = torch.nn.Linear(4, 4).double()
+    z0 = z0_like(shape=(3, 4))
+    rep = gradcheck.diagnose(lambda z: gradcheck.instrument(lambda x, s: net(x))(z, 1.0), z0)
+    assert rep.passed, [f.message for f in rep.failed]
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_diagnose_rejects_bad_z0_naming_it(gaussian):
+    z = z0_like()
+    z[0, 0, 1, 1] = float("nan")
+    with pytest.raises(gradcheck.InputError, match=r"1 non-finite value\(s\) \(1 NaN, 0 Inf\)"):
+        gradcheck.diagnose(sampler(gaussian), z)
+    with pytest.raises(gradcheck.InputError, match="floating-point"):
+        gradcheck.diagnose(sampler(gaussian), torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(gradcheck.ConfigError, match="'sideways'"):
+        gradcheck.diagnose(sampler(gaussian), z0_like(), objective="sideways")
+
+
+def test_same_seed_same_numbers(conv32):
+    a = gradcheck.diagnose(sampler(conv32, "fresh_noise"), z0_like(dtype=torch.float32), seed=4)
+    b = gradcheck.diagnose(sampler(conv32, "fresh_noise"), z0_like(dtype=torch.float32), seed=4)
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("timings"), db.pop("timings")
+    assert da == db

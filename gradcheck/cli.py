@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--z0", dest="z0_path", default=None, help="load z0 from a .pt or .npy file "
                    "instead of drawing it from --seed")
     g.add_argument("--seed", type=int, default=0, help="one seed for every random draw (default 0)")
-    g.add_argument("--dtype", default="float32", help="dtype of z0 and the denoiser: float32 "
-                   "(default), float64, bfloat16, float16")
+    g.add_argument("--dtype", default="float64", help="dtype of z0 and the denoiser: float64 "
+                   "(default: the numeric check is then exact to 1e-5), float32, bfloat16, "
+                   "float16 (the numeric tolerance follows the dtype)")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
 
     s = r.add_argument_group("sampler")
@@ -142,7 +143,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (exit 1), --help and --version (exit 0)
+        return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return EXIT_ERROR

@@ -47,26 +47,27 @@ class _Entry:
     requires_grad: bool
     grad_fn: str | None
     connected_to_z0: bool | None
-    stats: torch.Tensor | None = None  # [norm, mean|g|, max|g|, nonfinite], 0-d tensors stacked
+    numel: int = 0
+    stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see _grad_stats)
     fired: int = 0
     extra: dict = field(default_factory=dict)
 
 
 def _grad_stats(g: torch.Tensor) -> torch.Tensor:
-    """[L2 norm, mean |g|, max |g|, non-finite count] as one small tensor on g's device. No sync."""
+    """[L2 norm, sum |g|, max |g|, finite count] as one small tensor on g's device. No sync;
+    mean |g| and the non-finite count are derived from it when the trace closes."""
     with torch.no_grad():
-        acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+        g = g.detach()
         if g.numel() == 0:
-            return torch.zeros(4, dtype=acc, device=g.device)
-        a = g.detach().abs()
-        return torch.stack(
-            [
-                torch.linalg.vector_norm(g.detach(), dtype=acc),
-                a.mean(dtype=acc),
-                a.max().to(acc),
-                (~torch.isfinite(g.detach())).sum().to(acc),
-            ]
-        )
+            return torch.zeros(4, dtype=torch.float32, device=g.device)
+        acc = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
+        a = g.abs()
+        return torch.stack([
+            torch.linalg.vector_norm(g, dtype=acc),
+            a.sum(dtype=acc),
+            a.amax().to(acc),
+            torch.isfinite(g).sum(dtype=acc),
+        ])
 
 
 class Trace:
@@ -141,7 +142,7 @@ class Trace:
             dtype=str(t.dtype).replace("torch.", ""), shape=list(t.shape),
             requires_grad=bool(t.requires_grad),
             grad_fn=type(t.grad_fn).__name__ if t.grad_fn is not None else None,
-            connected_to_z0=connected,
+            connected_to_z0=connected, numel=t.numel(),
         )
         self._entries.append(entry)
         self._seen[key] = weakref.ref(t)
@@ -169,6 +170,9 @@ class Trace:
         for i, e in enumerate(self._entries):
             sigma = next(sig_vals) if isinstance(e.sigma, torch.Tensor) else e.sigma
             v = values.get(i)
+            if v is not None:  # [norm, sum|g|, max|g|, finite] -> [norm, mean|g|, max|g|, nonfinite]
+                n = max(1, e.numel)
+                v = [v[0], v[1] / n, v[2], e.numel - v[3]]
             out.append(ProbeStats(
                 name=e.name, kind=e.kind, order=e.order, step=e.step, call=e.call,
                 sigma=float(sigma) if sigma is not None else None, dtype=e.dtype, shape=e.shape,

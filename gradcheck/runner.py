@@ -31,7 +31,7 @@ class RunConfig:
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=4))
     denoiser: str = "conv"
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "float64"
     device: str = "cpu"
     batch: int = 2
     shape: tuple[int, ...] | None = None

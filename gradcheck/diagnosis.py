@@ -12,7 +12,7 @@ import torch
 
 from . import graph
 from .checks import run_checks
-from .errors import GradcheckError, InputError
+from .errors import ConfigError, GradcheckError, InputError
 from .numeric import directional_check
 from .probes import probe, trace
 from .records import FlowReport, Hygiene, OptimResult
@@ -50,6 +50,14 @@ def validate_z0(z0: Any) -> torch.Tensor:
             f"z0 contains {bad} non-finite value(s) ({nan} NaN, {bad - nan} Inf) of {z0.numel()}"
         )
     return z0
+
+
+def _as_output(out: Any) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise GradcheckError(
+            f"sample_fn returned {type(out).__name__}, expected the sampler output tensor"
+        )
+    return out
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -96,8 +104,6 @@ def diagnose(
     """
     mode = mode or getattr(sample_fn, "mode", None) or "default"
     if mode not in STEP_NOISE_EXPECTATION:
-        from .errors import ConfigError
-
         raise ConfigError(
             f"unknown mode {mode!r}; choose one of {', '.join(STEP_NOISE_EXPECTATION)}"
         )
@@ -108,12 +114,7 @@ def diagnose(
 
     def run(z: torch.Tensor) -> torch.Tensor:
         with seeded(seed, device):
-            out = sample_fn(z)
-        if not isinstance(out, torch.Tensor):
-            raise GradcheckError(
-                f"sample_fn returned {type(out).__name__}, expected the sampler output tensor"
-            )
-        return out
+            return _as_output(sample_fn(z))
 
     # -- the loss -------------------------------------------------------------------------
     if loss_fn is not None:
@@ -133,8 +134,6 @@ def diagnose(
         default_obj = "maximize"
     objective = objective or default_obj
     if objective not in ("minimize", "maximize"):
-        from .errors import ConfigError
-
         raise ConfigError(f"objective must be 'minimize' or 'maximize', got {objective!r}")
 
     # -- record: forward + backward under the trace ----------------------------------------
@@ -149,11 +148,7 @@ def diagnose(
             out = sample_fn(z)
         changed = torch.is_grad_enabled() != grad_mode
         torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported, not obeyed
-        if not isinstance(out, torch.Tensor):
-            raise GradcheckError(
-                f"sample_fn returned {type(out).__name__}, expected the sampler output tensor"
-            )
-        probe(out, "output", kind="output")
+        probe(_as_output(out), "output", kind="output")
         loss = loss_of(out)
         if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
             raise GradcheckError(f"loss_fn must return a scalar tensor, got {loss!r:.80}")

@@ -5,7 +5,9 @@ The run records (torch); :mod:`gradcheck.checks` judges the record (pure); rende
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -15,7 +17,7 @@ from .checks import run_checks
 from .errors import ConfigError, GradcheckError, InputError
 from .numeric import directional_check
 from .probes import probe, trace
-from .records import FlowReport, Hygiene, OptimResult
+from .records import FlowReport, Hygiene, OptimResult, StepGraph
 
 #: What each noise mode promises about the step noise (read by the checks).
 STEP_NOISE_EXPECTATION = {
@@ -76,6 +78,8 @@ def diagnose(
     numeric: bool = True,
     optim_steps: int = 3,
     lr: float = 1e-2,
+    raw_graph_cap: int = 600,
+    keep_raw_dot: bool = False,
 ) -> FlowReport:
     """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
 
@@ -98,6 +102,10 @@ def diagnose(
         numeric: run the finite-difference check (2 forward passes per step size).
         optim_steps: Adam steps on a copy of z0 for the optimizer checks (0 skips them).
         lr: Adam's learning rate for those steps.
+        raw_graph_cap: keep the op-level autograd graph (torchviz DOT) in the record only up to
+            this many nodes; bigger graphs take minutes to lay out.
+        keep_raw_dot: also keep the op-level DOT of a graph above the cap, in
+            ``report.handles["raw_dot"]`` (not serialised; ``gradcheck run`` writes it to a file).
 
     Returns:
         A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
@@ -140,6 +148,7 @@ def diagnose(
     z = z0.detach().clone().requires_grad_(True)
     z_grad = None
     loss_value = None
+    raw_full = None
     with trace() as tr:
         probe(z, "z0", kind="z0")
         grad_mode = torch.is_grad_enabled()
@@ -156,8 +165,22 @@ def diagnose(
         timings["forward_s"] = time.perf_counter() - t0
         out_rg, loss_rg = bool(out.requires_grad), bool(loss.requires_grad)
         t0 = time.perf_counter()
+        step_graph = None
         if loss_rg:
-            inputs = graph.leaf_tensors(loss)  # everything backward() would reach, .grad untouched
+            inputs, total, edges, regions = tr.collapse(loss)
+            step_graph = StepGraph(
+                nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
+                region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
+                raw_cap=raw_graph_cap,
+            )
+            if total <= raw_graph_cap:
+                step_graph.raw_dot = _torchviz_dot(loss)
+            else:
+                step_graph.raw_skipped = (f"{total} autograd nodes > cap {raw_graph_cap}: too many "
+                                          f"to lay out quickly")
+            if keep_raw_dot and step_graph.raw_dot is None:
+                raw_full = graph.raw_dot(loss)
+            # differentiate w.r.t. every leaf: what backward() would compute, .grad untouched
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
             for t, gr in zip(inputs, grads):
                 if t is z:
@@ -196,12 +219,31 @@ def diagnose(
         output_requires_grad=out_rg, loss_requires_grad=loss_rg,
         output_grad_max_abs=out_stats.max_abs if out_stats else None,
         probes=tr.stats, numeric=num, optim=opt_res, hygiene=hygiene,
-        expect={"step_noise": STEP_NOISE_EXPECTATION[mode]}, timings=timings,
+        expect={"step_noise": STEP_NOISE_EXPECTATION[mode]}, graph=step_graph, timings=timings,
         handles={"z0": z, "z0_grad": z_grad, "output": out.detach(),
-                 "leaves": list(getattr(sample_fn, "leaves", []))},
+                 "leaves": list(getattr(sample_fn, "leaves", [])), "raw_dot": raw_full},
     )
     report.checks = run_checks(report)
     return report
+
+
+def _torchviz_dot(loss: torch.Tensor) -> str | None:
+    """torchviz's op-level DOT of the backward graph (small graphs only: it recurses), with its
+    id()-based node names renumbered so the same run gives the same text. Falls back to
+    gradcheck's own writer where torchviz does not import (it needs distutils: Python < 3.12)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchviz's LooseVersion
+        try:
+            from torchviz import make_dot
+        except ImportError:
+            src = graph.raw_dot(loss)
+        else:
+            src = make_dot(loss).source
+    if src is None:
+        return None
+    ids: dict[str, str] = {}
+    return re.sub(r"(?<![\w.])\d{6,}(?![\w.])",
+                  lambda m: ids.setdefault(m.group(0), str(len(ids))), src)
 
 
 def _adam_probe(run, loss_of, z, z_grad, loss0, objective, steps, lr) -> OptimResult:

@@ -32,20 +32,6 @@ def iter_nodes(roots: list[Any], max_nodes: int = MAX_NODES) -> Iterator[Any]:
                 stack.append(nxt)
 
 
-def leaf_tensors(root: torch.Tensor) -> list[torch.Tensor]:
-    """All leaf tensors (``AccumulateGrad`` variables) that ``root``'s graph reaches: z0, step
-    noise leaves, model parameters. Differentiating with respect to all of them computes exactly
-    what ``root.backward()`` would, without touching any ``.grad``."""
-    if root.grad_fn is None:
-        return [root] if root.requires_grad else []
-    out = []
-    for node in iter_nodes([root.grad_fn]):
-        var = getattr(node, "variable", None)
-        if isinstance(var, torch.Tensor):
-            out.append(var)
-    return out
-
-
 def is_connected(tensor: torch.Tensor, target: torch.Tensor) -> bool:
     """True when ``tensor``'s autograd graph reaches the leaf ``target`` (so gradient that arrives
     at ``tensor`` is passed on to ``target``)."""
@@ -64,3 +50,88 @@ def count_nodes(root: torch.Tensor) -> int:
     if root.grad_fn is None:
         return 0
     return sum(1 for _ in iter_nodes([root.grad_fn]))
+
+
+def collapse(root: torch.Tensor, node_probes: dict[int, list[int]],
+             leaf_probes: dict[int, list[int]]) -> tuple[list[torch.Tensor], int, list[list[int]],
+                                                        dict[int, dict[str, int]]]:
+    """One walk of ``root``'s graph that yields what a diagnosis needs from it.
+
+    Args:
+        root: the loss.
+        node_probes: id(grad_fn) -> probe indices recorded on that node (in probe order).
+        leaf_probes: id(leaf tensor) -> probe indices recorded on that leaf.
+
+    Returns:
+        (leaf tensors, total node count, probe edges [src, dst], unprobed ops per probe region).
+        An edge [a, b] means probe b was computed from probe a through unprobed ops only.
+    """
+    if root.grad_fn is None:
+        return ([root] if root.requires_grad else []), 0, [], {}
+    nodes = list(iter_nodes([root.grad_fn]))
+    leaves: list[torch.Tensor] = []
+    key: dict[int, list[int]] = {}
+    for n in nodes:
+        var = getattr(n, "variable", None)
+        if isinstance(var, torch.Tensor):
+            leaves.append(var)
+            if id(var) in leaf_probes:
+                key[id(n)] = leaf_probes[id(var)]
+        elif id(n) in node_probes:
+            key[id(n)] = node_probes[id(n)]
+    edges: list[list[int]] = []
+    regions: dict[int, dict[str, int]] = {}
+    for n in nodes:
+        here = key.get(id(n))
+        if here is None:
+            continue
+        for a, b in zip(here, here[1:]):  # several probes on one tensor: chain them
+            edges.append([a, b])
+        ops: dict[str, int] = {}
+        stack = [c for c, _ in n.next_functions if c is not None]
+        seen: set[int] = set()
+        srcs: list[int] = []
+        while stack:
+            c = stack.pop()
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            if id(c) in key:
+                srcs.append(key[id(c)][-1])
+                continue
+            if getattr(c, "variable", None) is not None:
+                continue  # an unprobed leaf (a weight): not an op
+            name = type(c).__name__
+            ops[name] = ops.get(name, 0) + 1
+            stack.extend(x for x, _ in c.next_functions if x is not None)
+        edges.extend([s, here[0]] for s in sorted(set(srcs)))
+        regions[here[0]] = ops
+    return leaves, len(nodes), edges, regions
+
+
+def raw_dot(root: torch.Tensor, max_nodes: int = 20_000) -> str | None:
+    """The op-level backward graph as DOT, written iteratively (torchviz recurses and fails on
+    deep sampler graphs). None when the graph has more than ``max_nodes`` nodes."""
+    if root.grad_fn is None:
+        return None
+    lines = ["digraph autograd {", '  node [shape=box, style=filled, fillcolor="#eeeeee", '
+             'fontname="Helvetica", fontsize=10];']
+    count = 0
+    ids: dict[int, int] = {}
+
+    def num(node: Any) -> int:  # stable names: order of first appearance, not id()
+        return ids.setdefault(id(node), len(ids))
+
+    for n in iter_nodes([root.grad_fn]):
+        count += 1
+        if count > max_nodes:
+            return None
+        var = getattr(n, "variable", None)
+        label = (f"leaf {tuple(var.shape)}" if isinstance(var, torch.Tensor)
+                 else type(n).__name__)
+        lines.append(f'  n{num(n)} [label="{label}"];')
+        for c, _ in n.next_functions:
+            if c is not None:
+                lines.append(f"  n{num(c)} -> n{num(n)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

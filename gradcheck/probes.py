@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import weakref
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -50,7 +50,7 @@ class _Entry:
     numel: int = 0
     stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see _grad_stats)
     fired: int = 0
-    extra: dict = field(default_factory=dict)
+    ref: Any = None  # the grad_fn (or the leaf tensor) while the trace is open, for graph capture
 
 
 def _grad_stats(g: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,9 @@ class Trace:
             torch.set_grad_enabled(self._grad_mode_before)
             self.grad_mode_after = torch.is_grad_enabled()
             self.stats = self._materialise()
-            self.z0 = None  # drop the reference to the user's tensor
+            self.z0 = None  # drop the references to the user's tensors and graph
+            for e in self._entries:
+                e.ref = None
         return False
 
     @property
@@ -143,6 +145,7 @@ class Trace:
             requires_grad=bool(t.requires_grad),
             grad_fn=type(t.grad_fn).__name__ if t.grad_fn is not None else None,
             connected_to_z0=connected, numel=t.numel(),
+            ref=(t.grad_fn if t.grad_fn is not None else t) if t.requires_grad else None,
         )
         self._entries.append(entry)
         self._seen[key] = weakref.ref(t)
@@ -153,6 +156,18 @@ class Trace:
 
             self._handles.append(t.register_hook(hook))
         return t
+
+    def collapse(self, root: torch.Tensor):
+        """Walk ``root``'s autograd graph once: leaf tensors, node count, and the graph collapsed
+        onto this trace's probes (see :func:`gradcheck.graph.collapse`; probe index = order)."""
+        node_probes: dict[int, list[int]] = {}
+        leaf_probes: dict[int, list[int]] = {}
+        for i, e in enumerate(self._entries):
+            if e.ref is None:
+                continue
+            target = leaf_probes if isinstance(e.ref, torch.Tensor) else node_probes
+            target.setdefault(id(e.ref), []).append(i)
+        return graph.collapse(root, node_probes, leaf_probes)
 
     def _materialise(self) -> list[ProbeStats]:
         """Turn the 0-d statistics into floats: one transfer per device, not one per probe."""

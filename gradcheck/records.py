@@ -209,6 +209,33 @@ class Hygiene:
 
 
 @dataclass
+class StepGraph:
+    """The autograd graph collapsed onto the probes: a node per probed tensor that was in the graph
+    (by probe ``order``), an edge ``[src, dst]`` when dst was computed from src through unprobed
+    ops only (forward direction; the gradient flows dst -> src). ``region_ops[k]`` counts the
+    unprobed autograd ops between probe k and the probes it was computed from, by op type.
+
+    ``raw_dot`` is the op-level graph (torchviz) when it has at most ``raw_cap`` nodes, otherwise
+    None and ``raw_skipped`` says why.
+    """
+
+    nodes: list[int] = field(default_factory=list)
+    edges: list[list[int]] = field(default_factory=list)
+    region_ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    total_nodes: int = 0
+    raw_cap: int = 0
+    raw_dot: str | None = None
+    raw_skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepGraph:
+        return cls(**_take(cls, d))
+
+
+@dataclass
 class FlowReport:
     """Everything one diagnosis observed for one noise mode, and the checks' findings.
 
@@ -228,6 +255,7 @@ class FlowReport:
     optim: OptimResult | None
     hygiene: Hygiene
     expect: dict[str, Any] = field(default_factory=dict)
+    graph: StepGraph | None = None
     checks: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,
@@ -269,6 +297,7 @@ class FlowReport:
         kw["numeric"] = NumericResult.from_dict(kw["numeric"]) if kw.get("numeric") else None
         kw["optim"] = OptimResult.from_dict(kw["optim"]) if kw.get("optim") else None
         kw["hygiene"] = Hygiene.from_dict(kw["hygiene"])
+        kw["graph"] = StepGraph.from_dict(kw["graph"]) if kw.get("graph") else None
         return cls(**kw)
 
 

@@ -71,24 +71,31 @@ def step_picture(report: FlowReport) -> str:
     return "; ".join(parts)
 
 
-def break_between(report: FlowReport) -> str | None:
+def break_point(report: FlowReport) -> tuple[ProbeStats, ProbeStats, str] | None:
     """Where, between two probes in forward order, the gradient path breaks (None if it does
     not): first where the autograd graph ends (an in-graph probe followed by one that does not
-    require grad), else where the gradient stops (the last probe without gradient that is
-    followed by one with gradient)."""
+    require grad: kind ``graph_ends``), else where the gradient stops (the last probe without
+    gradient that is followed by one with gradient: kind ``gradient_stops``)."""
     path = sorted((p for p in report.probes if p.kind in PATH_KINDS or p.kind == "output"),
                   key=lambda p: p.order)
     for a, b in zip(path, path[1:]):
         if a.requires_grad and not b.requires_grad:
-            return f"the autograd graph ends between {a.name} ({_where(a)}) and {b.name} ({_where(b)})"
+            return a, b, "graph_ends"
     for k in range(len(path) - 1, -1, -1):
         if not _carries(path[k]):
             after = next((q for q in path[k + 1:] if _carries(q)), None)
-            if after is None:
-                return None
-            return (f"the gradient stops between {path[k].name} ({_where(path[k])}) and "
-                    f"{after.name} ({_where(after)})")
+            return (path[k], after, "gradient_stops") if after is not None else None
     return None
+
+
+def break_between(report: FlowReport) -> str | None:
+    """:func:`break_point` in words."""
+    bp = break_point(report)
+    if bp is None:
+        return None
+    a, b, kind = bp
+    what = "the autograd graph ends" if kind == "graph_ends" else "the gradient stops"
+    return f"{what} between {a.name} ({_where(a)}) and {b.name} ({_where(b)})"
 
 
 def _where(p: ProbeStats) -> str:

@@ -109,8 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default ./gradcheck-report)")
     c.add_argument("--json", action="store_true", help="print the record as JSON on stdout "
                    "instead of the summary")
+    _render_args(c)
+    c.add_argument("--raw-graph-cap", type=int, default=600, help="draw the op-level autograd "
+                   "graph only up to this many nodes (default 600; bigger ones take minutes)")
+    c.add_argument("--no-html", action="store_true", help="write report.json only")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    rp = sub.add_parser("report", help="re-render the HTML and PNGs of a saved report.json "
+                        "(no model is run; torch is not imported)")
+    rp.add_argument("json_path", metavar="REPORT_JSON", help="a report.json written by gradcheck run")
+    rp.add_argument("--out", default=None, help="output directory (default: the JSON's directory)")
+    _render_args(rp)
+    rp.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def _render_args(group) -> None:
+    group.add_argument("--graph", default="auto", choices=("auto", "always", "never"),
+                       help="draw graphs with Graphviz: auto (default; without 'dot' the report "
+                       "explains how to get graphs), always (a missing 'dot' is an error), never")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -129,15 +146,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
         numeric=not args.no_numeric, optim_steps=args.optim_steps, lr=args.lr,
     ).validate()
+    if args.raw_graph_cap < 0:
+        raise ConfigError(f"--raw-graph-cap must be >= 0, got {args.raw_graph_cap}")
     out = check_writable(args.out)  # fail before the run, not after it
-    record = run(cfg)
+    if args.graph == "always" and not args.no_html:
+        from .report.dot import GraphvizMissing, INSTALL_HINT, find_dot
+
+        if find_dot() is None:
+            raise GraphvizMissing(f"--graph always, but the Graphviz 'dot' binary is not on "
+                                  f"PATH: {INSTALL_HINT}")
+    record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_dot=not args.no_html)
     data = record.to_dict()
     path = write_json_atomic(Path(out) / "report.json", data)
+    rendered = None
+    if not args.no_html:
+        from .report.render import render
+
+        raw = {m: r.handles.get("raw_dot") for m, r in record.modes.items()}
+        rendered = render(record, out, graphs=args.graph, raw_dots=raw)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
         print(summary(record))
-        print(f"report: {path}")
+        _print_rendered(path, rendered)
+    return EXIT_OK if record.passed else EXIT_FAILED
+
+
+def _print_rendered(json_path, rendered) -> None:
+    if json_path is not None:
+        print(f"record: {json_path}")
+    if rendered is not None:
+        for note in rendered.notes:
+            print(f"note: {note}")
+        print(f"report: {rendered.index}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import load_record
+    from .report.render import render
+
+    record = load_record(args.json_path)
+    out = args.out or str(Path(args.json_path).resolve().parent)
+    rendered = render(record, out, graphs=args.graph)
+    _print_rendered(None, rendered)
     return EXIT_OK if record.passed else EXIT_FAILED
 
 
@@ -151,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     try:
-        return cmd_run(args)
+        return cmd_report(args) if args.command == "report" else cmd_run(args)
     except KeyboardInterrupt:
         sys.stderr.write("gradcheck: interrupted\n")
         return EXIT_ERROR

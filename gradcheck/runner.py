@@ -143,8 +143,12 @@ def environment(dtype: str, device: torch.device) -> dict[str, Any]:
     return env
 
 
-def run(cfg: RunConfig) -> RunRecord:
-    """Diagnose the built-in (or the given) sampler in every mode of ``cfg``."""
+def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False) -> RunRecord:
+    """Diagnose the built-in (or the given) sampler in every mode of ``cfg``.
+
+    ``raw_graph_cap`` and ``keep_raw_dot`` are passed to :func:`gradcheck.diagnose`; the live
+    reports (with their transient handles) stay reachable as ``record.modes[m]``.
+    """
     cfg.validate()
     dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
     den, default_shape = load_denoiser(cfg.denoiser, seed=cfg.seed, dtype=dtype, device=device)
@@ -164,7 +168,8 @@ def run(cfg: RunConfig) -> RunRecord:
     for mode in cfg.modes:
         sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
         modes[mode] = diagnose(sampler, z0, mode=mode, seed=cfg.seed, numeric=cfg.numeric,
-                               optim_steps=cfg.optim_steps, lr=cfg.lr)
+                               optim_steps=cfg.optim_steps, lr=cfg.lr,
+                               raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot)
     config = cfg.to_dict()
     config["z0_shape"] = list(z0.shape)
     config["sigmas"] = cfg.sampler.sigmas().tolist()

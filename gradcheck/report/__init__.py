@@ -1,7 +1,10 @@
 """Renderers: finished records in, text/files out. Nothing below this package imports torch."""
 from __future__ import annotations
 
-from .files import check_writable, load_record, write_json_atomic, write_text_atomic
+from .files import (
+    check_writable, load_record, write_bytes_atomic, write_json_atomic, write_text_atomic,
+)
 from .terminal import summary
 
-__all__ = ["check_writable", "load_record", "write_json_atomic", "write_text_atomic", "summary"]
+__all__ = ["check_writable", "load_record", "write_bytes_atomic", "write_json_atomic",
+           "write_text_atomic", "summary"]

@@ -26,11 +26,9 @@ def cell(p: ProbeStats | None) -> str:
     return fmt(p.norm)
 
 
-def step_table(r: FlowReport) -> list[str]:
-    """One row per sampler step: sigma and the gradient norm at each probe kind."""
+def step_rows(r: FlowReport) -> list[list[str]]:
+    """Header + one row per sampler step: sigma and the gradient norm at each probe kind."""
     steps = sorted({p.step for p in r.probes if p.step is not None})
-    if not steps:
-        return ["  (no per-step probes)"]
     rows = [["step", "sigma"] + [c for c, _ in COLUMNS]]
     for s in steps:
         at = [p for p in r.probes if p.step == s]
@@ -40,6 +38,14 @@ def step_table(r: FlowReport) -> list[str]:
             first = next((p for p in at if p.kind in kinds), None)  # the main call, not @mid
             row.append(cell(first))
         rows.append(row)
+    return rows
+
+
+def step_table(r: FlowReport) -> list[str]:
+    """:func:`step_rows` as aligned text lines."""
+    rows = step_rows(r)
+    if len(rows) == 1:
+        return ["  (no per-step probes)"]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
 

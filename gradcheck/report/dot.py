@@ -1,0 +1,175 @@
+"""The step graph: the recorded probe graph as DOT, one cluster per sampler step, and its layout.
+
+Built from a :class:`~gradcheck.records.FlowReport` alone (no torch). Nodes are the probes, filled
+by gradient magnitude (log scale, pale to dark blue), grey when no gradient arrived, dotted when the
+tensor was not in the autograd graph, orange when exactly zero, red when non-finite. Edges point
+forward (input -> output); their colour and width follow the gradient that flows back along them.
+The break, when there is one, is a bold red dashed edge.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..checks import break_point, fmt
+from ..errors import GradcheckError
+from ..records import FlowReport, ProbeStats
+
+#: Seconds allowed for one Graphviz layout before it is abandoned.
+LAYOUT_TIMEOUT_S = 30.0
+INSTALL_HINT = ("install Graphviz to draw graphs (Debian/Ubuntu: apt-get install graphviz; "
+                "macOS: brew install graphviz; conda: conda install graphviz)")
+
+_SHAPES = {"z0": "doublecircle", "x_T": "ellipse", "state": "ellipse", "step_noise": "diamond",
+           "denoiser_in": "box", "denoiser_out": "box", "output": "box", "loss": "octagon"}
+_LOW, _HIGH = (222, 235, 247), (8, 48, 107)  # pale to dark blue
+
+
+class GraphvizMissing(GradcheckError):
+    """No ``dot`` binary on PATH."""
+
+
+class LayoutFailed(GradcheckError):
+    """Graphviz failed or ran past its time limit."""
+
+
+def q(text: str) -> str:
+    """A DOT double-quoted string."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _shade(t: float) -> str:
+    r, g, b = (round(lo + (hi - lo) * t) for lo, hi in zip(_LOW, _HIGH))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+class _Scale:
+    """Maps gradient norms to [0, 1] on a log scale over the reached probes of one report."""
+
+    def __init__(self, probes: list[ProbeStats]) -> None:
+        logs = [math.log10(p.norm) for p in probes
+                if p.reached and p.norm and math.isfinite(p.norm) and p.norm > 0]
+        self.lo, self.hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
+
+    def __call__(self, norm: float) -> float:
+        if self.hi <= self.lo:
+            return 0.5
+        return min(1.0, max(0.0, (math.log10(norm) - self.lo) / (self.hi - self.lo)))
+
+
+def _node_attrs(p: ProbeStats, scale: _Scale) -> dict[str, str]:
+    st = p.status
+    label = f"{p.name}\n" + {"ok": f"|g| {fmt(p.norm)}", "zero": "|g| = 0 exactly",
+                             "nonfinite": f"{p.nonfinite} non-finite", "unreached": "no gradient",
+                             "not_in_graph": "not in graph"}[st]
+    a = {"label": label, "shape": _SHAPES.get(p.kind, "box"), "tooltip": f"{p.kind}: {label}"}
+    if st == "ok":
+        t = scale(p.norm)
+        a.update(style="filled", fillcolor=_shade(t), fontcolor="white" if t > 0.55 else "black")
+    elif st == "zero":
+        a.update(style="filled", fillcolor="#fdd49e", color="#d94801")
+    elif st == "nonfinite":
+        a.update(style="filled", fillcolor="#fb6a4a", color="#a50f15")
+    elif st == "unreached":
+        a.update(style="filled,dashed", fillcolor="#eeeeee", color="#999999",
+                 fontcolor="#666666")
+    else:
+        a.update(style="dotted", color="#aaaaaa", fontcolor="#888888")
+    return a
+
+
+def _attrs(a: dict[str, str]) -> str:
+    return ", ".join(f"{k}={q(v)}" for k, v in a.items())
+
+
+def step_graph_dot(r: FlowReport) -> str:
+    """DOT source of the step graph of one mode."""
+    probes = {p.order: p for p in r.probes}
+    scale = _Scale(r.probes)
+    g = r.graph
+    edges = [tuple(e) for e in g.edges] if g else []
+    lines = [
+        f"digraph {q('steps_' + r.mode)} {{",
+        '  graph [rankdir=TB, newrank=true, nodesep=0.25, ranksep=0.3, fontname="Helvetica", '
+        f'fontsize=12, label={q(f"{r.mode}: gradient through the sampler, step by step")}, '
+        'labelloc=t];',
+        '  node [fontname="Helvetica", fontsize=10, margin="0.06,0.03", height=0.3];',
+        '  edge [arrowsize=0.6, fontname="Helvetica"];',
+    ]
+    by_step: dict[int | None, list[ProbeStats]] = {}
+    for p in r.probes:
+        by_step.setdefault(p.step, []).append(p)
+    for step, ps in sorted(by_step.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        indent = "  "
+        if step is not None:
+            sig = next((p.sigma for p in ps if p.sigma is not None), None)
+            label = f"step {step}" + (f"  sigma {sig:.4g}" if sig is not None else "")
+            lines.append(f"  subgraph cluster_{step} {{")
+            lines.append(f'    graph [label={q(label)}, style="rounded", color="#bbbbbb", '
+                         'fontsize=10];')
+            indent = "    "
+        for p in ps:
+            lines.append(f"{indent}p{p.order} [{_attrs(_node_attrs(p, scale))}];")
+        if step is not None:
+            lines.append("  }")
+    for a, b in edges:
+        src, dst = probes.get(a), probes.get(b)
+        if src is None or dst is None:
+            continue
+        ea: dict[str, str] = {}
+        if dst.status == "ok":
+            t = scale(dst.norm)
+            ea.update(color=_shade(0.25 + 0.75 * t), penwidth=f"{0.8 + 2.7 * t:.2f}")
+        elif dst.status == "zero":
+            ea.update(color="#d94801")
+        elif dst.status == "nonfinite":
+            ea.update(color="#a50f15", penwidth="2")
+        else:
+            ea.update(color="#bbbbbb", style="dashed")
+        ops = sum((g.region_ops.get(str(b)) or {}).values()) if g else 0
+        if src.kind == "denoiser_in" and dst.kind == "denoiser_out":
+            ea["label"] = f"D ({ops} ops)"
+            ea["fontsize"] = "8"
+        lines.append(f"  p{a} -> p{b} [{_attrs(ea)}];")
+    bp = break_point(r)
+    if bp is not None:
+        a, b, kind = bp
+        what = "graph ends" if kind == "graph_ends" else "gradient stops"
+        lines.append(f"  p{a.order} -> p{b.order} [{_attrs({'color': '#cb181d', 'style': 'dashed', 'penwidth': '3', 'label': 'BREAK: ' + what, 'fontcolor': '#cb181d', 'fontsize': '10', 'constraint': 'false'})}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def find_dot() -> str | None:
+    """The Graphviz ``dot`` binary on PATH, or None."""
+    return shutil.which("dot")
+
+
+def layout(dot_src: str, formats: tuple[str, ...] = ("svg",), *,
+           timeout: float = LAYOUT_TIMEOUT_S) -> dict[str, bytes]:
+    """Lay out ``dot_src`` once and render it in every format (one ``dot`` process).
+
+    Raises:
+        GraphvizMissing: no ``dot`` on PATH.
+        LayoutFailed: dot exited non-zero or ran past ``timeout`` seconds.
+    """
+    exe = find_dot()
+    if exe is None:
+        raise GraphvizMissing(f"the Graphviz 'dot' binary is not on PATH: {INSTALL_HINT}")
+    with tempfile.TemporaryDirectory(prefix="gradcheck-dot-") as tmp:
+        args = [exe]
+        for f in formats:
+            args += [f"-T{f}", f"-o{os.path.join(tmp, 'out.' + f)}"]
+        try:
+            res = subprocess.run(args, input=dot_src.encode(), capture_output=True,
+                                 timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LayoutFailed(f"Graphviz layout took longer than {timeout:g} s") from None
+        if res.returncode != 0:
+            err = res.stderr.decode(errors="replace").strip().splitlines()
+            raise LayoutFailed(f"dot exited {res.returncode}: {err[-1] if err else ''}")
+        return {f: Path(tmp, "out." + f).read_bytes() for f in formats}

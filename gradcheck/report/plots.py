@@ -1,0 +1,129 @@
+"""The per-step gradient plot: |g| (L2 norm, log scale) against sampler step, per probe kind, one
+panel per mode. Unreached probes are drawn as markers on the floor of the axis (not as zero), the
+break as a red vertical line, sigma along the top axis.
+
+:func:`plot_series` computes what is drawn (pure data, testable); :func:`grad_figure` only draws it.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..checks import break_point  # noqa: E402
+from ..records import FlowReport, RunRecord  # noqa: E402
+
+#: The kinds plotted, with their legend names and styles.
+KINDS = {
+    "state": ("state x_i", "o", "-", "#08519c"),
+    "denoiser_in": ("denoiser input", "s", "--", "#6a51a3"),
+    "denoiser_out": ("denoiser output", "^", "-.", "#238b45"),
+    "step_noise": ("step noise", "D", ":", "#d94801"),
+}
+
+
+@dataclass
+class ModeSeries:
+    """What one panel shows."""
+
+    mode: str
+    lines: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (x, |g|)
+    unreached: list[tuple[float, str]] = field(default_factory=list)  # (x, probe name)
+    zero: list[tuple[float, str]] = field(default_factory=list)
+    nonfinite: list[tuple[float, str]] = field(default_factory=list)
+    break_x: float | None = None
+    break_label: str | None = None
+    sigmas: dict[int, float] = field(default_factory=dict)
+
+
+def _x(p) -> float:
+    """Probe position on the step axis: mid-step evaluations (2mid) sit half a step later."""
+    return p.step + (0.5 if p.name.endswith("@mid") else 0.0)
+
+
+def plot_series(r: FlowReport) -> ModeSeries:
+    s = ModeSeries(mode=r.mode)
+    for p in sorted(r.probes, key=lambda p: p.order):
+        if p.step is None:
+            continue
+        if p.sigma is not None and p.step not in s.sigmas:
+            s.sigmas[p.step] = p.sigma
+        kind = "state" if p.kind == "x_T" else p.kind
+        if kind not in KINDS:
+            continue
+        st = p.status
+        if st == "ok":
+            s.lines.setdefault(kind, []).append((_x(p), p.norm))
+        elif st == "zero":
+            s.zero.append((_x(p), p.name))
+        elif st == "nonfinite":
+            s.nonfinite.append((_x(p), p.name))
+        else:
+            s.unreached.append((_x(p), p.name))
+    for k in s.lines:
+        s.lines[k].sort()
+    bp = break_point(r)
+    if bp is not None:
+        a, b, kind = bp
+        if a.step is not None and b.step is not None:
+            s.break_x = (_x(a) + _x(b)) / 2 if a.step != b.step else _x(a) + 0.25
+        elif a.step is not None or b.step is not None:
+            s.break_x = _x(a if a.step is not None else b)
+        what = "graph ends" if kind == "graph_ends" else "gradient stops"
+        s.break_label = f"break ({what}): {a.name} -> {b.name}"
+    return s
+
+
+def grad_figure(record: RunRecord):
+    """The matplotlib Figure: one panel per mode, shared log y-axis."""
+    series = [plot_series(r) for r in record.modes.values()]
+    n = len(series)
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.4), sharey=True, squeeze=False)
+    values = [y for s in series for pts in s.lines.values() for _, y in pts if y > 0]
+    lo = min(values) if values else 1e-6
+    hi = max(values) if values else 1.0
+    floor = 10 ** (math.floor(math.log10(lo)) - 1)
+    for ax, s in zip(axes[0], series):
+        for kind, pts in s.lines.items():
+            name, marker, ls, color = KINDS[kind]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker=marker, linestyle=ls,
+                    color=color, markersize=4, linewidth=1.3, label=f"{s.mode}: {name}")
+        for pts, marker, color, what in ((s.unreached, "x", "#737373", "no gradient"),
+                                         (s.zero, "v", "#d94801", "exactly zero"),
+                                         (s.nonfinite, "*", "#cb181d", "non-finite")):
+            if pts:
+                ax.plot([x for x, _ in pts], [floor] * len(pts), linestyle="none", marker=marker,
+                        color=color, markersize=7, label=f"{s.mode}: {what}")
+        if s.break_x is not None:
+            ax.axvline(s.break_x, color="#cb181d", linestyle="--", linewidth=1.6,
+                       label=s.break_label)
+        ax.set_yscale("log")
+        ax.set_ylim(floor / 2, hi * 3)
+        ax.set_xlabel("sampler step")
+        ax.set_title(f"mode {s.mode}", fontsize=11)
+        ax.grid(True, which="major", alpha=0.3)
+        if s.sigmas:
+            steps = sorted(s.sigmas)
+            every = max(1, math.ceil(len(steps) / 8))
+            shown = steps[::every]
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(shown)
+            top.set_xticklabels([f"{s.sigmas[k]:.3g}" for k in shown], fontsize=8)
+            top.set_xlabel("sigma", fontsize=9)
+            ax.set_xticks(shown)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("|dL/dx| (L2 norm)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,191 @@
+"""Write a run's report files from its record alone: the per-step plot, the step graphs, the raw
+autograd graphs (small runs), and a self-contained ``index.html`` (CSS inline, images as data URIs,
+no scripts, no network). Every file is written atomically; ``index.html`` is written last, so a
+failure part-way leaves no half-written page (and a previous one intact).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..checks import break_between, fmt
+from ..errors import ConfigError
+from ..records import FlowReport, RunRecord
+from . import dot, plots
+from .files import check_writable, write_bytes_atomic, write_text_atomic
+from .terminal import step_rows
+
+GRAPH_POLICIES = ("auto", "always", "never")
+
+
+@dataclass
+class Rendered:
+    """What :func:`render` wrote, and what it could not draw (and why)."""
+
+    out_dir: Path
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def index(self) -> Path:
+        return self.out_dir / "index.html"
+
+
+def _uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _cell_class(v: str) -> str:
+    return {"none": "none", "no-graph": "nograph", "0": "zero"}.get(v, "")
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, float):
+        return fmt(v)
+    return v
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        elif isinstance(v, list) and len(v) > 12:
+            out.append((prefix + k, f"[{', '.join(str(x) for x in v[:6])}, ... ({len(v)} values)]"))
+        else:
+            out.append((prefix + k, str(v)))
+    return out
+
+
+def _headline(r: FlowReport) -> str:
+    try:
+        z = r.check("grad_reaches_z0")
+    except KeyError:
+        return ""
+    return z.message.split(";")[0]
+
+
+def _draw(src: str, stem: str, out: Path, policy: str, res: Rendered,
+          formats: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """Lay out DOT source into ``out/stem.<fmt>``; return (svg data URI, note)."""
+    if policy == "never":
+        return None, "graph drawing is off (--graph never)"
+    try:
+        images = dot.layout(src, formats)
+    except dot.GraphvizMissing:
+        if policy == "always":
+            raise
+        return None, dot.INSTALL_HINT
+    except dot.LayoutFailed as exc:
+        return None, f"not drawn: {exc}"
+    for f, data in images.items():
+        write_bytes_atomic(out / f"{stem}.{f}", data)
+        res.files.append(f"{stem}.{f}")
+    return _uri("image/svg+xml", images["svg"]), None
+
+
+def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = "auto",
+           raw_dots: dict[str, str] | None = None, generated: str | None = None) -> Rendered:
+    """Write every report file for ``record`` into ``out_dir``.
+
+    Args:
+        record: the run (from :func:`gradcheck.runner.run` or ``load_record``).
+        out_dir: the directory (created if needed).
+        graphs: ``auto`` draws graphs when Graphviz is installed and explains otherwise;
+            ``always`` makes a missing ``dot`` an error; ``never`` skips layout.
+        raw_dots: per mode, the op-level DOT of graphs above the record's node cap, written as
+            ``autograd_<mode>.dot`` for reference (the run has them; a re-render does not).
+        generated: the timestamp shown in the footer (default: now, UTC).
+    """
+    if graphs not in GRAPH_POLICIES:
+        raise ConfigError(f"unknown graph policy {graphs!r}; choose one of {', '.join(GRAPH_POLICIES)}")
+    if graphs == "always" and dot.find_dot() is None:
+        raise dot.GraphvizMissing(f"--graph always, but the Graphviz 'dot' binary is not on PATH: "
+                                  f"{dot.INSTALL_HINT}")
+    out = check_writable(out_dir)
+    res = Rendered(out_dir=out)
+
+    png = plots.figure_png(plots.grad_figure(record))
+    write_bytes_atomic(out / "grad_per_step.png", png)
+    res.files.append("grad_per_step.png")
+
+    modes = []
+    for name, r in record.modes.items():
+        errors = [f for f in r.checks if f.level == "error"]
+        src = dot.step_graph_dot(r)
+        write_text_atomic(out / f"graph_{name}.dot", src)
+        res.files.append(f"graph_{name}.dot")
+        uri, note = _draw(src, f"graph_{name}", out, graphs, res, ("svg", "png"))
+        if note:
+            res.notes.append(f"{name} step graph: {note}")
+        step_graph = {"uri": uri, "file": f"graph_{name}.svg", "note": note, "dot": src,
+                      "dot_file": f"graph_{name}.dot"}
+
+        g = r.graph
+        raw = {"uri": None, "file": f"autograd_{name}.svg", "note": None, "dot_file": None}
+        if g is not None and g.raw_dot:
+            write_text_atomic(out / f"autograd_{name}.dot", g.raw_dot)
+            res.files.append(f"autograd_{name}.dot")
+            raw["dot_file"] = f"autograd_{name}.dot"
+            raw["uri"], raw["note"] = _draw(g.raw_dot, f"autograd_{name}", out, graphs, res,
+                                            ("svg",))
+        else:
+            why = g.raw_skipped if g is not None else "no autograd graph was recorded"
+            raw["note"] = f"raw graph skipped: {why}" if why else "raw graph not recorded"
+            if raw_dots and raw_dots.get(name):
+                write_text_atomic(out / f"autograd_{name}.dot", raw_dots[name])
+                res.files.append(f"autograd_{name}.dot")
+                raw["dot_file"] = f"autograd_{name}.dot"
+                raw["note"] += "; the DOT source is linked below (lay it out with dot -Tsvg)"
+        if raw["note"]:
+            res.notes.append(f"{name} raw graph: {raw['note']}")
+
+        modes.append({
+            "name": name, "passed": r.passed, "n_ok": sum(f.passed for f in errors),
+            "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
+            "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
+            "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
+                            f"{g.total_nodes} autograd nodes") if g else "",
+            "timings": {k: f"{v:.3f}" for k, v in r.timings.items()}, "probes": r.probes,
+        })
+
+    names = []
+    for r in record.modes.values():
+        names += [f.name for f in r.checks if f.name not in names]
+    check_rows = []
+    for n in names:
+        cells = []
+        for r in record.modes.values():
+            f = next((c for c in r.checks if c.name == n), None)
+            cells.append(None if f is None else {
+                "tag": "info" if f.level == "info" else ("pass" if f.passed else "fail"),
+                "message": f.message, "value": _value(f.value), "threshold": _value(f.threshold)})
+        check_rows.append({"name": n, "cells": cells})
+
+    cfg = record.config
+    s = cfg.get("sampler", {})
+    title = (f"RES {s.get('solver')}, {s.get('steps')} steps, denoiser {cfg.get('denoiser')}, "
+             f"z0 {cfg.get('z0_shape')} {cfg.get('dtype')}, seed {cfg.get('seed')}")
+    config = [(k, v) for k, v in _flatten(cfg) if k != "sigmas"]
+    if "sigmas" in cfg:
+        config.append(("sigmas", ", ".join(f"{x:.4g}" for x in cfg["sigmas"])))
+    timing_keys = sorted({k for m in modes for k in m["timings"]},
+                         key=lambda k: ("total" in k, k))
+    env = jinja2.Environment(loader=jinja2.PackageLoader("gradcheck.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    html = env.get_template("index.html.j2").render(
+        title=title, modes=modes, check_rows=check_rows, plot_uri=_uri("image/png", png),
+        config=config, environment=_flatten(record.environment), timing_keys=timing_keys,
+        cell_class=_cell_class, fmt=fmt, fmtg=lambda x: f"{x:.4g}", version=record.environment.get("gradcheck", ""),
+        schema_version=record.schema_version,
+        generated=generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+    write_text_atomic(out / "index.html", html)
+    res.files.append("index.html")
+    return res

@@ -1,0 +1,275 @@
+"""The HTML/PNG/graph report: opened in headless Chromium, plot data, escaping, re-rendering
+without torch, no Graphviz, atomic writes."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck.cli import main
+from gradcheck.records import RunRecord
+from gradcheck.report import load_record
+from gradcheck.report import plots
+from gradcheck.report.dot import step_graph_dot
+from gradcheck.report.render import render
+from gradcheck.runner import environment
+from gradcheck.sampling import GaussianDenoiser, SamplerConfig, sample_res
+
+from .browser import Page, chromium_path
+from .conftest import z0_like
+
+EVIL = "<script>alert(1)</script>"
+
+
+def need_chromium():
+    if chromium_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium must be installed in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed")
+
+
+def need_dot():
+    if shutil.which("dot") is None:
+        if os.environ.get("CI"):
+            pytest.fail("graphviz must be installed in CI (.ci/run installs it)")
+        pytest.skip("graphviz not installed")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert main(["run", "--out", str(out)]) == 0
+    return out
+
+
+def _record(rep, **config) -> RunRecord:
+    cfg = {"sampler": {"solver": "1euler", "steps": 4}, "denoiser": "test", "seed": 0,
+           "dtype": "float64", "z0_shape": [2, 1, 8, 8], **config}
+    return RunRecord(config=cfg, environment=environment("float64", torch.device("cpu")),
+                     modes={rep.mode: rep})
+
+
+@pytest.fixture(scope="module")
+def broken_record() -> RunRecord:
+    """1euler on the Gaussian oracle with the state detached after step 1, and an evil probe."""
+    den = GaussianDenoiser(0.1, 0.5)
+    sig = SamplerConfig(solver="1euler", steps=4).sigmas()
+
+    def sample(z):
+        def cb(d):
+            gradcheck.probe(d["denoised"], EVIL, step=d["i"], kind="custom")
+            return d["x"].detach() if d["i"] == 1 else None
+        return sample_res(gradcheck.instrument(den), 80.0 * z, sig, solver="1euler", callback=cb)
+
+    rep = gradcheck.diagnose(sample, z0_like())
+    assert not rep.passed
+    return _record(rep)
+
+
+def test_run_writes_every_file(run_dir):
+    names = set(os.listdir(run_dir))
+    for mode in ("default", "learnable_step_noise"):
+        assert {f"graph_{mode}.dot", f"autograd_{mode}.dot"} <= names
+        if shutil.which("dot"):
+            assert {f"graph_{mode}.svg", f"graph_{mode}.png", f"autograd_{mode}.svg"} <= names
+    assert {"report.json", "index.html", "grad_per_step.png"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temp files left
+
+
+def test_html_is_self_contained(run_dir):
+    html = (run_dir / "index.html").read_text()
+    assert "<script" not in html and "<link" not in html
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert srcs and all(s.startswith("data:") for s in srcs)
+    assert not re.search(r"https?://", html.split("<footer")[0].replace("http://www.w3.org", ""))
+
+
+def test_html_in_chromium_shows_every_section_without_errors(run_dir, tmp_path):
+    need_chromium()
+    need_dot()
+    with Page(width=1400, height=900) as page:
+        page.goto(run_dir / "index.html")
+        sections = page.evaluate("[...document.querySelectorAll('section')].map(s => s.id)")
+        text = page.evaluate("document.body.innerText")
+        images = page.evaluate("[...document.images].map(i => [i.alt, i.naturalWidth])")
+        shot = page.screenshot(tmp_path / "report.png")
+        errors = page.errors()
+    assert errors == []
+    assert sections == ["verdict", "checks", "per-step", "step-graph", "autograd-graph", "probes",
+                        "config", "environment", "timings"]
+    assert "default: PASS" in text and "learnable_step_noise: PASS" in text
+    assert "grad_reaches_z0" in text and "numeric_directional" in text
+    assert len(images) == 5 and all(w > 100 for _, w in images), images  # plot + 2x2 graphs
+    from PIL import Image, ImageStat
+
+    im = Image.open(shot).convert("L")
+    assert im.size[0] == 1400 and im.size[1] > 2000
+    assert ImageStat.Stat(im).stddev[0] > 20  # not blank
+
+
+def test_plot_has_a_series_per_kind_and_mode(run_dir):
+    rec = load_record(run_dir / "report.json")
+    fig = plots.grad_figure(rec)
+    labels = {ln.get_label() for ax in fig.axes for ln in ax.get_lines()}
+    for kind in ("state x_i", "denoiser input", "denoiser output"):
+        assert f"default: {kind}" in labels and f"learnable_step_noise: {kind}" in labels
+    assert "learnable_step_noise: step noise" in labels and "default: step noise" not in labels
+    s = plots.plot_series(rec.modes["learnable_step_noise"])
+    assert [x for x, _ in s.lines["state"]] == [0, 1, 2, 3, 4]
+    assert [x for x, _ in s.lines["step_noise"]] == [0, 1, 2, 3]
+    assert s.break_x is None and not s.unreached
+    assert s.sigmas[0] == pytest.approx(80.0)
+    # the values are the recorded norms
+    norms = {p.step: p.norm for p in rec.modes["learnable_step_noise"].probes if p.kind == "state"}
+    assert dict(s.lines["state"])[3] == pytest.approx(norms[3])
+
+
+def test_a_broken_run_marks_the_break_and_the_unreached(broken_record, tmp_path):
+    rep = broken_record.modes["default"]
+    s = plots.plot_series(rep)
+    assert s.break_x == pytest.approx(1.5)  # between D_out[1] (step 1) and x[2] (step 2)
+    assert "D_out[1] -> x[2]" in s.break_label
+    assert {x for x, _ in s.unreached} >= {0.0, 1.0}
+    fig = plots.grad_figure(broken_record)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert any(k.startswith("break (graph ends)") for k in lines)
+    assert "default: no gradient" in lines
+    dot_src = step_graph_dot(rep)
+    assert "BREAK: graph ends" in dot_src
+    res = render(broken_record, tmp_path)
+    html = (tmp_path / "index.html").read_text()
+    assert "default: FAIL" in html and "the autograd graph ends between D_out[1]" in html
+
+
+def test_probe_names_are_escaped(broken_record, tmp_path):
+    render(broken_record, tmp_path)
+    html = (tmp_path / "index.html").read_text()
+    assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    dot_src = (tmp_path / "graph_default.dot").read_text()
+    assert f'label="{EVIL}\\n' in dot_src  # a DOT string; Graphviz escapes it in the SVG
+    if shutil.which("dot"):
+        svg = (tmp_path / "graph_default.svg").read_text()
+        assert EVIL not in svg and "&lt;script&gt;alert(1)&lt;/script&gt;" in svg
+    if chromium_path() is None:
+        pytest.skip("chromium not installed")
+    with Page() as page:
+        page.goto(tmp_path / "index.html")
+        n_scripts = page.evaluate("document.scripts.length")
+        text = page.evaluate("document.body.innerText")
+        errors = page.errors()
+    assert n_scripts == 0 and EVIL in text and errors == []
+
+
+NO_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("importing torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+from gradcheck.cli import main
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules
+sys.exit(code)
+"""
+
+
+def _scrub(html: str) -> str:
+    return re.sub(r'<span class="ts">[^<]*</span>', "", html)
+
+
+def test_report_rerenders_the_same_html_without_torch(run_dir, tmp_path):
+    out = tmp_path / "again"
+    res = subprocess.run([sys.executable, "-c", NO_TORCH, "report", str(run_dir / "report.json"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _scrub((out / "index.html").read_text()) == _scrub((run_dir / "index.html").read_text())
+    assert (out / "grad_per_step.png").read_bytes() == (run_dir / "grad_per_step.png").read_bytes()
+
+
+def test_report_on_a_bad_path_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read report" in err and len(err.strip().splitlines()) == 1
+
+
+def _path_without_dot(tmp_path: Path) -> str:
+    """PATH with every directory that holds 'dot' replaced by a copy without it."""
+    parts = []
+    for i, d in enumerate(os.environ["PATH"].split(os.pathsep)):
+        if d and os.path.exists(os.path.join(d, "dot")):
+            shadow = tmp_path / f"bin{i}"
+            shadow.mkdir()
+            for name in os.listdir(d):
+                if name != "dot" and not name.startswith("dot"):
+                    try:
+                        os.symlink(os.path.join(d, name), shadow / name)
+                    except OSError:
+                        pass
+            parts.append(str(shadow))
+        else:
+            parts.append(d)
+    return os.pathsep.join(parts)
+
+
+def test_without_dot_the_run_succeeds_and_says_how_to_get_graphs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", _path_without_dot(tmp_path))
+    assert shutil.which("dot") is None
+    out = tmp_path / "r"
+    assert main(["run", "--steps", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "install Graphviz" in printed
+    html = (out / "index.html").read_text()
+    assert html.count("install Graphviz to draw graphs") >= 2
+    assert "DOT source" in html and "digraph" in html
+    assert not list(out.glob("*.svg"))
+    assert main(["run", "--steps", "3", "--graph", "always", "--out", str(tmp_path / "r2")]) == 1
+    err = capsys.readouterr().err
+    assert "Graphviz 'dot' binary is not on PATH" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2" / "report.json").exists()
+
+
+def test_a_failure_mid_report_leaves_no_half_written_index(broken_record, tmp_path, monkeypatch):
+    from gradcheck.report import render as render_mod
+
+    def boom(r):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(render_mod.dot, "step_graph_dot", boom)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        render(broken_record, tmp_path / "new")
+    assert not (tmp_path / "new" / "index.html").exists()
+    monkeypatch.undo()
+    render(broken_record, tmp_path / "old")
+    before = (tmp_path / "old" / "index.html").read_bytes()
+    monkeypatch.setattr(render_mod.dot, "step_graph_dot", boom)
+    with pytest.raises(RuntimeError):
+        render(broken_record, tmp_path / "old")
+    assert (tmp_path / "old" / "index.html").read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path / "old") if n.startswith(".")]
+
+
+def test_raw_graph_above_the_cap_is_skipped_with_a_reason_and_linked(tmp_path, capsys):
+    need_dot()
+    out = tmp_path / "cap"
+    assert main(["run", "--steps", "4", "--raw-graph-cap", "50", "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert "raw graph skipped:" in html and "autograd nodes &gt; cap 50" in html
+    assert (out / "autograd_default.dot").read_text().startswith("digraph")
+    assert not (out / "autograd_default.svg").exists()
+    assert (out / "graph_default.svg").exists()
+
+
+def test_35_steps_step_graph_renders(tmp_path):
+    need_dot()
+    assert main(["run", "--steps", "35", "--out", str(tmp_path)]) == 0
+    svg = (tmp_path / "graph_default.svg").read_text()
+    assert svg.count("cluster_") >= 36 or svg.count('class="cluster"') >= 36

@@ -35,8 +35,10 @@ def _carries(p: ProbeStats) -> bool:
     return p.reached and (p.max_abs or 0.0) > 0.0
 
 
-def _steps(label: str, steps: list[int]) -> str:
-    return f"{'step' if len(set(steps)) == 1 else 'steps'} {ranges(steps)} {label}"
+def _steps(label: str, steps: list[int], singular: str | None = None) -> str:
+    """'steps 0..2 <label>', or 'step 3 <singular>' for one step."""
+    one = len(set(steps)) == 1
+    return f"{'step' if one else 'steps'} {ranges(steps)} {(singular or label) if one else label}"
 
 
 def step_picture(report: FlowReport) -> str:
@@ -60,14 +62,17 @@ def step_picture(report: FlowReport) -> str:
     parts = []
     if carry:
         norms = [p.norm for s in carry for p in by_step[s] if p.norm is not None]
-        parts.append(_steps(f"carry gradient (|g| {fmt(min(norms))}..{fmt(max(norms))})", carry))
+        g = f"(|g| {fmt(min(norms))}..{fmt(max(norms))})"
+        parts.append(_steps(f"carry gradient {g}", carry, f"carries gradient {g}"))
     if part:
-        parts.append(_steps("carry gradient only in part of their probes", part))
+        parts.append(_steps("carry gradient only in part of their probes", part,
+                            "carries gradient only in part of its probes"))
     if none:
         parts.append(_steps("receive none (in the autograd graph, but cut off from the loss)",
-                            none))
+                            none, "receives none (in the autograd graph, but cut off from the loss)"))
     if nograph:
-        parts.append(_steps("are not in the autograd graph at all", nograph))
+        parts.append(_steps("are not in the autograd graph at all", nograph,
+                            "is not in the autograd graph at all"))
     return "; ".join(parts)
 
 

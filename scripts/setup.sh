@@ -4,6 +4,7 @@
 # (or any CUDA build of torch >= 2.1) before running this, or `pip install torch` yourself first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh "$@"
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

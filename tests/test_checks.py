@@ -125,7 +125,7 @@ def test_detached_state_in_2ab_leaks_through_the_multistep_history(gaussian):
     assert rep.check("grad_reaches_z0").passed
     msg = rep.check("grad_reaches_every_step").message
     assert "misses 3 of 15 step probes: x[2], D_in[2], D_out[2]" in msg
-    assert "step 2 are not in the autograd graph at all" in msg
+    assert "step 2 is not in the autograd graph at all" in msg
     assert "the autograd graph ends between D_out[1] (step 1) and x[2] (step 2)" in msg
 
 

@@ -82,6 +82,11 @@ def _node_attrs(p: ProbeStats, scale: _Scale) -> dict[str, str]:
     return a
 
 
+def _stub_attrs(p: ProbeStats) -> dict[str, str]:
+    return {"label": f"from {p.name}", "shape": "plaintext", "fontsize": "9",
+            "fontcolor": "#555555", "height": "0.2", "tooltip": f"computed from {p.name}"}
+
+
 def _attrs(a: dict[str, str]) -> str:
     return ", ".join(f"{k}={q(v)}" for k, v in a.items())
 
@@ -103,6 +108,13 @@ def step_graph_dot(r: FlowReport) -> str:
     by_step: dict[int | None, list[ProbeStats]] = {}
     for p in r.probes:
         by_step.setdefault(p.step, []).append(p)
+    # an edge from a step-less probe (z0) into a later step would span the whole drawing and make
+    # layout slow and unreadable: draw it as a local stub node inside the destination's cluster
+    stubs: dict[tuple[int, int], str] = {}
+    for a, b in edges:
+        src, dst = probes.get(a), probes.get(b)
+        if src is not None and dst is not None and src.step is None and (dst.step or 0) > 0:
+            stubs[(a, b)] = f"s{a}_{b}"
     for step, ps in sorted(by_step.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
         indent = "  "
         if step is not None:
@@ -114,6 +126,9 @@ def step_graph_dot(r: FlowReport) -> str:
             indent = "    "
         for p in ps:
             lines.append(f"{indent}p{p.order} [{_attrs(_node_attrs(p, scale))}];")
+        for (a, b), sid in stubs.items():
+            if probes[b].step == step:
+                lines.append(f"{indent}{sid} [{_attrs(_stub_attrs(probes[a]))}];")
         if step is not None:
             lines.append("  }")
     for a, b in edges:
@@ -134,7 +149,7 @@ def step_graph_dot(r: FlowReport) -> str:
         if src.kind == "denoiser_in" and dst.kind == "denoiser_out":
             ea["label"] = f"D ({ops} ops)"
             ea["fontsize"] = "8"
-        lines.append(f"  p{a} -> p{b} [{_attrs(ea)}];")
+        lines.append(f"  {stubs.get((a, b), f'p{a}')} -> p{b} [{_attrs(ea)}];")
     bp = break_point(r)
     if bp is not None:
         a, b, kind = bp

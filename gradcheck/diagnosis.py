@@ -165,21 +165,22 @@ def diagnose(
         timings["forward_s"] = time.perf_counter() - t0
         out_rg, loss_rg = bool(out.requires_grad), bool(loss.requires_grad)
         t0 = time.perf_counter()
-        step_graph = None
-        if loss_rg:
-            inputs, total, edges, regions = tr.collapse(loss)
-            step_graph = StepGraph(
-                nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
-                region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
-                raw_cap=raw_graph_cap,
-            )
-            if total <= raw_graph_cap:
-                step_graph.raw_dot = _torchviz_dot(loss)
-            else:
-                step_graph.raw_skipped = (f"{total} autograd nodes > cap {raw_graph_cap}: too many "
-                                          f"to lay out quickly")
-            if keep_raw_dot and step_graph.raw_dot is None:
+        inputs, total, edges, regions = tr.collapse(loss if loss_rg else None)
+        step_graph = StepGraph(
+            nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
+            region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
+            raw_cap=raw_graph_cap,
+        )
+        if not loss_rg:
+            step_graph.raw_skipped = "the loss is not in an autograd graph"
+        elif total <= raw_graph_cap:
+            step_graph.raw_dot = _torchviz_dot(loss)
+        else:
+            step_graph.raw_skipped = (f"{total} autograd nodes > cap {raw_graph_cap}: too many "
+                                      f"to lay out quickly")
+            if keep_raw_dot:
                 raw_full = graph.raw_dot(loss)
+        if loss_rg:
             # differentiate w.r.t. every leaf: what backward() would compute, .grad untouched
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
             for t, gr in zip(inputs, grads):

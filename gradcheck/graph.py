@@ -52,29 +52,35 @@ def count_nodes(root: torch.Tensor) -> int:
     return sum(1 for _ in iter_nodes([root.grad_fn]))
 
 
-def collapse(root: torch.Tensor, node_probes: dict[int, list[int]],
-             leaf_probes: dict[int, list[int]]) -> tuple[list[torch.Tensor], int, list[list[int]],
-                                                        dict[int, dict[str, int]]]:
-    """One walk of ``root``'s graph that yields what a diagnosis needs from it.
+def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
+             leaf_probes: dict[int, list[int]], extra_roots: list[Any] = ()
+             ) -> tuple[list[torch.Tensor], int, list[list[int]], dict[int, dict[str, int]]]:
+    """One walk of the recorded graph that yields what a diagnosis needs from it.
 
     Args:
-        root: the loss.
+        root: the loss (None when it is not in a graph).
+        extra_roots: more grad_fn nodes to start from (the probes': this reaches the parts of the
+            graph that were cut off from the loss too).
         node_probes: id(grad_fn) -> probe indices recorded on that node (in probe order).
         leaf_probes: id(leaf tensor) -> probe indices recorded on that leaf.
 
     Returns:
-        (leaf tensors, total node count, probe edges [src, dst], unprobed ops per probe region).
-        An edge [a, b] means probe b was computed from probe a through unprobed ops only.
+        (leaf tensors the loss reaches, total node count, probe edges [src, dst], unprobed ops per
+        probe region). An edge [a, b] means probe b was computed from probe a through unprobed
+        ops only.
     """
-    if root.grad_fn is None:
-        return ([root] if root.requires_grad else []), 0, [], {}
-    nodes = list(iter_nodes([root.grad_fn]))
+    loss_fn = root.grad_fn if root is not None else None
+    if loss_fn is None and root is not None and root.requires_grad:
+        return [root], 0, [], {}
+    nodes = list(iter_nodes([loss_fn, *extra_roots]))
+    from_loss = {id(n) for n in iter_nodes([loss_fn])} if extra_roots else None
     leaves: list[torch.Tensor] = []
     key: dict[int, list[int]] = {}
     for n in nodes:
         var = getattr(n, "variable", None)
         if isinstance(var, torch.Tensor):
-            leaves.append(var)
+            if from_loss is None or id(n) in from_loss:
+                leaves.append(var)
             if id(var) in leaf_probes:
                 key[id(n)] = leaf_probes[id(var)]
         elif id(n) in node_probes:
@@ -106,7 +112,8 @@ def collapse(root: torch.Tensor, node_probes: dict[int, list[int]],
             stack.extend(x for x, _ in c.next_functions if x is not None)
         edges.extend([s, here[0]] for s in sorted(set(srcs)))
         regions[here[0]] = ops
-    return leaves, len(nodes), edges, regions
+    total = len(from_loss) if from_loss is not None else len(nodes)
+    return leaves, total, edges, regions
 
 
 def raw_dot(root: torch.Tensor, max_nodes: int = 20_000) -> str | None:

@@ -157,17 +157,22 @@ class Trace:
             self._handles.append(t.register_hook(hook))
         return t
 
-    def collapse(self, root: torch.Tensor):
-        """Walk ``root``'s autograd graph once: leaf tensors, node count, and the graph collapsed
-        onto this trace's probes (see :func:`gradcheck.graph.collapse`; probe index = order)."""
+    def collapse(self, root: torch.Tensor | None):
+        """Walk the recorded autograd graph once, from the loss ``root`` and from every probe:
+        the leaf tensors the loss reaches, its node count, and the graph collapsed onto this
+        trace's probes (see :func:`gradcheck.graph.collapse`; probe index = order)."""
         node_probes: dict[int, list[int]] = {}
         leaf_probes: dict[int, list[int]] = {}
+        extra = []
         for i, e in enumerate(self._entries):
             if e.ref is None:
                 continue
-            target = leaf_probes if isinstance(e.ref, torch.Tensor) else node_probes
-            target.setdefault(id(e.ref), []).append(i)
-        return graph.collapse(root, node_probes, leaf_probes)
+            if isinstance(e.ref, torch.Tensor):
+                leaf_probes.setdefault(id(e.ref), []).append(i)
+            else:
+                node_probes.setdefault(id(e.ref), []).append(i)
+                extra.append(e.ref)
+        return graph.collapse(root, node_probes, leaf_probes, extra)
 
     def _materialise(self) -> list[ProbeStats]:
         """Turn the 0-d statistics into floats: one transfer per device, not one per probe."""

@@ -144,6 +144,11 @@ def test_a_broken_run_marks_the_break_and_the_unreached(broken_record, tmp_path)
     assert "default: no gradient" in lines
     dot_src = step_graph_dot(rep)
     assert "BREAK: graph ends" in dot_src
+    # the part of the graph cut off from the loss is still drawn (grey), from the probes
+    names = {p.order: p.name for p in rep.probes}
+    edges = {(names[a], names[b]) for a, b in rep.graph.edges}
+    assert {("z0", "x_T"), ("x_T", "D_in[0]"), ("D_in[1]", "D_out[1]")} <= edges
+    assert not any(names[b] in ("x[2]", "output") for _, b in rep.graph.edges)
     res = render(broken_record, tmp_path)
     html = (tmp_path / "index.html").read_text()
     assert "default: FAIL" in html and "the autograd graph ends between D_out[1]" in html

@@ -150,11 +150,18 @@ def step_graph_dot(r: FlowReport) -> str:
             ea["label"] = f"D ({ops} ops)"
             ea["fontsize"] = "8"
         lines.append(f"  {stubs.get((a, b), f'p{a}')} -> p{b} [{_attrs(ea)}];")
+    # probes with no incoming edge (not in the graph, e.g. after a detach) would all float to the
+    # top: chain each to its predecessor in forward order with an invisible edge
+    has_in = {b for _, b in edges}
+    ordered = sorted(r.probes, key=lambda p: p.order)
+    for prev, p in zip(ordered, ordered[1:]):
+        if p.order not in has_in and p.kind != "z0":
+            lines.append(f"  p{prev.order} -> p{p.order} [style=invis];")
     bp = break_point(r)
     if bp is not None:
         a, b, kind = bp
         what = "graph ends" if kind == "graph_ends" else "gradient stops"
-        lines.append(f"  p{a.order} -> p{b.order} [{_attrs({'color': '#cb181d', 'style': 'dashed', 'penwidth': '3', 'label': 'BREAK: ' + what, 'fontcolor': '#cb181d', 'fontsize': '10', 'constraint': 'false'})}];")
+        lines.append(f"  p{a.order} -> p{b.order} [{_attrs({'color': '#cb181d', 'style': 'dashed', 'penwidth': '3', 'label': 'BREAK: ' + what, 'fontcolor': '#cb181d', 'fontsize': '10'})}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

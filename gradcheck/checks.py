@@ -103,6 +103,21 @@ def break_between(report: FlowReport) -> str | None:
     return f"{what} between {a.name} ({_where(a)}) and {b.name} ({_where(b)})"
 
 
+def located(r: FlowReport) -> str | None:
+    """The break locator's explanation, when it ran and found one."""
+    loc = r.locator
+    if loc is None or not loc.ran:
+        return None
+    if loc.primary is not None:
+        return loc.primary.describe()
+    return loc.note
+
+
+def _with_location(head: str, r: FlowReport, rest: str = "") -> str:
+    where = located(r)
+    return head + (f": {where}" if where else "") + (f"; {rest}" if rest else "")
+
+
 def _where(p: ProbeStats) -> str:
     return f"step {p.step}" if p.step is not None else p.kind
 
@@ -111,10 +126,10 @@ def output_requires_grad(r: FlowReport) -> Finding:
     ok = r.output_requires_grad
     return Finding(
         "output_requires_grad", ok, value=ok, threshold=True,
-        message="sampler output requires grad" if ok else
-        "sampler output does not require grad: the sampler ran without autograd. "
-        "hint: look for @torch.no_grad() / torch.inference_mode() on the sampler or pipeline entry "
-        "point, or a .detach() on its result",
+        message="sampler output requires grad" if ok else _with_location(
+            "sampler output does not require grad", r,
+            "hint: look for @torch.no_grad() / torch.inference_mode() on the sampler or pipeline "
+            "entry point, or a .detach() on its result"),
     )
 
 
@@ -122,8 +137,9 @@ def grad_reaches_output(r: FlowReport) -> Finding:
     out = next((p for p in r.probes if p.kind == "output"), None)
     if not r.loss_requires_grad:
         return Finding("grad_reaches_output", False, value=None, threshold="reached",
-                       message="the loss does not require grad, so no gradient can reach the "
-                       "output. hint: the loss (or the output) was computed without autograd")
+                       message=_with_location(
+                           "the loss does not require grad, so no gradient can reach the output",
+                           r, "hint: the loss (or the output) was computed without autograd"))
     ok = out is not None and out.reached and not out.nonfinite
     msg = (f"gradient reaches the output (|g| {fmt(out.norm)})" if ok else
            f"gradient does not reach the output ({out.status if out else 'not probed'})")
@@ -159,9 +175,10 @@ def grad_reaches_every_step(r: FlowReport) -> Finding:
         names = ", ".join(p.name + (" (exactly zero)" if p.status == "zero" else "")
                           for p in missing[:8]) + (", ..." if len(missing) > 8 else "")
         where = break_between(r)
-        msg = (f"gradient misses {len(missing)} of {len(path)} step probes: {names}"
-               f" ({_steps('', [p.step for p in missing if p.step is not None]).strip()}); "
-               f"{step_picture(r)}" + (f"; {where}" if where else ""))
+        msg = _with_location(
+            f"gradient misses {len(missing)} of {len(path)} step probes: {names}"
+            f" ({_steps('', [p.step for p in missing if p.step is not None]).strip()})", r,
+            f"{step_picture(r)}" + (f"; {where}" if where else ""))
     return Finding("grad_reaches_every_step", ok, value=len(path) - len(missing),
                    threshold=len(path), message=msg,
                    step=max((p.step for p in missing if p.step is not None), default=None))
@@ -184,7 +201,7 @@ def grad_reaches_z0(r: FlowReport) -> Finding:
         head = "gradient reaches z0 but is exactly zero everywhere"
     else:
         head = f"gradient at z0 has {z.nonfinite} non-finite value(s)"
-    msg = f"{head}; {step_picture(r)}" + (f"; {where}" if where else "")
+    msg = _with_location(head, r, step_picture(r) + (f"; {where}" if where else ""))
     if st in ("unreached", "not_in_graph", "zero"):
         msg += ". hint: look for .detach(), torch.no_grad(), .item() or a uint8 round trip there"
     return Finding("grad_reaches_z0", False, value=z.norm, threshold="> 0, finite", message=msg)
@@ -228,10 +245,14 @@ def step_noise(r: FlowReport) -> Finding:
                               else ""))
             else:
                 why.append(f"{p.name} receives {'no' if not p.reached else 'zero'} gradient")
+        rand = r.locator.randomness if r.locator else []
+        drawn = "; ".join(f"fresh {e.op} at {e.location} enters step {e.step}" for e in rand[:4])
         return Finding(name, False, value=len(eps) - len(bad), threshold=len(eps),
                        step=bad[0].step,
                        message=f"{len(bad)} of {len(eps)} step noises do not carry gradient to z0: "
-                       + "; ".join(why) + ". hint: derive each step's noise from z0 "
+                       + "; ".join(why) + (f"; located: {drawn}" if drawn else
+                                           (f"; located: {located(r)}" if located(r) else ""))
+                       + ". hint: derive each step's noise from z0 "
                        "differentiably instead of drawing it with randn_like")
     # expect == "leaves": each step noise is its own learnable leaf
     bad = [p for p in eps if not _carries(p)]
@@ -259,7 +280,44 @@ def numeric_directional(r: FlowReport) -> Finding:
     elif not ok:
         head += ". reverse mode disagrees with the loss it differentiates: a wrong custom " \
                 "backward, a stochastic sampler (unseeded noise), or a biased shortcut"
+    if not ok and located(r):
+        head += f"; located: {located(r)}"
     return Finding("numeric_directional", ok, value=n.rel_error, threshold=n.rtol, message=head)
+
+
+def grad_scale(r: FlowReport) -> Finding:
+    """Vanishing (a state's or z0's |g| below ``vanishing_rel`` of the output's) and exploding (a state's |g| more
+    than ``exploding_ratio`` times the next step's) gradients."""
+    vr = r.thresholds.get("vanishing_rel", 1e-8)
+    er = r.thresholds.get("exploding_ratio", 1e4)
+    out = next((p for p in r.probes if p.kind == "output"), None)
+    if out is None or out.status != "ok":
+        return Finding("grad_scale", True, level="info", value=None, threshold=None,
+                       message="no gradient at the output to compare against")
+    # states and z0 only: a denoiser input's gradient is legitimately tiny where the denoiser
+    # all but ignores its input (high sigma)
+    vanishing = [p for p in r.probes if p.kind in ("z0", "x_T", "state") and p.status == "ok"
+                 and p.norm < vr * out.norm]
+    states = sorted((p for p in r.probes if p.kind in ("x_T", "state") and p.status == "ok"),
+                    key=lambda p: p.order)
+    exploding = [(a, b, a.norm / b.norm) for a, b in zip(states, states[1:])
+                 if b.norm > 0 and a.norm / b.norm > er]
+    problems = []
+    if vanishing:
+        worst = min(vanishing, key=lambda p: p.norm)
+        problems.append(f"vanishing at {len(vanishing)} probe(s), worst {worst.name} "
+                        f"|g| {fmt(worst.norm)} = {fmt(worst.norm / out.norm)} x the output's "
+                        f"(threshold {vr:g})")
+    if exploding:
+        a, b, ratio = max(exploding, key=lambda t: t[2])
+        problems.append(f"exploding between {a.name} and {b.name}: |g| grows {ratio:.3g}x in one "
+                        f"step (threshold {er:g})")
+    ok = not problems
+    return Finding("grad_scale", ok, value=(min(p.norm / out.norm for p in vanishing)
+                                           if vanishing else None),
+                   threshold={"vanishing_rel": vr, "exploding_ratio": er},
+                   message="no vanishing or exploding gradient" if ok else "; ".join(problems),
+                   step=(vanishing[0].step if vanishing else exploding[0][0].step) if not ok else None)
 
 
 def optimizer_changes_z0(r: FlowReport) -> Finding:
@@ -313,6 +371,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     grad_reaches_every_step,
     grad_reaches_z0,
     step_noise,
+    grad_scale,
     numeric_directional,
     optimizer_changes_z0,
     loss_moves,

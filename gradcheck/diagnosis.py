@@ -80,6 +80,9 @@ def diagnose(
     lr: float = 1e-2,
     raw_graph_cap: int = 600,
     keep_raw_dot: bool = False,
+    locate: str = "auto",
+    vanishing_rel: float = 1e-8,
+    exploding_ratio: float = 1e4,
 ) -> FlowReport:
     """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
 
@@ -106,11 +109,18 @@ def diagnose(
             this many nodes; bigger graphs take minutes to lay out.
         keep_raw_dot: also keep the op-level DOT of a graph above the cap, in
             ``report.handles["raw_dot"]`` (not serialised; ``gradcheck run`` writes it to a file).
+        locate: ``auto`` re-runs the forward pass under provenance tracking to name where and why
+            the gradient breaks, only when a check found a problem; ``always``; ``never``.
+        vanishing_rel: a probe whose |g| is below this fraction of the output's is vanishing.
+        exploding_ratio: a state whose |g| is more than this many times the next step's is
+            exploding.
 
     Returns:
         A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
     """
     mode = mode or getattr(sample_fn, "mode", None) or "default"
+    if locate not in ("auto", "always", "never"):
+        raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {locate!r}")
     if mode not in STEP_NOISE_EXPECTATION:
         raise ConfigError(
             f"unknown mode {mode!r}; choose one of {', '.join(STEP_NOISE_EXPECTATION)}"
@@ -182,6 +192,7 @@ def diagnose(
                 raw_full = graph.raw_dot(loss)
         if loss_rg:
             # differentiate w.r.t. every leaf: what backward() would compute, .grad untouched
+            inputs = [t for t in inputs if t.requires_grad]
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
             for t, gr in zip(inputs, grads):
                 if t is z:
@@ -213,18 +224,31 @@ def diagnose(
         t0 = time.perf_counter()
         opt_res = _adam_probe(run, loss_of, z, z_grad, loss_value, objective, optim_steps, lr)
         timings["optim_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-
     report = FlowReport(
         mode=mode, objective=objective, loss_description=desc, loss=loss_value,
         output_requires_grad=out_rg, loss_requires_grad=loss_rg,
         output_grad_max_abs=out_stats.max_abs if out_stats else None,
         probes=tr.stats, numeric=num, optim=opt_res, hygiene=hygiene,
         expect={"step_noise": STEP_NOISE_EXPECTATION[mode]}, graph=step_graph, timings=timings,
+        thresholds={"vanishing_rel": vanishing_rel, "exploding_ratio": exploding_ratio},
         handles={"z0": z, "z0_grad": z_grad, "output": out.detach(),
                  "leaves": list(getattr(sample_fn, "leaves", [])), "raw_dot": raw_full},
     )
     report.checks = run_checks(report)
+
+    # -- locate: only when something is wrong (or asked) -----------------------------------
+    from .locate import locate as run_locator, symptoms
+
+    why = symptoms(report) if report.failed or locate == "always" else []
+    if locate == "always" or (locate == "auto" and report.failed):
+        t0 = time.perf_counter()
+        report.locator = run_locator(
+            sample_fn, z0, loss_of, report, run_ctx=lambda: seeded(seed, device),
+            reason="; ".join(why) or ("asked (--locate always)" if locate == "always"
+                                      else "a check failed"))
+        timings["locate_s"] = time.perf_counter() - t0
+        report.checks = run_checks(report)
+    timings["total_s"] = time.perf_counter() - t_start
     return report
 
 

@@ -84,6 +84,7 @@ class Trace:
         self.stats: list[ProbeStats] = []
         self.hooks_left: int | None = None
         self.grad_mode_after: bool | None = None
+        self.observer: Callable[[int, torch.Tensor], None] | None = None
 
     # -- context management -------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -149,6 +150,8 @@ class Trace:
         )
         self._entries.append(entry)
         self._seen[key] = weakref.ref(t)
+        if self.observer is not None:
+            self.observer(entry.order, t)
         if t.requires_grad:
             def hook(g: torch.Tensor, _e: _Entry = entry) -> None:
                 _e.stats = _grad_stats(g)

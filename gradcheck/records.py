@@ -208,6 +208,109 @@ class Hygiene:
         return cls(**_take(cls, d))
 
 
+#: Break causes the locator names, and how they read.
+CAUSES = {
+    "no_grad": "no_grad region",
+    "inference_mode": "inference_mode region",
+    "detach": ".detach()",
+    "data_read": ".data read",
+    "data_write": ".data write",
+    "requires_grad_false": "requires_grad_(False)",
+    "non_differentiable": "non-differentiable op",
+    "int_cast": "integer/bool cast",
+    "python_roundtrip": "round trip through Python",
+    "numpy_roundtrip": "round trip through NumPy",
+    "decorated_no_grad": "entry point decorated with @torch.no_grad()",
+    "reentrant_checkpoint": "reentrant checkpoint with no input requiring grad",
+    "inplace_no_grad": "in-place write under no_grad",
+    "disconnected_randomness": "disconnected randomness",
+    "zero_grad_op": "op passes exactly zero gradient",
+    "nonfinite_backward": "op produces NaN/Inf in backward",
+    "unknown": "unclassified op",
+}
+
+_KIND_WORDS = {"z0": "z0", "x_T": "x_T", "state": "state update", "step_noise": "step noise",
+               "denoiser_in": "denoiser input", "denoiser_out": "denoiser output",
+               "output": "output", "loss": "loss", "custom": "custom probe"}
+
+
+@dataclass
+class BreakEvent:
+    """One place where the forward (or backward) pass loses the gradient, as the locator saw it.
+
+    ``kind``: ``hard`` (a value that depends on z0 stops carrying gradient), ``bias`` (a value is
+    changed behind autograd's back: the gradient flows but is wrong), ``escape`` (a z0-dependent
+    value leaves torch: .item(), .tolist(), .numpy(), int(), float()), ``randomness`` (a random
+    draw not derived from z0 enters the state), ``zero`` / ``nonfinite`` (found in backward).
+    """
+
+    kind: str
+    cause: str
+    op: str
+    index: int = 0
+    step: int | None = None
+    before: str | None = None
+    before_kind: str | None = None
+    after: str | None = None
+    after_kind: str | None = None
+    location: str | None = None
+    function: str | None = None
+    detail: str | None = None
+
+    def where(self) -> str:
+        """'step 2 (denoiser output -> state update)'."""
+        head = f"step {self.step}" if self.step is not None else "before the first step"
+        if self.before_kind or self.after_kind:
+            a = _KIND_WORDS.get(self.before_kind or "", self.before or "start")
+            b = _KIND_WORDS.get(self.after_kind or "", self.after or "end")
+            head += f" ({a} -> {b})"
+        return head
+
+    def describe(self) -> str:
+        """'breaks at step 2 (denoiser output -> state update), op detach at my_sampler.py:41
+        (cause: .detach())'."""
+        verb = {"bias": "is bypassed", "escape": "escapes", "randomness": "takes in fresh noise",
+                "zero": "becomes exactly zero", "nonfinite": "becomes non-finite"}.get(self.kind,
+                                                                                   "breaks")
+        at = f" at {self.location}" if self.location else ""
+        cause = CAUSES.get(self.cause, self.cause)
+        detail = f"; {self.detail}" if self.detail else ""
+        return f"{verb} at {self.where()}, op {self.op}{at} (cause: {cause}{detail})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BreakEvent:
+        return cls(**_take(cls, d))
+
+
+@dataclass
+class LocatorResult:
+    """What the break locator found. ``primary`` explains the failing checks; ``events`` are every
+    relevant break; ``randomness`` every disconnected random draw that enters the state."""
+
+    ran: bool
+    reason: str
+    primary: BreakEvent | None = None
+    events: list[BreakEvent] = field(default_factory=list)
+    randomness: list[BreakEvent] = field(default_factory=list)
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _plain(self)
+        d["primary"] = self.primary.to_dict() if self.primary else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LocatorResult:
+        kw = _take(cls, d)
+        kw["primary"] = BreakEvent.from_dict(kw["primary"]) if kw.get("primary") else None
+        kw["events"] = [BreakEvent.from_dict(e) for e in kw.get("events", [])]
+        kw["randomness"] = [BreakEvent.from_dict(e) for e in kw.get("randomness", [])]
+        return cls(**kw)
+
+
 @dataclass
 class StepGraph:
     """The autograd graph collapsed onto the probes: a node per probed tensor that was in the graph
@@ -256,6 +359,8 @@ class FlowReport:
     hygiene: Hygiene
     expect: dict[str, Any] = field(default_factory=dict)
     graph: StepGraph | None = None
+    locator: LocatorResult | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
     checks: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,
@@ -298,6 +403,7 @@ class FlowReport:
         kw["optim"] = OptimResult.from_dict(kw["optim"]) if kw.get("optim") else None
         kw["hygiene"] = Hygiene.from_dict(kw["hygiene"])
         kw["graph"] = StepGraph.from_dict(kw["graph"]) if kw.get("graph") else None
+        kw["locator"] = LocatorResult.from_dict(kw["locator"]) if kw.get("locator") else None
         return cls(**kw)
 
 

@@ -141,14 +141,18 @@ def diagnose(
         tgt = target.detach()
         loss_of, desc, default_obj = (lambda out: _mse(out, tgt)), "MSE(output, target)", "minimize"
     else:
-        g = torch.Generator().manual_seed(int(seed) + 1)
+        from .sampling.noise import sub_seed
+
+        base_seed = sub_seed(seed, 4, 0)  # its own stream: never the user's randn(seed) draw
+        g = torch.Generator().manual_seed(base_seed)
         z_base = torch.randn(z0.shape, generator=g, dtype=torch.float64).to(z0)
         t0 = time.perf_counter()
         with torch.no_grad():
             baseline = run(z_base).detach()
         timings["baseline_s"] = time.perf_counter() - t0
         loss_of = lambda out: _mse(out, baseline)  # noqa: E731
-        desc = f"MSE(output, baseline); baseline = sampler output from noise seed {int(seed) + 1}"
+        desc = (f"MSE(output, baseline); baseline = sampler output from other noise "
+                f"(generator seed {base_seed})")
         default_obj = "maximize"
     objective = objective or default_obj
     if objective not in ("minimize", "maximize"):
@@ -193,7 +197,7 @@ def diagnose(
         if loss_rg:
             # differentiate w.r.t. every leaf: what backward() would compute, .grad untouched
             inputs = [t for t in inputs if t.requires_grad]
-            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True) if inputs else []
             for t, gr in zip(inputs, grads):
                 if t is z:
                     z_grad = gr

@@ -32,16 +32,28 @@ def iter_nodes(roots: list[Any], max_nodes: int = MAX_NODES) -> Iterator[Any]:
                 stack.append(nxt)
 
 
+#: Backward nodes whose gradient is zero everywhere: a path through one carries no gradient.
+ZERO_GRAD_NODES = {"RoundBackward0", "RoundBackward1", "FloorBackward0", "CeilBackward0",
+                   "SignBackward0", "SgnBackward0", "TruncBackward0"}
+
+
 def is_connected(tensor: torch.Tensor, target: torch.Tensor) -> bool:
-    """True when ``tensor``'s autograd graph reaches the leaf ``target`` (so gradient that arrives
-    at ``tensor`` is passed on to ``target``)."""
+    """True when ``tensor``'s autograd graph reaches the leaf ``target`` along a path that can
+    carry gradient (not through round/floor/sign/..., whose gradient is zero everywhere), so
+    gradient that arrives at ``tensor`` is passed on to ``target``."""
     if tensor is target:
         return True
     if not tensor.requires_grad or tensor.grad_fn is None:
         return False
-    for node in iter_nodes([tensor.grad_fn]):
+    stack, seen = [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or type(node).__name__ in ZERO_GRAD_NODES:
+            continue
+        seen.add(id(node))
         if getattr(node, "variable", None) is target:
             return True
+        stack.extend(c for c, _ in node.next_functions if c is not None and id(c) not in seen)
     return False
 
 

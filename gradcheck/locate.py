@@ -61,6 +61,8 @@ VALUE_FREE = {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros",
               "new_empty", "new_full", "size", "dim", "numel", "__len__"} | RANDOM_OPS
 ADDITIVE = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__",
             "__rsub__", "__isub__", "addcmul", "addcmul_", "lerp", "lerp_"}
+#: Ops whose second tensor argument gives only a shape or dtype, not values.
+SHAPE_ONLY = {"view_as", "expand_as", "reshape_as", "type_as"}
 #: Copies/moves: an escape right after one of these upgrades the cause of the cut before it.
 COPY_OPS = {"cpu", "cuda", "to", "contiguous", "clone", "float", "double"}
 
@@ -180,7 +182,9 @@ class Provenance(TorchFunctionMode):
     def observe(self, index: int, t: torch.Tensor) -> None:
         """Trace observer: remember each probed tensor's state when it is probed."""
         m = self.get(t)
-        if m is not None:
+        if m is None:  # a tensor no tracked op produced (e.g. torch.from_numpy): it is fresh
+            self.probe_meta[index] = _Meta(dep=False, gconn=False, rg=t.requires_grad)
+        else:
             self.probe_meta[index] = _Meta(dep=m.dep, gconn=self.gconn(t), rg=m.rg, ev=m.ev,
                                            bias=m.bias)
 
@@ -217,6 +221,8 @@ class Provenance(TorchFunctionMode):
         kwargs = kwargs or {}
         name = _name(func)
         flat = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if name in SHAPE_ONLY:
+            flat = flat[:1]
         pre = [(t, self.dep(t), self.gconn(t), self.get(t)) for t in flat]
         grad_on, inf_on = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
         out = func(*args, **kwargs)
@@ -305,8 +311,10 @@ class Provenance(TorchFunctionMode):
                 m.rand = draws[0]
             self._set(o, m)
             if o.grad_fn is not None and id(o.grad_fn) not in self.grad_fn_info:
-                step, _ = self._step()
-                self.grad_fn_info[id(o.grad_fn)] = (base, user_frame()[0], step)
+                step, last = self._step()
+                if step is None and last + 1 < len(self.trace._entries):
+                    step = self.trace._entries[last + 1].step
+                self.grad_fn_info[id(o.grad_fn)] = (base, user_frame()[0], step, last)
                 self._keep.append(o.grad_fn)
 
 
@@ -320,6 +328,8 @@ def _resolve_probes(events: list[BreakEvent], tr: Trace) -> None:
             ev.before, ev.before_kind = entries[i].name, entries[i].kind
         if i + 1 < len(entries):
             ev.after, ev.after_kind = entries[i + 1].name, entries[i + 1].kind
+            if ev.step is None:  # before the first stepped probe: it belongs to the next one
+                ev.step = entries[i + 1].step
 
 
 def _backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: set[str],
@@ -370,7 +380,9 @@ def _backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: se
             h.remove()
     out = []
     for kind, (_, node) in sorted(found.items(), key=lambda kv: kv[1][0]):
-        fwd, loc, step = info.get(id(node), (None, None, None))
+        fwd, loc, step, last = info.get(id(node), (None, None, None, -1))
+        if step is None:  # recorded before the first stepped probe: it belongs to the next one
+            step = next((e.step for e in tr._entries[last + 1:] if e.step is not None), None)
         node_name = type(node).__name__
         cause = "zero_grad_op" if kind == "zero" else "nonfinite_backward"
         detail = ("it receives a non-zero gradient and passes exactly zero towards z0 (a "
@@ -486,6 +498,23 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
             m = prov.probe_meta[i]
             if m.dep and not m.gconn and m.ev is not None:
                 primary = m.ev
+                break
+    # 2b. a path value that no longer depends on z0 at all as far as torch can see (it went
+    #     through NumPy or Python and came back as a fresh tensor): the last cut before it
+    if primary is None:
+        seen_dep = False
+        for i in sorted(prov.probe_meta):
+            e = tr._entries[i]
+            m = prov.probe_meta[i]
+            if e.kind not in PATH_KINDS + ("z0", "step_noise"):
+                continue
+            if m.dep:
+                seen_dep = True
+            elif seen_dep and not m.gconn:
+                before = [ev for ev in prov.events if ev.kind in ("hard", "escape")
+                          and getattr(ev, "_probe_before", -1) < i]
+                if before:
+                    primary = before[-1]
                 break
     # 3./4. exactly zero, non-finite (backward)
     if primary is None and back:

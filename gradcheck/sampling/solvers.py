@@ -143,7 +143,9 @@ def sample_res(
         prev = (x0, sigma_hat)
         if callback is not None:
             # like k-diffusion's callback, plus: a returned tensor replaces the state, which is
-            # how real callbacks that receive **locals() end up detaching or mutating it
+            # how real callbacks that receive **locals() end up detaching or mutating it; the
+            # state is probed on both sides, so a callback that cuts the gradient shows
+            x_next = probe(x_next, f"x[{i + 1}]@callback", step=i, kind="state", sigma=sigma_next)
             ret = callback({"i": i, "x": x_next, "sigma": sigma, "sigma_hat": sigma_hat,
                             "denoised": x0})
             if isinstance(ret, torch.Tensor):

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = r.add_argument_group("checks and output")
     c.add_argument("--no-numeric", action="store_true", help="skip the finite-difference check")
+    c.add_argument("--locate", default="auto", choices=("auto", "always", "never"),
+                   help="name where and why the gradient breaks: auto (default; only when a "
+                   "check fails, so healthy runs pay nothing), always, never")
+    c.add_argument("--vanishing", type=_float, default=1e-8, help="a state's |g| below this "
+                   "fraction of the output's is vanishing (default 1e-8)")
+    c.add_argument("--exploding", type=_float, default=1e4, help="a state's |g| more than this "
+                   "many times the next step's is exploding (default 1e4)")
     c.add_argument("--optim-steps", type=int, default=3, help="Adam steps of the optimizer checks "
                    "(default 3; 0 skips them)")
     c.add_argument("--lr", type=_float, default=1e-2, help="Adam learning rate (default 0.01)")
@@ -145,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         dtype=args.dtype, device=args.device, batch=args.batch,
         shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
         numeric=not args.no_numeric, optim_steps=args.optim_steps, lr=args.lr,
+        locate=args.locate, vanishing_rel=args.vanishing, exploding_ratio=args.exploding,
     ).validate()
     if args.raw_graph_cap < 0:
         raise ConfigError(f"--raw-graph-cap must be >= 0, got {args.raw_graph_cap}")

@@ -151,8 +151,8 @@ def diagnose(
             baseline = run(z_base).detach()
         timings["baseline_s"] = time.perf_counter() - t0
         loss_of = lambda out: _mse(out, baseline)  # noqa: E731
-        desc = (f"MSE(output, baseline); baseline = sampler output from other noise "
-                f"(generator seed {base_seed})")
+        desc = (f"MSE(output, baseline); baseline = the sampler's output from independent "
+                f"noise (derived from seed {int(seed)})")
         default_obj = "maximize"
     objective = objective or default_obj
     if objective not in ("minimize", "maximize"):

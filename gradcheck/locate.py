@@ -38,6 +38,8 @@ from .records import BreakEvent, FlowReport, LocatorResult, PATH_KINDS
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: gradcheck's built-in sampler is sampler code like any user's: its frames are reported
+_SAMPLER_DIR = os.path.join(_OWN_DIR, "sampling") + os.sep
 _SKIP_FILES = ("contextlib.py", "functools.py")
 
 #: Ops whose gradient is zero almost everywhere: they cut the gradient while keeping requires_grad.
@@ -76,11 +78,13 @@ def _name(func: Any) -> str:
 
 
 def user_frame() -> tuple[str | None, str | None]:
-    """(``path:line``, function) of the first stack frame outside torch and gradcheck."""
+    """(``path:line``, function) of the first stack frame outside torch and gradcheck's own
+    machinery (its built-in sampler counts as sampler code)."""
     f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
-        if not (fn.startswith(_TORCH_DIR) or fn.startswith(_OWN_DIR) or fn.endswith(_SKIP_FILES)
+        own = fn.startswith(_OWN_DIR) and not fn.startswith(_SAMPLER_DIR)
+        if not (fn.startswith(_TORCH_DIR) or own or fn.endswith(_SKIP_FILES)
                 or fn.startswith("<frozen")):
             return f"{os.path.relpath(fn) if not fn.startswith('<') else fn}:{f.f_lineno}", \
                 f.f_code.co_name
@@ -123,6 +127,7 @@ class _Meta:
     bias: BreakEvent | None = None
     rand: dict | None = None
     direct: bool = False  # the output of the op that recorded ``ev`` (or a plain copy of it)
+    made_at: tuple | None = None  # (op, path:line, step, probe index) where the value was made
 
 
 class Provenance(TorchFunctionMode):
@@ -153,6 +158,11 @@ class Provenance(TorchFunctionMode):
         if t.requires_grad != m.rg:  # flipped after creation: a custom Function's output, or
             m.rg = t.requires_grad   # requires_grad_(True) on a leaf: ask the graph
             m.gconn = t.requires_grad and any(graph.is_connected(t, r) for r in self.roots)
+            if t.grad_fn is not None and m.made_at is not None:  # the Function's own node
+                op, loc, step, last = m.made_at
+                self.grad_fn_info.setdefault(id(t.grad_fn), (type(t.grad_fn).__name__, loc,
+                                                             step, last))
+                self._keep.append(t.grad_fn)
         return m
 
     def dep(self, t: torch.Tensor) -> bool:
@@ -288,6 +298,11 @@ class Provenance(TorchFunctionMode):
                     self.events.pop()
                     ev.index = -1 - len(self.randomness)
                     self.randomness.append(ev)
+        step, last = self._step()
+        if step is None and last + 1 < len(self.trace._entries):
+            step = self.trace._entries[last + 1].step
+        loc = user_frame()[0]
+        in_ids = {id(t) for t, _, _, _ in pre}
         for o in outs:
             g_o = bool(o.requires_grad and any_gconn and base not in ZERO_GRAD_OPS
                        and name not in ("data.__get__",))
@@ -309,12 +324,12 @@ class Provenance(TorchFunctionMode):
                 m.gconn = pre[0][2] if pre else m.gconn
             if not any_dep and draws:
                 m.rand = draws[0]
+            m.made_at = (base, loc, step, last)
             self._set(o, m)
-            if o.grad_fn is not None and id(o.grad_fn) not in self.grad_fn_info:
-                step, last = self._step()
-                if step is None and last + 1 < len(self.trace._entries):
-                    step = self.trace._entries[last + 1].step
-                self.grad_fn_info[id(o.grad_fn)] = (base, user_frame()[0], step, last)
+            # the node this op made (not one an input already had: x.to(same dtype) is x)
+            if o.grad_fn is not None and id(o) not in in_ids and \
+                    id(o.grad_fn) not in self.grad_fn_info:
+                self.grad_fn_info[id(o.grad_fn)] = (base, loc, step, last)
                 self._keep.append(o.grad_fn)
 
 

@@ -39,6 +39,9 @@ class RunConfig:
     numeric: bool = True
     optim_steps: int = 3
     lr: float = 1e-2
+    locate: str = "auto"
+    vanishing_rel: float = 1e-8
+    exploding_ratio: float = 1e4
 
     def validate(self) -> RunConfig:
         for m in self.modes:
@@ -59,6 +62,12 @@ class RunConfig:
             raise ConfigError(f"optim_steps must be >= 0, got {self.optim_steps!r}")
         if not (self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if self.locate not in ("auto", "always", "never"):
+            raise ConfigError(f"locate must be auto, always or never, got {self.locate!r}")
+        if not (0 < self.vanishing_rel < 1):
+            raise ConfigError(f"vanishing threshold must be in (0, 1), got {self.vanishing_rel!r}")
+        if not (self.exploding_ratio > 1):
+            raise ConfigError(f"exploding ratio must be > 1, got {self.exploding_ratio!r}")
         resolve_device(self.device)
         return self
 
@@ -169,7 +178,9 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
         sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
         modes[mode] = diagnose(sampler, z0, mode=mode, seed=cfg.seed, numeric=cfg.numeric,
                                optim_steps=cfg.optim_steps, lr=cfg.lr,
-                               raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot)
+                               raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot,
+                               locate=cfg.locate, vanishing_rel=cfg.vanishing_rel,
+                               exploding_ratio=cfg.exploding_ratio)
     config = cfg.to_dict()
     config["z0_shape"] = list(z0.shape)
     config["sigmas"] = cfg.sampler.sigmas().tolist()

@@ -80,7 +80,7 @@ class _GradScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, factor):
         ctx.factor = factor
-        return x.view_as(x)
+        return x.clone()
 
     @staticmethod
     def backward(ctx, g):

@@ -103,7 +103,7 @@ def test_html_in_chromium_shows_every_section_without_errors(run_dir, tmp_path):
         shot = page.screenshot(tmp_path / "report.png")
         errors = page.errors()
     assert errors == []
-    assert sections == ["verdict", "checks", "per-step", "step-graph", "autograd-graph", "probes",
+    assert sections == ["verdict", "checks", "locate", "per-step", "step-graph", "autograd-graph", "probes",
                         "config", "environment", "timings"]
     assert "default: PASS" in text and "learnable_step_noise: PASS" in text
     assert "grad_reaches_z0" in text and "numeric_directional" in text
@@ -136,7 +136,7 @@ def test_a_broken_run_marks_the_break_and_the_unreached(broken_record, tmp_path)
     rep = broken_record.modes["default"]
     s = plots.plot_series(rep)
     assert s.break_x == pytest.approx(1.5)  # between D_out[1] (step 1) and x[2] (step 2)
-    assert "D_out[1] -> x[2]" in s.break_label
+    assert "x[2]@callback -> x[2]" in s.break_label
     assert {x for x, _ in s.unreached} >= {0.0, 1.0}
     fig = plots.grad_figure(broken_record)
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
@@ -151,7 +151,7 @@ def test_a_broken_run_marks_the_break_and_the_unreached(broken_record, tmp_path)
     assert not any(names[b] in ("x[2]", "output") for _, b in rep.graph.edges)
     res = render(broken_record, tmp_path)
     html = (tmp_path / "index.html").read_text()
-    assert "default: FAIL" in html and "the autograd graph ends between D_out[1]" in html
+    assert "default: FAIL" in html and "the autograd graph ends between x[2]@callback" in html
 
 
 def test_probe_names_are_escaped(broken_record, tmp_path):

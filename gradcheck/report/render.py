@@ -16,7 +16,7 @@ import jinja2
 
 from ..checks import break_between, fmt
 from ..errors import ConfigError
-from ..records import FlowReport, RunRecord
+from ..records import CAUSES, FlowReport, RunRecord
 from . import dot, plots
 from .files import check_writable, write_bytes_atomic, write_text_atomic
 from .terminal import step_rows
@@ -147,7 +147,8 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
             res.notes.append(f"{name} raw graph: {raw['note']}")
 
         modes.append({
-            "name": name, "passed": r.passed, "n_ok": sum(f.passed for f in errors),
+            "name": name, "passed": r.passed, "locator": r.locator,
+            "located": r.locator.primary.describe() if r.locator and r.locator.primary else None, "n_ok": sum(f.passed for f in errors),
             "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
             "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
             "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
@@ -182,7 +183,7 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
     html = env.get_template("index.html.j2").render(
         title=title, modes=modes, check_rows=check_rows, plot_uri=_uri("image/png", png),
         config=config, environment=_flatten(record.environment), timing_keys=timing_keys,
-        cell_class=_cell_class, fmt=fmt, fmtg=lambda x: f"{x:.4g}", version=record.environment.get("gradcheck", ""),
+        cell_class=_cell_class, fmt=fmt, causes=CAUSES, fmtg=lambda x: f"{x:.4g}", version=record.environment.get("gradcheck", ""),
         schema_version=record.schema_version,
         generated=generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     )

@@ -50,6 +50,26 @@ def step_table(r: FlowReport) -> list[str]:
     return ["  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
 
 
+def locator_lines(r: FlowReport) -> list[str]:
+    """What the break locator found, if it ran."""
+    loc = r.locator
+    if loc is None or not loc.ran:
+        return []
+    out = []
+    if loc.primary is not None:
+        out.append(f"  located: {loc.primary.describe()}")
+    elif loc.note:
+        out.append(f"  located: {loc.note}")
+    else:
+        out.append("  located: no break")
+    for e in loc.randomness[:6]:
+        out.append(f"  randomness: fresh {e.op} at {e.location} enters the state at step {e.step} "
+                   f"(not derived from z0)")
+    if len(loc.randomness) > 6:
+        out.append(f"  randomness: ... {len(loc.randomness) - 6} more draws")
+    return out
+
+
 def mode_summary(r: FlowReport) -> list[str]:
     errors = [f for f in r.checks if f.level == "error"]
     n_ok = sum(f.passed for f in errors)
@@ -60,6 +80,7 @@ def mode_summary(r: FlowReport) -> list[str]:
     for f in r.checks:
         tag = "info" if f.level == "info" else ("PASS" if f.passed else "FAIL")
         lines.append(f"  {tag:4}  {f.name:<{width}}  {f.message}")
+    lines += locator_lines(r)
     lines += step_table(r)
     t = r.timings
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.3f}s" for k, v in t.items()))

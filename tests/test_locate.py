@@ -1,0 +1,95 @@
+"""Locator details and the per-probe distinctions: vanishing, exploding, non-finite, dtypes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck.sampling import GaussianDenoiser, SamplerConfig, sample_res
+
+from .conftest import CallFault, ResetCalls, sampler, z0_like
+
+DEN = GaussianDenoiser(0.1, 0.5)
+
+
+def _with_callback(cb, solver="1euler", steps=4):
+    sig = SamplerConfig(solver=solver, steps=steps).sigmas()
+
+    def sample(z):
+        return sample_res(DEN, 80.0 * gradcheck.probe(z, "z0", kind="z0"), sig, solver=solver,
+                          callback=cb)
+    return sample
+
+
+def test_vanishing_gradient_is_flagged_not_passed():
+    def leak(d):  # truncated backprop with a tiny leak: the value is unchanged
+        if d["i"] == 1:
+            return d["x"] * 1e-10 + d["x"].detach() * (1 - 1e-10)
+    rep = gradcheck.diagnose(_with_callback(leak), z0_like(), target=z0_like(seed=5))
+    f = rep.check("grad_scale")
+    assert not f.passed and "vanishing at" in f.message and "threshold 1e-08" in f.message
+    assert rep.probe("z0").status == "ok"  # it is there, just far too small
+
+
+def test_exploding_gradient_is_flagged():
+    def blow(d):
+        if d["i"] == 2:
+            return d["x"] * 1e5 - d["x"].detach() * (1e5 - 1)
+    rep = gradcheck.diagnose(_with_callback(blow), z0_like(), target=z0_like(seed=5))
+    f = rep.check("grad_scale")
+    assert not f.passed and "exploding between" in f.message and "grows 1e+05x" in f.message
+
+
+def test_thresholds_are_configurable():
+    def blow(d):
+        if d["i"] == 2:
+            return d["x"] * 1e5 - d["x"].detach() * (1e5 - 1)
+    rep = gradcheck.diagnose(_with_callback(blow), z0_like(), target=z0_like(seed=5),
+                             exploding_ratio=1e6)
+    assert rep.check("grad_scale").passed
+
+
+def test_non_finite_backward_names_the_op_and_step(conv32):
+    smp = ResetCalls(CallFault(DEN, at=2, fault="nan_grad"), sampler(DEN))
+    rep = gradcheck.diagnose(smp, z0_like())
+    p = rep.locator.primary
+    assert p.kind == "nonfinite" and p.cause == "nonfinite_backward" and p.step == 2
+    assert "_GradScaleBackward" in p.op and p.location.startswith("tests/conftest.py:")
+
+
+def test_wrong_custom_backward_has_no_forward_cause():
+    smp = ResetCalls(CallFault(DEN, at=1, fault="scale_grad", factor=3.0), sampler(DEN))
+    rep = gradcheck.diagnose(smp, z0_like())
+    assert rep.locator.primary is None
+    assert "custom autograd.Function backward" in rep.locator.note
+    assert "custom autograd.Function backward" in rep.check("numeric_directional").message
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-5), (torch.float32, 2e-2),
+                                        (torch.bfloat16, 1e-1)])
+def test_numeric_check_is_dtype_aware(dtype, rtol):
+    rep = gradcheck.diagnose(sampler(DEN, "learnable_step_noise"), z0_like(dtype=dtype))
+    n = rep.numeric
+    assert n.dtype == str(dtype).replace("torch.", "") and n.rtol == rtol
+    assert len(n.sweep) == 3 and n.eps in [row["eps"] for row in n.sweep]
+    assert rep.check("numeric_directional").passed, rep.check("numeric_directional").message
+
+
+def test_locate_never_and_always():
+    smp = _with_callback(lambda d: d["x"].detach() if d["i"] == 1 else None)
+    assert gradcheck.diagnose(smp, z0_like(), locate="never").locator is None
+    rep = gradcheck.diagnose(sampler(DEN), z0_like(), locate="always")
+    assert rep.locator.ran and rep.locator.primary is None and rep.passed
+    with pytest.raises(gradcheck.ConfigError, match="'sometimes'"):
+        gradcheck.diagnose(sampler(DEN), z0_like(), locate="sometimes")
+
+
+def test_locator_result_round_trips_through_json():
+    from gradcheck.records import FlowReport
+
+    smp = _with_callback(lambda d: d["x"].detach() if d["i"] == 1 else None)
+    rep = gradcheck.diagnose(smp, z0_like())
+    back = FlowReport.from_dict(rep.to_dict())
+    assert back.locator.primary == rep.locator.primary
+    from gradcheck.checks import run_checks
+    assert [f.message for f in run_checks(back)] == [f.message for f in rep.checks]

@@ -72,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", default="both", help="default | learnable_step_noise | fresh_noise | "
                    "independent_leaves, a comma list, 'both' (default + learnable_step_noise; "
                    "the default) or 'all'")
-    g.add_argument("--denoiser", default="conv", help="built-in: conv (default), gaussian; or "
-                   "package.module:factory returning D(x, sigma) -> x0_hat")
+    g.add_argument("--denoiser", default="digits", help="built-in: digits (the trained EDM "
+                   "denoiser of 8x8 digits; default), conv (same net, random weights), gaussian "
+                   "(exact denoiser of Gaussian data); or package.module:factory returning "
+                   "D(x, sigma) -> x0_hat")
     g.add_argument("--shape", type=str, default=None, help="sample shape C,H,W (default: the "
                    "denoiser's; 1,8,8 for the built-ins)")
     g.add_argument("--batch", type=int, default=2, help="batch size of z0 (default 2)")

@@ -238,6 +238,10 @@ def diagnose(
         handles={"z0": z, "z0_grad": z_grad, "output": out.detach(),
                  "leaves": list(getattr(sample_fn, "leaves", [])), "raw_dot": raw_full},
     )
+    if out.numel() <= 65536 and out.ndim == 4 and out.shape[1] in (1, 3):
+        report.samples = [[round(v, 4) for v in row] for row in
+                          out.detach().double().cpu().reshape(out.shape[0], -1).tolist()]
+        report.expect["sample_shape"] = list(out.shape[1:])
     report.checks = run_checks(report)
 
     # -- locate: only when something is wrong (or asked) -----------------------------------

@@ -361,6 +361,7 @@ class FlowReport:
     graph: StepGraph | None = None
     locator: LocatorResult | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    samples: list | None = None  # the sampler outputs (small images only), for the report's grid
     checks: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

@@ -29,7 +29,7 @@ class RunConfig:
 
     modes: list[str] = field(default_factory=lambda: list(BOTH))
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=4))
-    denoiser: str = "conv"
+    denoiser: str = "digits"
     seed: int = 0
     dtype: str = "float64"
     device: str = "cpu"

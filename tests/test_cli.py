@@ -36,7 +36,7 @@ def test_run_both_modes_passes_and_writes_report(tmp_path, capsys):
     assert "step   sigma  |g| state" in out
     rec = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(rec["modes"]) == {"default", "learnable_step_noise"}
-    assert rec["config"]["denoiser"] == "conv" and rec["config"]["sampler"]["steps"] == 4
+    assert rec["config"]["denoiser"] == "digits" and rec["config"]["sampler"]["steps"] == 4
     assert [p for p in os.listdir(tmp_path / "r") if p.startswith(".")] == []
 
 

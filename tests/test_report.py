@@ -103,11 +103,11 @@ def test_html_in_chromium_shows_every_section_without_errors(run_dir, tmp_path):
         shot = page.screenshot(tmp_path / "report.png")
         errors = page.errors()
     assert errors == []
-    assert sections == ["verdict", "checks", "locate", "per-step", "step-graph", "autograd-graph", "probes",
+    assert sections == ["verdict", "checks", "locate", "per-step", "samples", "step-graph", "autograd-graph", "probes",
                         "config", "environment", "timings"]
     assert "default: PASS" in text and "learnable_step_noise: PASS" in text
     assert "grad_reaches_z0" in text and "numeric_directional" in text
-    assert len(images) == 5 and all(w > 100 for _, w in images), images  # plot + 2x2 graphs
+    assert len(images) == 6 and all(w > 100 for _, w in images), images  # plot, samples, 2x2 graphs
     from PIL import Image, ImageStat
 
     im = Image.open(shot).convert("L")

@@ -127,3 +127,33 @@ def figure_png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def samples_figure(record: RunRecord):
+    """The sampler outputs of each mode as an image grid (rows: modes), or None if none are
+    images."""
+    rows = [(m, r) for m, r in record.modes.items() if r.samples]
+    if not rows:
+        return None
+    import numpy as np
+
+    cols = max(len(r.samples) for _, r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols + 1.2, 1.4 * len(rows) + 0.3),
+                             squeeze=False)
+    for i, (mode, r) in enumerate(rows):
+        c, h, w = r.expect.get("sample_shape", [1, 8, 8])
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(r.samples):
+                ax.axis("off")
+                continue
+            img = np.asarray(r.samples[j], dtype=float).reshape(c, h, w)
+            img = np.clip((img + 1) / 2, 0, 1)
+            ax.imshow(img[0] if c == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            if j == 0:
+                ax.set_ylabel(mode, fontsize=8)
+    fig.suptitle("sampler outputs (clipped to [-1, 1])", fontsize=9)
+    fig.tight_layout()
+    return fig

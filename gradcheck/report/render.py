@@ -115,6 +115,14 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
     write_bytes_atomic(out / "grad_per_step.png", png)
     res.files.append("grad_per_step.png")
 
+    samples_uri = None
+    sfig = plots.samples_figure(record)
+    if sfig is not None:
+        spng = plots.figure_png(sfig)
+        write_bytes_atomic(out / "samples.png", spng)
+        res.files.append("samples.png")
+        samples_uri = _uri("image/png", spng)
+
     modes = []
     for name, r in record.modes.items():
         errors = [f for f in r.checks if f.level == "error"]
@@ -182,6 +190,7 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
                              autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.get_template("index.html.j2").render(
         title=title, modes=modes, check_rows=check_rows, plot_uri=_uri("image/png", png),
+        samples_uri=samples_uri,
         config=config, environment=_flatten(record.environment), timing_keys=timing_keys,
         cell_class=_cell_class, fmt=fmt, causes=CAUSES, fmtg=lambda x: f"{x:.4g}", version=record.environment.get("gradcheck", ""),
         schema_version=record.schema_version,

@@ -119,12 +119,19 @@ class EDMDenoiser(nn.Module):
 
 
 #: Built-in denoisers by name, and the sample shape (C, H, W) each expects.
-BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"conv": (1, 8, 8), "gaussian": (1, 8, 8)}
+BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "conv": (1, 8, 8),
+                                              "gaussian": (1, 8, 8)}
 
 
 def build_denoiser(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                    device: str | torch.device = "cpu") -> nn.Module:
-    """A built-in denoiser by name: ``conv`` (seeded EDM TinyUNet) or ``gaussian`` (the oracle)."""
+    """A built-in denoiser by name: ``digits`` (the trained EDM denoiser of 8x8 digits, shipped
+    with the package), ``conv`` (the same network with seeded random weights) or ``gaussian``
+    (the exact denoiser of Gaussian data: the oracle)."""
+    if name == "digits":
+        from ..models import load_denoiser
+
+        return load_denoiser(dtype=dtype, device=device)
     if name == "gaussian":
         return GaussianDenoiser(mu=0.0, s=0.5)
     if name == "conv":

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s-max", type=_float, default=math.inf)
     s.add_argument("--solver-dtype", default="float64", help="float64 (default, as the "
                    "original) or input (z0's dtype)")
+    _memory_args(s)
 
     c = r.add_argument_group("checks and output")
     c.add_argument("--no-numeric", action="store_true", help="skip the finite-difference check")
@@ -133,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _memory_args(group, truncate: bool = True) -> None:
+    group.add_argument("--checkpoint", action="store_true", help="non-reentrant activation "
+                       "checkpointing per denoiser call (memory flat in the number of steps)")
+    if truncate:
+        group.add_argument("--truncate", type=int, default=None, metavar="K", help="back-propagate "
+                           "through the last K steps only; the report compares with full backprop")
+        group.add_argument("--truncate-kind", default="state", choices=("state", "denoiser"),
+                           help="state: detach the state before the last K steps (DRaFT-K); "
+                           "denoiser: detach only the denoiser outputs (AlignProp)")
+
+
 def _render_args(group) -> None:
     group.add_argument("--graph", default="auto", choices=("auto", "always", "never"),
                        help="draw graphs with Graphviz: auto (default; without 'dot' the report "
@@ -147,7 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sampler = SamplerConfig(
         solver=args.solver, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
         rho=args.rho, s_churn=args.s_churn, s_min=args.s_min, s_max=args.s_max,
-        s_noise=args.s_noise, solver_dtype=args.solver_dtype,
+        s_noise=args.s_noise, solver_dtype=args.solver_dtype, checkpoint=args.checkpoint,
+        truncate=args.truncate, truncate_kind=args.truncate_kind,
     )
     cfg = RunConfig(
         modes=parse_modes(args.mode), sampler=sampler, denoiser=args.denoiser, seed=args.seed,

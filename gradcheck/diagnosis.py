@@ -236,7 +236,8 @@ def diagnose(
         expect={"step_noise": STEP_NOISE_EXPECTATION[mode]}, graph=step_graph, timings=timings,
         thresholds={"vanishing_rel": vanishing_rel, "exploding_ratio": exploding_ratio},
         handles={"z0": z, "z0_grad": z_grad, "output": out.detach(),
-                 "leaves": list(getattr(sample_fn, "leaves", [])), "raw_dot": raw_full},
+                 "leaves": list(getattr(sample_fn, "leaves", [])), "raw_dot": raw_full,
+                 "loss_of": loss_of},
     )
     if out.numel() <= 65536 and out.ndim == 4 and out.shape[1] in (1, 3):
         report.samples = [[round(v, 4) for v in row] for row in

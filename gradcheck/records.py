@@ -362,6 +362,7 @@ class FlowReport:
     locator: LocatorResult | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     samples: list | None = None  # the sampler outputs (small images only), for the report's grid
+    truncation: dict[str, Any] | None = None  # truncated backprop against full: what z0 gets
     checks: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

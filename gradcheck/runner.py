@@ -152,6 +152,36 @@ def environment(dtype: str, device: torch.device) -> dict[str, Any]:
     return env
 
 
+def compare_truncation(rep, den, cfg: RunConfig, mode: str, z0: torch.Tensor) -> dict[str, Any]:
+    """What truncated backprop does to dL/dz0: the truncated gradient (from the diagnosis)
+    against the full one of the same loss and seed."""
+    from dataclasses import replace
+
+    from .diagnosis import seeded
+
+    full = ResSampler(den, replace(cfg.sampler, truncate=None), mode=mode, seed=cfg.seed)
+    z = z0.detach().clone().requires_grad_(True)
+    with seeded(cfg.seed, z.device):
+        loss = rep.handles["loss_of"](full(z))
+    (g_full,) = torch.autograd.grad(loss, [z])
+    g_tr = rep.handles.get("z0_grad")
+    k, kind = cfg.sampler.truncate, cfg.sampler.truncate_kind
+    d: dict[str, Any] = {"k": k, "kind": kind, "full_norm": float(g_full.norm())}
+    if g_tr is None or not bool((g_tr != 0).any()):
+        d.update(cosine=None, norm_ratio=0.0, truncated_norm=0.0,
+                 effect=(f"truncate {k} ({kind}): z0 receives "
+                         f"{'no gradient (None)' if g_tr is None else 'an exactly zero gradient'}"
+                         f"; the full gradient has norm {float(g_full.norm()):.3g}"))
+    else:
+        cos = float(torch.nn.functional.cosine_similarity(g_tr.flatten().double(),
+                                                          g_full.flatten().double(), dim=0))
+        ratio = float(g_tr.norm() / g_full.norm())
+        d.update(cosine=cos, norm_ratio=ratio, truncated_norm=float(g_tr.norm()),
+                 effect=(f"truncate {k} ({kind}): z0 receives a biased gradient: cosine "
+                         f"similarity {cos:.4f} to the full gradient, norm ratio {ratio:.3g}"))
+    return d
+
+
 def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False) -> RunRecord:
     """Diagnose the built-in (or the given) sampler in every mode of ``cfg``.
 
@@ -176,11 +206,13 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
     modes = {}
     for mode in cfg.modes:
         sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
-        modes[mode] = diagnose(sampler, z0, mode=mode, seed=cfg.seed, numeric=cfg.numeric,
+        modes[mode] = rep = diagnose(sampler, z0, mode=mode, seed=cfg.seed, numeric=cfg.numeric,
                                optim_steps=cfg.optim_steps, lr=cfg.lr,
                                raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot,
                                locate=cfg.locate, vanishing_rel=cfg.vanishing_rel,
                                exploding_ratio=cfg.exploding_ratio)
+        if cfg.sampler.truncate is not None:
+            rep.truncation = compare_truncation(rep, den, cfg, mode, z0)
     config = cfg.to_dict()
     config["z0_shape"] = list(z0.shape)
     config["sigmas"] = cfg.sampler.sigmas().tolist()

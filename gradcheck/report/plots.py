@@ -157,3 +157,60 @@ def samples_figure(record: RunRecord):
     fig.suptitle("sampler outputs (clipped to [-1, 1])", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def loss_curve_figure(data: dict):
+    r = data["result"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(range(len(r["values"])), r["values"], color="#08519c", marker="o", markersize=2.5,
+            label=r["objective"])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(r["objective"])
+    ax.set_title(f"{r['objective']} ({'maximise' if r['direction'] == 'up' else 'minimise'})",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def z_norm_figure(data: dict):
+    r = data["result"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.plot(range(len(r["z_norms"])), r["z_norms"], color="#238b45", label="mean ||z0||")
+    ax.axhline(r["sqrt_d"], color="#cb181d", linestyle="--", label=f"sqrt(d) = {r['sqrt_d']:.3g}")
+    ax.axhspan(0.95 * r["sqrt_d"], 1.05 * r["sqrt_d"], color="#cb181d", alpha=0.08,
+               label="+-5%")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("||z0||")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def before_after_figure(data: dict):
+    import numpy as np
+
+    before, after = data.get("samples_before"), data.get("samples_after")
+    shape = data.get("sample_shape")
+    if not before or not after or not shape or shape[0] not in (1, 3):
+        return None
+    c, h, w = shape
+    cols = len(before)
+    fig, axes = plt.subplots(2, cols, figsize=(1.3 * cols + 1.2, 3.2), squeeze=False)
+    labels = data.get("labels_before"), data.get("labels_after")
+    for i, (row, name) in enumerate(((before, "before"), (after, "after"))):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            img = np.clip((np.asarray(row[j], dtype=float).reshape(c, h, w) + 1) / 2, 0, 1)
+            ax.imshow(img[0] if c == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            if labels[i]:
+                k, p = labels[i][j]
+                ax.set_title(f"{k} ({p:.2f})", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    return fig

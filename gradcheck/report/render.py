@@ -37,6 +37,15 @@ class Rendered:
         return self.out_dir / "index.html"
 
 
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("gradcheck.report", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _uri(mime: str, data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -155,7 +164,7 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
             res.notes.append(f"{name} raw graph: {raw['note']}")
 
         modes.append({
-            "name": name, "passed": r.passed, "locator": r.locator,
+            "name": name, "passed": r.passed, "locator": r.locator, "truncation": r.truncation,
             "located": r.locator.primary.describe() if r.locator and r.locator.primary else None, "n_ok": sum(f.passed for f in errors),
             "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
             "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
@@ -186,15 +195,41 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
         config.append(("sigmas", ", ".join(f"{x:.4g}" for x in cfg["sigmas"])))
     timing_keys = sorted({k for m in modes for k in m["timings"]},
                          key=lambda k: ("total" in k, k))
-    env = jinja2.Environment(loader=jinja2.PackageLoader("gradcheck.report", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
-    html = env.get_template("index.html.j2").render(
+    html = _env().get_template("index.html.j2").render(
         title=title, modes=modes, check_rows=check_rows, plot_uri=_uri("image/png", png),
-        samples_uri=samples_uri,
+        samples_uri=samples_uri, grid_cols=max(1, len(modes)),
         config=config, environment=_flatten(record.environment), timing_keys=timing_keys,
         cell_class=_cell_class, fmt=fmt, causes=CAUSES, fmtg=lambda x: f"{x:.4g}", version=record.environment.get("gradcheck", ""),
         schema_version=record.schema_version,
-        generated=generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        generated=generated or _now(),
+    )
+    write_text_atomic(out / "index.html", html)
+    res.files.append("index.html")
+    return res
+
+
+def render_optimize(data: dict[str, Any], out_dir: str | os.PathLike[str], *,
+                    generated: str | None = None) -> Rendered:
+    """Write the optimisation report from ``optimize.json``'s data alone: ``loss_curve.png``,
+    ``z0_norm.png``, ``samples_before_after.png`` and ``index.html``."""
+    out = check_writable(out_dir)
+    res = Rendered(out_dir=out)
+    images = {}
+    for name, fig in (("loss_curve", plots.loss_curve_figure(data)),
+                      ("z0_norm", plots.z_norm_figure(data)),
+                      ("samples_before_after", plots.before_after_figure(data))):
+        if fig is None:
+            continue
+        png = plots.figure_png(fig)
+        write_bytes_atomic(out / f"{name}.png", png)
+        res.files.append(f"{name}.png")
+        images[name] = _uri("image/png", png)
+    r = data["result"]
+    html = _env().get_template("optimize.html.j2").render(
+        d=data, r=r, images=images, passed=all(c["passed"] for c in r["checks"]),
+        config=[(k, v) for k, v in _flatten(data["config"])],
+        environment=_flatten(data.get("environment", {})), grid_cols=2,
+        version=data.get("environment", {}).get("gradcheck", ""), generated=generated or _now(),
     )
     write_text_atomic(out / "index.html", html)
     res.files.append("index.html")

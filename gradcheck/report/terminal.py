@@ -81,6 +81,8 @@ def mode_summary(r: FlowReport) -> list[str]:
         tag = "info" if f.level == "info" else ("PASS" if f.passed else "FAIL")
         lines.append(f"  {tag:4}  {f.name:<{width}}  {f.message}")
     lines += locator_lines(r)
+    if r.truncation:
+        lines.append(f"  truncation: {r.truncation['effect']}")
     lines += step_table(r)
     t = r.timings
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.3f}s" for k, v in t.items()))

@@ -50,6 +50,9 @@ class SamplerConfig:
     s_max: float = math.inf
     s_noise: float = 1.0
     solver_dtype: str = "float64"
+    checkpoint: bool = False
+    truncate: int | None = None
+    truncate_kind: str = "state"
 
     def validate(self) -> SamplerConfig:
         """Raise :class:`ConfigError` naming the first bad value; return self."""
@@ -72,6 +75,12 @@ class SamplerConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if math.isnan(self.s_min) or math.isnan(self.s_max) or self.s_min >= self.s_max:
             raise ConfigError(f"need s_min < s_max, got s_min={self.s_min!r}, s_max={self.s_max!r}")
+        if self.truncate is not None and (isinstance(self.truncate, bool) or
+                                          not isinstance(self.truncate, int) or self.truncate < 0):
+            raise ConfigError(f"truncate must be an integer >= 0, got {self.truncate!r}")
+        if self.truncate_kind not in ("state", "denoiser"):
+            raise ConfigError(f"truncate_kind must be 'state' or 'denoiser', got "
+                              f"{self.truncate_kind!r}")
         if self.solver_dtype not in ("float64", "input"):
             raise ConfigError(f"solver_dtype must be 'float64' or 'input', got {self.solver_dtype!r}")
         return self
@@ -147,4 +156,5 @@ class ResSampler:
             self.denoiser, x_T, cfg.sigmas(), solver=cfg.solver, s_churn=cfg.churn_for(self.mode),
             s_min=cfg.s_min, s_max=cfg.s_max, s_noise=cfg.s_noise, step_noise=self._noise(z0),
             solver_dtype=torch.float64 if cfg.solver_dtype == "float64" else None,
+            checkpoint=cfg.checkpoint, truncate=cfg.truncate, truncate_kind=cfg.truncate_kind,
         )

@@ -77,6 +77,9 @@ def sample_res(
     solver_dtype: torch.dtype | None = torch.float64,
     final_denoise: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: bool = False,
+    truncate: int | None = None,
+    truncate_kind: str = "state",
 ) -> torch.Tensor:
     """Run a RES sampler from ``x = x_T`` down the schedule ``sigmas`` (length N+1, decreasing).
 
@@ -93,6 +96,12 @@ def sample_res(
         final_denoise: return ``D(x_N, sigma_N)`` (the original's behaviour) rather than x_N.
         callback: called after every step with ``{"i", "x", "sigma", "sigma_hat", "denoised"}``
             (x is the new state); if it returns a tensor, that tensor becomes the state.
+        checkpoint: run every denoiser call under non-reentrant activation checkpointing (store
+            only its input and output; recompute in backward, with the RNG state restored).
+        truncate: back-propagate through the last ``truncate`` solver steps only:
+            ``truncate_kind="state"`` detaches the whole state (and the multistep history) before
+            them, as DRaFT-K; ``"denoiser"`` detaches only the denoiser outputs before them, as
+            AlignProp (a biased "skip" gradient still reaches z0).
 
     Returns:
         The clean prediction at sigma_min (or x_N), in x's input dtype.
@@ -105,16 +114,36 @@ def sample_res(
     state_dtype = solver_dtype or in_dtype
     batch = x.shape[0]
 
+    if truncate_kind not in ("state", "denoiser"):
+        raise ConfigError(f"truncate_kind must be 'state' or 'denoiser', got {truncate_kind!r}")
+    n_steps = len(sig) - 1
+    cut = None if truncate is None else max(0, n_steps - int(truncate))
+    fn = denoiser
+    if checkpoint:
+        from torch.utils.checkpoint import checkpoint as _ckpt
+
+        def fn(xs, s):  # noqa: F811 - the checkpointed call
+            if not torch.is_grad_enabled():
+                return denoiser(xs, s)
+            return _ckpt(denoiser, xs, s, use_reentrant=False)
+
     def D(xs: torch.Tensor, sigma: float, step: int, suffix: str = "") -> torch.Tensor:
         s = torch.full((batch,), sigma, dtype=in_dtype, device=xs.device)  # [B]
-        out = call_denoiser(denoiser, xs.to(in_dtype), s, step=step, suffix=suffix)
-        return out.to(state_dtype)
+        out = call_denoiser(fn, xs.to(in_dtype), s, step=step, suffix=suffix)
+        out = out.to(state_dtype)
+        if cut is not None and truncate_kind == "denoiser" and step < cut:
+            out = out.detach()  # AlignProp-style truncation: the skip path keeps a gradient
+        return out
 
     eta = churn_eta(s_churn, n)
     x = x.to(state_dtype)
     prev: tuple[torch.Tensor, float] | None = None  # 2ab: (x0 of the previous step, its sigma)
     for i in range(n):
         sigma, sigma_next = sig[i], sig[i + 1]
+        if cut is not None and truncate_kind == "state" and i == cut and i > 0:
+            # DRaFT-K truncation: nothing before the last K steps receives gradient
+            x = x.detach()
+            prev = (prev[0].detach(), prev[1]) if prev is not None else None
         x = probe(x, "x_T" if i == 0 else f"x[{i}]", step=i, kind="x_T" if i == 0 else "state",
                   sigma=sigma)
 

@@ -125,6 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-html", action="store_true", help="write report.json only")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    op = sub.add_parser("optimize", help="optimise z0 through the sampler for an objective",
+                        description="Adam on z0 (and the step noises where learnable) through "
+                        "the RES sampler: diverge (the originating experiment), class:K, or "
+                        "target:PATH. Writes optimize.json, plots and an HTML page.")
+    op.add_argument("--objective", default="diverge", help="diverge (maximise MSE to the "
+                    "starting output; default), class:K (maximise log p(digit K)), target:PATH "
+                    "(minimise MSE to an image: .png/.pt/.npy)")
+    op.add_argument("--iters", type=int, default=50)
+    op.add_argument("--lr", type=_float, default=0.05)
+    op.add_argument("--clip", type=_float, default=None, help="gradient-norm clipping")
+    op.add_argument("--norm-reg", default="none", choices=("none", "chi", "renorm"),
+                    help="keep z0 on the Gaussian shell: chi (its negative log-likelihood as a "
+                    "penalty), renorm (rescale to the starting norm after every step)")
+    op.add_argument("--chi-weight", type=_float, default=1.0)
+    op.add_argument("--perturb", type=_float, default=1e-2, help="diverge starts from z0 + "
+                    "perturb * seeded noise (default 0.01)")
+    op.add_argument("--mode", default="default", help="noise mode (one of "
+                    "default, learnable_step_noise, fresh_noise, independent_leaves)")
+    op.add_argument("--denoiser", default="digits")
+    op.add_argument("--solver", default="2ab")
+    op.add_argument("--steps", type=int, default=20)
+    op.add_argument("--batch", type=int, default=8)
+    op.add_argument("--seed", type=int, default=0)
+    op.add_argument("--dtype", default="float32")
+    op.add_argument("--device", default="cpu")
+    _memory_args(op, truncate=False)
+    op.add_argument("--out", default="gradcheck-optimize")
+    op.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    op.add_argument("--debug", action="store_true", help="show tracebacks")
+
     rp = sub.add_parser("report", help="re-render the HTML and PNGs of a saved report.json "
                         "(no model is run; torch is not imported)")
     rp.add_argument("json_path", metavar="REPORT_JSON", help="a report.json written by gradcheck run")
@@ -204,6 +234,91 @@ def _print_rendered(json_path, rendered) -> None:
         print(f"report: {rendered.index}")
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    import torch
+
+    from .optimize import parse_objective, run_optimize
+    from .report import check_writable, write_json_atomic
+    from .report.render import render_optimize
+    from .runner import DTYPES, environment, load_denoiser, resolve_device
+    from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig, check_mode
+
+    mode = check_mode(args.mode)
+    if args.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if args.batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {args.batch}")
+    cfg = SamplerConfig(solver=args.solver, steps=args.steps, checkpoint=args.checkpoint).validate()
+    dtype, device = DTYPES[args.dtype], resolve_device(args.device)
+    out = check_writable(args.out)
+    den, shape = load_denoiser(args.denoiser, seed=args.seed, dtype=dtype, device=device)
+    shape = shape or BUILTIN_SHAPES["digits"]
+    clf = None
+    if args.denoiser in ("digits", "conv") or args.objective.startswith("class:"):
+        from .models import load_classifier
+
+        clf = load_classifier(dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(args.seed)
+    z0 = torch.randn((args.batch, *shape), generator=g, dtype=torch.float64).to(device, dtype)
+    sampler = ResSampler(den, cfg, mode=mode, seed=args.seed)
+    objective, start = parse_objective(args.objective, sampler=sampler, z0=z0, classifier=clf,
+                                       perturb=args.perturb, seed=args.seed)
+    with torch.no_grad():
+        before = sampler(start)
+    res, z_final = run_optimize(sampler, start, objective, iters=args.iters, lr=args.lr,
+                                clip=args.clip, norm_reg=args.norm_reg,
+                                chi_weight=args.chi_weight, progress=not args.no_progress)
+    with torch.no_grad():
+        after = sampler(z_final)
+
+    def labels(x):
+        if clf is None:
+            return None
+        p = clf(x.clamp(-1, 1)).softmax(1)
+        conf, k = p.max(1)
+        return [[int(a), round(float(b), 4)] for a, b in zip(k, conf)]
+
+    def flat(x):
+        return [[round(v, 4) for v in row] for row in
+                x.detach().double().cpu().reshape(x.shape[0], -1).tolist()]
+
+    from dataclasses import asdict
+
+    data = {
+        "schema_version": 1, "tool": "gradcheck optimize",
+        "config": {"objective": args.objective, "iters": args.iters, "lr": args.lr,
+                   "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
+                   "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
+                   "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
+                   "device": args.device, "sampler": cfg.to_dict()},
+        "environment": environment(args.dtype, device),
+        "result": asdict(res), "sample_shape": list(shape),
+        "samples_before": flat(before), "samples_after": flat(after),
+        "labels_before": labels(before), "labels_after": labels(after),
+    }
+    if "class" in res.extra and data["labels_after"]:
+        k = res.extra["class"]
+        data["class_hits"] = sum(lab == k for lab, _ in data["labels_after"])
+        data["class_hits_before"] = sum(lab == k for lab, _ in data["labels_before"])
+    from .records import _enc
+
+    data = _enc(data)
+    path = write_json_atomic(Path(out) / "optimize.json", data)
+    rendered = render_optimize(data, out)
+    print(f"optimize {res.objective} ({objective.description})")
+    print(f"  {res.objective}: {res.values[0]:.6g} -> {res.values[-1]:.6g} in {res.iters} "
+          f"iterations ({res.seconds:.1f} s), mode {mode}, lr {res.lr:g}"
+          + (f", clip {res.clip:g}" if res.clip else "") + f", norm-reg {res.norm_reg}")
+    if "class_hits" in data:
+        print(f"  classified as {res.extra['class']}: {data['class_hits_before']} -> "
+              f"{data['class_hits']} of {args.batch}")
+    for c in res.checks:
+        print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
+    print(f"record: {path}")
+    print(f"report: {rendered.index}")
+    return EXIT_OK if res.passed else EXIT_FAILED
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import load_record
     from .report.render import render
@@ -225,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     try:
-        return cmd_report(args) if args.command == "report" else cmd_run(args)
+        return {"report": cmd_report, "optimize": cmd_optimize}.get(args.command, cmd_run)(args)
     except KeyboardInterrupt:
         sys.stderr.write("gradcheck: interrupted\n")
         return EXIT_ERROR

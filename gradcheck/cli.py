@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "starting output; default), class:K (maximise log p(digit K)), target:PATH "
                     "(minimise MSE to an image: .png/.pt/.npy)")
     op.add_argument("--iters", type=int, default=50)
-    op.add_argument("--lr", type=_float, default=0.05)
+    op.add_argument("--lr", type=_float, default=0.1)
     op.add_argument("--clip", type=_float, default=None, help="gradient-norm clipping")
     op.add_argument("--norm-reg", default="none", choices=("none", "chi", "renorm"),
                     help="keep z0 on the Gaussian shell: chi (its negative log-likelihood as a "

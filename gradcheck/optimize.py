@@ -107,10 +107,10 @@ def load_image(path: str, *, like: torch.Tensor) -> torch.Tensor:
 
 def chi_nll(z: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of each sample's norm under chi(d): 0.5||z||^2 - (d-1) log||z||,
-    summed over the batch, divided by d (its minimum is at ||z|| = sqrt(d-1))."""
+    summed over the batch (its minimum is at ||z|| = sqrt(d-1))."""
     d = z[0].numel()
     n = z.reshape(z.shape[0], -1).norm(dim=1)
-    return (0.5 * n**2 - (d - 1) * n.log()).sum() / d
+    return (0.5 * n**2 - (d - 1) * n.log()).sum()
 
 
 @dataclass

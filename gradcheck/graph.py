@@ -84,14 +84,33 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
     loss_fn = root.grad_fn if root is not None else None
     if loss_fn is None and root is not None and root.requires_grad:
         return [root], 0, [], {}
-    nodes = list(iter_nodes([loss_fn, *extra_roots]))
-    from_loss = {id(n) for n in iter_nodes([loss_fn])} if extra_roots else None
+    # one walk, caching every node's inputs: first from the loss, then from the probes (the part
+    # of the graph cut off from the loss), so each node's next_functions is read once
+    children: dict[int, list[Any]] = {}
+    order: list[Any] = []
+
+    def walk(starts: list[Any]) -> None:
+        stack = [n for n in starts if n is not None and id(n) not in children]
+        while stack:
+            n = stack.pop()
+            if id(n) in children:
+                continue
+            ch = [c for c, _ in n.next_functions if c is not None]
+            children[id(n)] = ch
+            order.append(n)
+            if len(order) > MAX_NODES:
+                raise RuntimeError(f"autograd graph has more than {MAX_NODES} nodes; walk stopped")
+            stack.extend(c for c in ch if id(c) not in children)
+
+    walk([loss_fn])
+    total = len(order)
+    walk(list(extra_roots))
     leaves: list[torch.Tensor] = []
     key: dict[int, list[int]] = {}
-    for n in nodes:
+    for i, n in enumerate(order):
         var = getattr(n, "variable", None)
         if isinstance(var, torch.Tensor):
-            if from_loss is None or id(n) in from_loss:
+            if i < total:
                 leaves.append(var)
             if id(var) in leaf_probes:
                 key[id(n)] = leaf_probes[id(var)]
@@ -99,32 +118,32 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
             key[id(n)] = node_probes[id(n)]
     edges: list[list[int]] = []
     regions: dict[int, dict[str, int]] = {}
-    for n in nodes:
+    for n in order:
         here = key.get(id(n))
         if here is None:
             continue
         for a, b in zip(here, here[1:]):  # several probes on one tensor: chain them
             edges.append([a, b])
         ops: dict[str, int] = {}
-        stack = [c for c, _ in n.next_functions if c is not None]
+        stack = list(children[id(n)])
         seen: set[int] = set()
-        srcs: list[int] = []
+        srcs: set[int] = set()
         while stack:
             c = stack.pop()
-            if id(c) in seen:
+            cid = id(c)
+            if cid in seen:
                 continue
-            seen.add(id(c))
-            if id(c) in key:
-                srcs.append(key[id(c)][-1])
+            seen.add(cid)
+            if cid in key:
+                srcs.add(key[cid][-1])
                 continue
             if getattr(c, "variable", None) is not None:
                 continue  # an unprobed leaf (a weight): not an op
             name = type(c).__name__
             ops[name] = ops.get(name, 0) + 1
-            stack.extend(x for x, _ in c.next_functions if x is not None)
-        edges.extend([s, here[0]] for s in sorted(set(srcs)))
+            stack.extend(children.get(cid, ()))
+        edges.extend([src, here[0]] for src in sorted(srcs))
         regions[here[0]] = ops
-    total = len(from_loss) if from_loss is not None else len(nodes)
     return leaves, total, edges, regions
 
 

@@ -93,3 +93,13 @@ def test_locator_result_round_trips_through_json():
     assert back.locator.primary == rep.locator.primary
     from gradcheck.checks import run_checks
     assert [f.message for f in run_checks(back)] == [f.message for f in rep.checks]
+
+
+def test_capture_graph_off_skips_the_walk_but_not_the_checks():
+    smp = sampler(DEN, "independent_leaves")
+    on = gradcheck.diagnose(smp, z0_like())
+    off = gradcheck.diagnose(smp, z0_like(), capture_graph=False)
+    assert off.passed and off.graph.edges == [] and "capture_graph=False" in off.graph.raw_skipped
+    assert on.graph.edges
+    torch.testing.assert_close(off.handles["z0_grad"], on.handles["z0_grad"])
+    assert [p.norm for p in off.probes] == pytest.approx([p.norm for p in on.probes])

@@ -84,48 +84,27 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
     loss_fn = root.grad_fn if root is not None else None
     if loss_fn is None and root is not None and root.requires_grad:
         return [root], 0, [], {}
-    # one walk, caching every node's inputs: first from the loss, then from the probes (the part
-    # of the graph cut off from the loss), so each node's next_functions is read once
-    children: dict[int, list[Any]] = {}
-    order: list[Any] = []
-
-    def walk(starts: list[Any]) -> None:
-        stack = [n for n in starts if n is not None and id(n) not in children]
-        while stack:
-            n = stack.pop()
-            if id(n) in children:
-                continue
-            ch = [c for c, _ in n.next_functions if c is not None]
-            children[id(n)] = ch
-            order.append(n)
-            if len(order) > MAX_NODES:
-                raise RuntimeError(f"autograd graph has more than {MAX_NODES} nodes; walk stopped")
-            stack.extend(c for c in ch if id(c) not in children)
-
-    walk([loss_fn])
-    total = len(order)
-    walk(list(extra_roots))
-    leaves: list[torch.Tensor] = []
+    # every node below the loss lies in the region of its nearest probe above it, so a walk of
+    # each probe's region (down to the next probes) covers the graph once: no separate full walk
+    starts: list[Any] = []
     key: dict[int, list[int]] = {}
-    for i, n in enumerate(order):
-        var = getattr(n, "variable", None)
-        if isinstance(var, torch.Tensor):
-            if i < total:
-                leaves.append(var)
-            if id(var) in leaf_probes:
-                key[id(n)] = leaf_probes[id(var)]
-        elif id(n) in node_probes:
+    for n in [loss_fn, *extra_roots]:
+        if n is not None and id(n) in node_probes and id(n) not in key:
             key[id(n)] = node_probes[id(n)]
+            starts.append(n)
+    if loss_fn is not None and id(loss_fn) not in key:
+        key[id(loss_fn)] = []
+        starts.insert(0, loss_fn)
+    seen_all: set[int] = set(key)
+    leaves: dict[int, torch.Tensor] = {}
     edges: list[list[int]] = []
     regions: dict[int, dict[str, int]] = {}
-    for n in order:
-        here = key.get(id(n))
-        if here is None:
-            continue
+    for n in starts:
+        here = key[id(n)]
         for a, b in zip(here, here[1:]):  # several probes on one tensor: chain them
             edges.append([a, b])
         ops: dict[str, int] = {}
-        stack = list(children[id(n)])
+        stack = [c for c, _ in n.next_functions if c is not None]
         seen: set[int] = set()
         srcs: set[int] = set()
         while stack:
@@ -134,17 +113,26 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
             if cid in seen:
                 continue
             seen.add(cid)
+            seen_all.add(cid)
+            var = getattr(c, "variable", None)
+            if var is not None:
+                leaves[id(var)] = var
+                if id(var) in leaf_probes:
+                    srcs.add(leaf_probes[id(var)][-1])
+                continue  # a leaf: z0, a step-noise leaf, a weight
             if cid in key:
-                srcs.add(key[cid][-1])
+                if key[cid]:
+                    srcs.add(key[cid][-1])
                 continue
-            if getattr(c, "variable", None) is not None:
-                continue  # an unprobed leaf (a weight): not an op
             name = type(c).__name__
             ops[name] = ops.get(name, 0) + 1
-            stack.extend(children.get(cid, ()))
-        edges.extend([src, here[0]] for src in sorted(srcs))
-        regions[here[0]] = ops
-    return leaves, total, edges, regions
+            stack.extend(x for x, _ in c.next_functions if x is not None)
+            if len(seen_all) > MAX_NODES:
+                raise RuntimeError(f"autograd graph has more than {MAX_NODES} nodes; walk stopped")
+        if here:
+            edges.extend([src, here[0]] for src in sorted(srcs))
+            regions[here[0]] = ops
+    return list(leaves.values()), len(seen_all), edges, regions
 
 
 def raw_dot(root: torch.Tensor, max_nodes: int = 20_000) -> str | None:

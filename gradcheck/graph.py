@@ -57,13 +57,6 @@ def is_connected(tensor: torch.Tensor, target: torch.Tensor) -> bool:
     return False
 
 
-def count_nodes(root: torch.Tensor) -> int:
-    """Number of autograd nodes behind ``root``."""
-    if root.grad_fn is None:
-        return 0
-    return sum(1 for _ in iter_nodes([root.grad_fn]))
-
-
 def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
              leaf_probes: dict[int, list[int]], extra_roots: list[Any] = ()
              ) -> tuple[list[torch.Tensor], int, list[list[int]], dict[int, dict[str, int]]]:

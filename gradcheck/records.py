@@ -15,19 +15,6 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-#: Probe kinds the built-in sampler emits, in the order a step is laid out.
-PROBE_KINDS = (
-    "z0",
-    "x_T",
-    "state",
-    "step_noise",
-    "denoiser_in",
-    "denoiser_out",
-    "output",
-    "loss",
-    "custom",
-)
-
 #: Kinds that make up the sampler's gradient path (the "every step" check looks at these).
 PATH_KINDS = ("x_T", "state", "denoiser_in", "denoiser_out")
 

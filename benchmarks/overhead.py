@@ -10,6 +10,11 @@ same with capture_graph=False (no step graph: no Python walk of the autograd gra
 sampler, z0 and loss, differentiated with torch.autograd.grad. Interleaved repetitions; the ratio
 of the fastest runs (least disturbed by other load on a shared machine) and of the medians.
 Bars: <= 1.10x at 35 steps on the built-in model, <= 1.05x on a denoiser 10x larger.
+
+Timings on a shared machine scatter by +-20% from run to run; ``--instructions`` counts CPU
+instructions instead with valgrind's callgrind (repeatable to the instruction, about 7 minutes a
+process): three processes that do the same set-up and warm-up, then nothing / one plain
+forward+backward / one diagnosis; the differences are the two costs.
 """
 from __future__ import annotations
 
@@ -42,8 +47,59 @@ def diagnosis(smp, z0, target, capture_graph=True):
     return rep.handles["z0_grad"]
 
 
+def _child(what: str, big: bool, steps: int, batch: int) -> None:
+    torch.set_num_threads(1)
+    den, shape = _denoisers(big)
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(batch, *shape, generator=g)
+    target = torch.randn(batch, *shape, generator=g)
+    smp = ResSampler(den, SamplerConfig(steps=steps))
+    for _ in range(2):  # warm-up: one-time initialisation is not what is measured
+        plain(smp, z0, target)
+        diagnosis(smp, z0, target)
+    if what == "plain":
+        plain(smp, z0, target)
+    elif what == "diagnosis":
+        diagnosis(smp, z0, target)
+
+
+def _denoisers(big: bool):
+    torch.manual_seed(0)
+    if big:
+        return EDMDenoiser(TinyUNet(width=112), sigma_data=0.75).requires_grad_(False).eval(), \
+            (1, 8, 8)
+    return build_denoiser("digits"), (1, 8, 8)
+
+
+def instructions(steps: int, batch: int) -> None:
+    import re
+    import subprocess
+    import sys
+    import tempfile
+
+    print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
+    for big in (False, True):
+        counts = {}
+        for what in ("none", "plain", "diagnosis"):
+            with tempfile.TemporaryDirectory() as tmp:
+                res = subprocess.run(
+                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg",
+                     sys.executable, __file__, "--child", what, "--big", str(int(big)),
+                     "--steps", str(steps), "--batch", str(batch)],
+                    capture_output=True, text=True, check=True)
+            counts[what] = int(re.search(r"Collected : (\d+)", res.stderr).group(1))
+        p = counts["plain"] - counts["none"]
+        d = counts["diagnosis"] - counts["none"]
+        label = "10x larger" if big else "built-in (digits)"
+        print(f"{label:<20} plain {p / 1e6:9.1f} M instr   diagnosis {d / 1e6:9.1f} M instr   "
+              f"ratio {d / p:.3f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--instructions", action="store_true", help="count instructions (callgrind)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--big", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=9)
@@ -51,13 +107,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: OpenMP "
                     "workers spinning on a shared machine make multi-thread timings scatter)")
     args = ap.parse_args()
+    if args.child:
+        return _child(args.child, bool(args.big), args.steps, args.batch)
+    if args.instructions:
+        return instructions(args.steps, args.batch)
     global CLOCK
     torch.set_num_threads(args.threads)
     if args.wall:
         CLOCK = time.perf_counter
-    torch.manual_seed(0)
-    big = EDMDenoiser(TinyUNet(width=112), sigma_data=0.75).requires_grad_(False).eval()
-    built_in = build_denoiser("digits")
+    big, _ = _denoisers(True)
+    built_in, _ = _denoisers(False)
     n_small = sum(p.numel() for p in built_in.parameters())
     n_big = sum(p.numel() for p in big.parameters())
     cases = [("built-in (digits)", built_in, (1, 8, 8), 1.10),

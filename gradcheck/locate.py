@@ -444,11 +444,15 @@ def symptoms(report: FlowReport) -> list[str]:
                                          and report.expect.get("step_noise") != "connected")]
     if bad:
         out.append(f"{len(bad)} probe(s) without a usable gradient")
-    if report.numeric is not None and not report.numeric.skipped:
-        n = report.numeric
-        if n.abs_error > n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol:
-            out.append("reverse mode disagrees with finite differences")
+    if _numeric_failed(report):
+        out.append("reverse mode disagrees with finite differences")
     return out
+
+
+def _numeric_failed(report: FlowReport) -> bool:
+    """The numeric check's own verdict (its tolerance lives in checks.numeric_directional)."""
+    return any(f.name == "numeric_directional" and f.level == "error" and not f.passed
+               for f in report.checks)
 
 
 def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
@@ -492,9 +496,6 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         if want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             back = _backward_analysis(loss, z, prov.grad_fn_info, want, tr)
     _resolve_probes(prov.events + prov.randomness, tr)
-    # a zero/non-finite event sits between the probes registered around its forward op
-    for ev in back:
-        ev.before, ev.after = None, None
 
     primary: BreakEvent | None = None
     note = None
@@ -535,8 +536,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     if primary is None and back:
         primary = back[0]
     # 5. a wrong gradient: bypassed writes, then values that escaped through Python
-    numeric_bad = any("finite differences" in s for s in symptoms(report))
-    if primary is None and numeric_bad:
+    if primary is None and _numeric_failed(report):
         bias = out_meta.bias if out_meta is not None else None
         escapes = [e for e in prov.events if e.kind == "escape"]
         primary = bias or (escapes[0] if escapes else None)

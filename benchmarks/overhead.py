@@ -71,14 +71,14 @@ def _denoisers(big: bool):
     return build_denoiser("digits"), (1, 8, 8)
 
 
-def instructions(steps: int, batch: int) -> None:
+def instructions(steps: int, batch: int, which: str = "both") -> None:
     import re
     import subprocess
     import sys
     import tempfile
 
     print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
-    for big in (False, True):
+    for big in {"both": (False, True), "builtin": (False,), "big": (True,)}[which]:
         counts = {}
         for what in ("none", "plain", "diagnosis"):
             with tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +98,8 @@ def instructions(steps: int, batch: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instructions", action="store_true", help="count instructions (callgrind)")
+    ap.add_argument("--which", choices=("both", "builtin", "big"), default="both",
+                    help="with --instructions: which denoiser(s) to count")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--big", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=35)
@@ -110,7 +112,7 @@ def main() -> None:
     if args.child:
         return _child(args.child, bool(args.big), args.steps, args.batch)
     if args.instructions:
-        return instructions(args.steps, args.batch)
+        return instructions(args.steps, args.batch, args.which)
     global CLOCK
     torch.set_num_threads(args.threads)
     if args.wall:

@@ -211,10 +211,10 @@ def step_noise(r: FlowReport) -> Finding:
     expect = r.expect.get("step_noise", "none")
     eps = r.of_kind("step_noise")
     name = "step_noise"
-    if expect == "none":
+    if expect in ("none", "unknown"):
         if not eps:
             return Finding(name, True, level="info", value=0, threshold=None,
-                           message="no step noise injected (mode default)")
+                           message=f"no step noise probed (mode {r.mode})")
         dis = [p for p in eps if not p.connected_to_z0]
         return Finding(name, True, level="info", value=len(eps), threshold=None,
                        message=f"{len(eps)} step noise(s) injected, {len(dis)} not connected to z0")
@@ -262,6 +262,37 @@ def step_noise(r: FlowReport) -> Finding:
            + ", ".join(f"{p.name} ({p.status})" for p in bad[:6]))
     return Finding(name, ok, value=len(eps) - len(bad), threshold=len(eps), message=msg,
                    step=bad[0].step if bad else None)
+
+
+def fresh_randomness(r: FlowReport) -> Finding:
+    """Fresh random draws (not derived from z0) mixed into values that depend on z0, as found by
+    the locator's provenance pass: a warning (they do not block dL/dz0, they make the objective
+    stochastic and cannot be optimised). The step_noise check makes it an error where the mode
+    promises connected step noise."""
+    name = "fresh_randomness"
+    loc = r.locator
+    if loc is None or not loc.ran:
+        return Finding(name, True, level="info", value=None, threshold=None,
+                       message="not scanned (the provenance pass did not run; "
+                       "locate='always' runs it)")
+    rand = loc.randomness
+    if not rand:
+        return Finding(name, True, level="info", value=0, threshold=None,
+                       message="no fresh random draw enters a value that depends on z0")
+    sites: dict[tuple[str, str], list[int]] = {}
+    for e in rand:
+        at = (e.location or "?") + (f" (in {e.function}, called from {e.via})" if e.via else "")
+        sites.setdefault((e.op, at), []).append(e.step)
+    where = "; ".join(
+        f"{op} at {at}" + (f" (steps {ranges(s for s in st if s is not None)})"
+                           if any(s is not None for s in st) else "")
+        for (op, at), st in list(sites.items())[:3])
+    more = f" (and {len(rand) - 50}+ more)" if len(rand) >= 50 else ""
+    return Finding(name, True, level="warning", value=len(rand), threshold=0,
+                   message=f"{len(rand)}{more} fresh random draw(s) not derived from z0 enter the "
+                   f"z0-dependent state: {where}. They do not block dL/dz0, but they make the "
+                   f"objective stochastic and cannot be optimised. hint: derive the step noise "
+                   f"from z0 (gradcheck.adapters noise='learnable') or make it a learnable leaf")
 
 
 def numeric_directional(r: FlowReport) -> Finding:
@@ -372,6 +403,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     grad_reaches_z0,
     step_noise,
     grad_scale,
+    fresh_randomness,
     numeric_directional,
     optimizer_changes_z0,
     loss_moves,

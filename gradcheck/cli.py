@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "denoiser of 8x8 digits; default), conv (same net, random weights), gaussian "
                    "(exact denoiser of Gaussian data); or package.module:factory returning "
                    "D(x, sigma) -> x0_hat")
+    g.add_argument("--sampler", dest="sampler_spec", default=None, metavar="PKG.MOD:FN",
+                   help="your own sampler instead of the built-in RES: a k-diffusion-convention "
+                   "function fn(model, x, sigmas, extra_args=None, callback=None, disable=None, "
+                   "...) (given the run's Karras sigmas; --mode sets its noise_sampler), or "
+                   "fn(denoiser, z0) -> output")
+    g.add_argument("--unwrap", action="store_true", help="if the sampler is decorated with "
+                   "@torch.no_grad(), diagnose inspect.unwrap of it instead")
     g.add_argument("--shape", type=str, default=None, help="sample shape C,H,W (default: the "
                    "denoiser's; 1,8,8 for the built-ins)")
     g.add_argument("--batch", type=int, default=2, help="batch size of z0 (default 2)")
@@ -194,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     cfg = RunConfig(
         modes=parse_modes(args.mode), sampler=sampler, denoiser=args.denoiser, seed=args.seed,
+        sampler_spec=args.sampler_spec, unwrap=args.unwrap,
         dtype=args.dtype, device=args.device, batch=args.batch,
         shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
         numeric=not args.no_numeric, optim_steps=args.optim_steps, lr=args.lr,

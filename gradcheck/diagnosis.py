@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import graph
+from . import graph, observers
 from .checks import run_checks
 from .errors import ConfigError, GradcheckError, InputError
 from .numeric import directional_check
@@ -25,6 +25,9 @@ STEP_NOISE_EXPECTATION = {
     "learnable_step_noise": "connected",
     "fresh_noise": "disconnected",
     "independent_leaves": "leaves",
+    # a sampler of the user's own (no .mode): what its step noise should be is unknown, so the
+    # provenance pass scans it for fresh randomness (a warning, not a failure)
+    "custom": "unknown",
 }
 
 
@@ -84,6 +87,7 @@ def diagnose(
     capture_graph: bool = True,
     vanishing_rel: float = 1e-8,
     exploding_ratio: float = 1e4,
+    scan_randomness: bool | None = None,
 ) -> FlowReport:
     """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
 
@@ -100,7 +104,8 @@ def diagnose(
         objective: ``"minimize"`` or ``"maximize"``; default maximize for the baseline loss (the
             originating experiment: push the output away from the baseline), minimize otherwise.
         mode: the noise mode, which sets what is expected of the step noise; default
-            ``sample_fn.mode`` or ``"default"``.
+            ``sample_fn.mode``, else ``"custom"``: a sampler of the user's own, whose step noise
+            is scanned for fresh randomness (reported as a warning).
         seed: seeds the global RNG around every sampler call, the baseline draw and the numeric
             direction.
         numeric: run the finite-difference check (2 forward passes per step size).
@@ -118,11 +123,14 @@ def diagnose(
         vanishing_rel: a probe whose |g| is below this fraction of the output's is vanishing.
         exploding_ratio: a state whose |g| is more than this many times the next step's is
             exploding.
+        scan_randomness: run the provenance pass (one more forward) to find fresh random draws
+            mixed into the state even when every check passes; default: for mode ``custom``.
+            ``locate="never"`` turns it off.
 
     Returns:
         A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
     """
-    mode = mode or getattr(sample_fn, "mode", None) or "default"
+    mode = mode or getattr(sample_fn, "mode", None) or "custom"
     if locate not in ("auto", "always", "never"):
         raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {locate!r}")
     if mode not in STEP_NOISE_EXPECTATION:
@@ -258,16 +266,21 @@ def diagnose(
     # -- locate: only when something is wrong (or asked) -----------------------------------
     from .locate import locate as run_locator, symptoms
 
-    why = symptoms(report) if report.failed or locate == "always" else []
-    if locate == "always" or (locate == "auto" and report.failed):
+    if scan_randomness is None:
+        scan_randomness = STEP_NOISE_EXPECTATION[mode] == "unknown"
+    why = symptoms(report) if report.failed or locate != "never" else []
+    if locate == "always" or (locate == "auto" and (report.failed or scan_randomness)):
         t0 = time.perf_counter()
+        reason = "; ".join(why) or ("asked (--locate always)" if locate == "always"
+                                    else "a scan for fresh randomness (a custom sampler)")
         report.locator = run_locator(
-            sample_fn, z0, loss_of, report, run_ctx=lambda: seeded(seed, device),
-            reason="; ".join(why) or ("asked (--locate always)" if locate == "always"
-                                      else "a check failed"))
+            sample_fn, z0, loss_of, report, run_ctx=lambda: seeded(seed, device), reason=reason)
         timings["locate_s"] = time.perf_counter() - t0
         report.checks = run_checks(report)
     timings["total_s"] = time.perf_counter() - t_start
+    report.sampler = getattr(sample_fn, "description", None)
+    report.notes = [str(n) for n in getattr(sample_fn, "notes", ())]
+    observers.notify(report)
     return report
 
 

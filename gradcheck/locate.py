@@ -92,6 +92,27 @@ def user_frame() -> tuple[str | None, str | None]:
     return None, None
 
 
+def caller_of_user_frame() -> str | None:
+    """``path:line (function)`` of the frame that called the first user frame, if it is also
+    outside torch and gradcheck: where a library helper such as diffusers' ``randn_tensor`` was
+    called from."""
+    f = sys._getframe(1)
+    found = False
+    while f is not None:
+        fn = f.f_code.co_filename
+        own = fn.startswith(_OWN_DIR) and not fn.startswith(_SAMPLER_DIR)
+        if not (fn.startswith(_TORCH_DIR) or own or fn.endswith(_SKIP_FILES)
+                or fn.startswith("<frozen")):
+            if found:
+                rel = os.path.relpath(fn) if not fn.startswith("<") else fn
+                return f"{rel}:{f.f_lineno} ({f.f_code.co_name})"
+            found = True
+        elif found:
+            return None
+        f = f.f_back
+    return None
+
+
 def _decorated(kind: type) -> str | None:
     """The innermost function on the stack wrapped by a ``@kind()`` decorator (no_grad, ...)."""
     f = sys._getframe(1)
@@ -272,7 +293,8 @@ class Provenance(TorchFunctionMode):
         if name in RANDOM_OPS:
             loc, fn = user_frame()
             step, _ = self._step()
-            draw = {"op": name, "location": loc, "function": fn, "step": step, "reported": False}
+            draw = {"op": name, "location": loc, "function": fn, "step": step, "reported": False,
+                    "via": caller_of_user_frame()}
             for o in outs:
                 self._set(o, _Meta(dep=False, gconn=False, rg=o.requires_grad, rand=draw))
             return
@@ -291,10 +313,13 @@ class Provenance(TorchFunctionMode):
             for draw in draws:
                 if not draw["reported"]:
                     draw["reported"] = True
+                    via = f" (in {draw['function']}, called from {draw['via']})" \
+                        if draw["via"] else ""
                     ev = self._event("randomness", "disconnected_randomness", draw["op"],
-                                     detail=f"drawn by {draw['op']} at {draw['location']}, "
+                                     detail=f"drawn by {draw['op']} at {draw['location']}{via}, "
                                             f"added to the state by {name}",
                                      location=(draw["location"], draw["function"]))
+                    ev.via = draw["via"]
                     self.events.pop()
                     ev.index = -1 - len(self.randomness)
                     self.randomness.append(ev)

@@ -237,33 +237,49 @@ def alias(x: torch.Tensor) -> torch.Tensor:
     return x.view_as(x) if x.requires_grad else x
 
 
+def output_tensor(out: Any) -> torch.Tensor | None:
+    """The prediction tensor inside a denoiser's result: the tensor itself, a diffusers-style
+    output object's ``.sample``, or the first element of a tuple or list."""
+    if isinstance(out, torch.Tensor):
+        return out
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None
+
+
 def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: Any,
                   step: int | None = None, label: str = "D", suffix: str = "",
-                  **kwargs: Any) -> torch.Tensor:
+                  check_shape: bool = True, **kwargs: Any) -> Any:
     """Call a denoiser ``fn(x, sigma, ...)``, probing input and output and checking the result is
-    a tensor of ``x``'s shape. ``step`` defaults to the call index within the active trace."""
+    a tensor of ``x``'s shape (or an output object holding one: diffusers' ``.sample``, a tuple's
+    first element; it is returned as it came). ``step`` defaults to the call index within the
+    active trace. ``check_shape=False`` allows an output of another shape (a learned-variance
+    model's 2C channels)."""
     tr = _ACTIVE.get()
     call = tr.next_call() if tr is not None else None
     if step is None:
         step = call
     if tr is not None:
         x = alias(x)
-        probe_sigma = sigma
         tr.add(x, f"{label}_in[{step}]{suffix}", step=step, kind="denoiser_in",
-               sigma=probe_sigma, call=call)
+               sigma=sigma, call=call)
     out = fn(x, sigma, *args, **kwargs)
-    if not isinstance(out, torch.Tensor):
+    pred = output_tensor(out)
+    if pred is None:
         raise DenoiserError(
             f"denoiser {_fn_name(fn)} returned {type(out).__name__}, expected a tensor of shape "
             f"{tuple(x.shape)}"
         )
-    if out.shape != x.shape:
+    if check_shape and pred.shape != x.shape:
         raise DenoiserError(
-            f"denoiser {_fn_name(fn)} returned shape {tuple(out.shape)}, expected the input's "
+            f"denoiser {_fn_name(fn)} returned shape {tuple(pred.shape)}, expected the input's "
             f"shape {tuple(x.shape)}"
         )
     if tr is not None:
-        tr.add(out, f"{label}_out[{step}]{suffix}", step=step, kind="denoiser_out",
+        tr.add(pred, f"{label}_out[{step}]{suffix}", step=step, kind="denoiser_out",
                sigma=sigma, call=call)
     return out
 
@@ -276,12 +292,14 @@ def _fn_name(fn: Any) -> str:
 class _InstrumentedFn:
     """A denoiser callable whose every call is probed (see :func:`instrument`)."""
 
-    def __init__(self, inner: Callable[..., Any], label: str) -> None:
+    def __init__(self, inner: Callable[..., Any], label: str, check_shape: bool = True) -> None:
         self.inner = inner
         self.label = label
+        self.check_shape = check_shape
 
-    def __call__(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return call_denoiser(self.inner, x, sigma, *args, label=self.label, **kwargs)
+    def __call__(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> Any:
+        return call_denoiser(self.inner, x, sigma, *args, label=self.label,
+                             check_shape=self.check_shape, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -293,18 +311,30 @@ class _InstrumentedFn:
 class _InstrumentedModule(torch.nn.Module):
     """An ``nn.Module`` wrapper whose forward is probed; parameters stay the inner module's."""
 
-    def __init__(self, inner: torch.nn.Module, label: str) -> None:
+    def __init__(self, inner: torch.nn.Module, label: str, check_shape: bool = True) -> None:
         super().__init__()
         self.inner = inner
         self.label = label
+        self.check_shape = check_shape
 
-    def forward(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return call_denoiser(self.inner, x, sigma, *args, label=self.label, **kwargs)
+    def forward(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> Any:
+        return call_denoiser(self.inner, x, sigma, *args, label=self.label,
+                             check_shape=self.check_shape, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # the inner model's attributes (diffusers' .config, .dtype, ...)
+            return getattr(super().__getattr__("inner"), name)
 
 
-def instrument(denoiser: Callable[..., Any], label: str = "D") -> Callable[..., Any]:
+def instrument(denoiser: Callable[..., Any], label: str = "D", *,
+               check_shape: bool = True) -> Callable[..., Any]:
     """Wrap a denoiser ``D(x, sigma, ...) -> x0_hat`` so that every call's input and output are
-    probed, numbered by call index, and its output is checked to be a tensor of x's shape.
+    probed, numbered by call index (a sampler's steps are numbered by denoiser call), and its
+    output is checked to be a tensor of x's shape. Any call convention ``D(x, t_or_sigma, *args,
+    **kwargs)`` works; a result that is an output object (diffusers' ``UNet2DOutput``: its
+    ``.sample``) or a tuple (its first element) is probed inside and returned unchanged.
 
     Results are unchanged (the input is passed through a value-preserving view so the input probe
     measures only the gradient that flows through the denoiser). Works on ``nn.Module`` (the
@@ -314,11 +344,13 @@ def instrument(denoiser: Callable[..., Any], label: str = "D") -> Callable[..., 
     Args:
         denoiser: the callable or module.
         label: prefix of the probe names (``D_in[3]``, ``D_out[3]``).
+        check_shape: require the prediction to have the input's shape (off for a model that
+            predicts more channels, e.g. a learned variance).
     """
     if isinstance(denoiser, (_InstrumentedFn, _InstrumentedModule)):
         return denoiser
     if isinstance(denoiser, torch.nn.Module):
-        return _InstrumentedModule(denoiser, label)
+        return _InstrumentedModule(denoiser, label, check_shape)
     if not callable(denoiser):
         raise DenoiserError(f"instrument() needs a callable denoiser, got {type(denoiser).__name__}")
-    return _InstrumentedFn(denoiser, label)
+    return _InstrumentedFn(denoiser, label, check_shape)

@@ -114,7 +114,8 @@ class ProbeStats:
 
 @dataclass
 class Finding:
-    """The verdict of one check. ``level`` is ``error`` (counts towards pass/fail) or ``info``."""
+    """The verdict of one check. ``level`` is ``error`` (counts towards pass/fail), ``warning``
+    (a problem that does not block the gradient: reported, not failed) or ``info``."""
 
     name: str
     passed: bool
@@ -243,6 +244,7 @@ class BreakEvent:
     location: str | None = None
     function: str | None = None
     detail: str | None = None
+    via: str | None = None  # where the function at ``location`` was called from (a helper's caller)
 
     def where(self) -> str:
         """'step 2 (denoiser output -> state update)'."""
@@ -350,6 +352,8 @@ class FlowReport:
     thresholds: dict[str, float] = field(default_factory=dict)
     samples: list | None = None  # the sampler outputs (small images only), for the report's grid
     truncation: dict[str, Any] | None = None  # truncated backprop against full: what z0 gets
+    sampler: str | None = None  # what was diagnosed, e.g. "k-diffusion sample_euler (unwrapped)"
+    notes: list[str] = field(default_factory=list)  # advice from the sampler's adapter
     checks: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

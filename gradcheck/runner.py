@@ -30,6 +30,8 @@ class RunConfig:
     modes: list[str] = field(default_factory=lambda: list(BOTH))
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=4))
     denoiser: str = "digits"
+    sampler_spec: str | None = None  # package.module:fn, a sampler of the user's own
+    unwrap: bool = False  # run inspect.unwrap of a @torch.no_grad()-decorated sampler
     seed: int = 0
     dtype: str = "float64"
     device: str = "cpu"
@@ -68,6 +70,12 @@ class RunConfig:
             raise ConfigError(f"vanishing threshold must be in (0, 1), got {self.vanishing_rel!r}")
         if not (self.exploding_ratio > 1):
             raise ConfigError(f"exploding ratio must be > 1, got {self.exploding_ratio!r}")
+        if self.sampler_spec and (self.sampler.truncate is not None or self.sampler.checkpoint):
+            raise ConfigError("--truncate and --checkpoint apply to the built-in sampler, not to "
+                              f"--sampler {self.sampler_spec}")
+        if self.unwrap and not self.sampler_spec:
+            raise ConfigError("--unwrap applies to --sampler (the built-in sampler is not "
+                              "decorated)")
         resolve_device(self.device)
         return self
 
@@ -90,6 +98,57 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def import_object(spec: str, what: str, error: type[Exception] = ConfigError) -> Any:
+    """``package.module:attr.attr`` (the current directory importable, as for ``python -m``)."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise error(f"{what} {spec!r} is not of the form package.module:name")
+    try:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        obj = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's bad input
+        raise error(f"cannot import {what} {spec!r}: {type(exc).__name__}: {exc}") from exc
+    return obj
+
+
+def user_sampler(cfg: RunConfig, den: Callable[..., Any], mode: str, dtype: torch.dtype):
+    """``--sampler package.module:fn`` as a diagnosable ``z0 -> output``: a k-diffusion-convention
+    function ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, ...)`` gets the
+    run's Karras sigmas (with k-diffusion's final 0) and, if it takes a ``noise_sampler``, the
+    mode's step noise (default: its own); any other function is called as ``fn(denoiser, z0)``."""
+    from . import adapters
+
+    fn = import_object(cfg.sampler_spec, "sampler")
+    if not callable(fn):
+        raise ConfigError(f"sampler {cfg.sampler_spec!r} is a {type(fn).__name__}, not a function")
+    if adapters.is_kdiffusion(fn):
+        sig = cfg.sampler.sigmas()
+        sigmas = torch.cat([sig, sig.new_zeros(1)]).to(dtype)
+        return adapters.kdiffusion(fn, den, sigmas, noise=adapters.MODE_TO_NOISE[mode],
+                                   unwrap=cfg.unwrap, seed=cfg.seed)
+    return adapters.function(fn, den, unwrap=cfg.unwrap)
+
+
+def user_modes(cfg: RunConfig) -> list[str]:
+    """The modes a user sampler can run: the step-noise modes need a k-diffusion-convention
+    sampler that takes a noise_sampler; ``both`` falls back to ``default`` for the others."""
+    from . import adapters
+
+    fn = import_object(cfg.sampler_spec, "sampler")
+    if adapters.is_kdiffusion(fn) and adapters.takes_noise_sampler(fn):
+        return list(cfg.modes)
+    if cfg.modes == list(BOTH):
+        return ["default"]
+    bad = [m for m in cfg.modes if m != "default"]
+    if bad:
+        raise ConfigError(f"--mode {bad[0]} needs a sampler that takes a noise_sampler "
+                          f"(k-diffusion convention); {cfg.sampler_spec} does not")
+    return list(cfg.modes)
+
+
 def load_denoiser(spec: str, *, seed: int, dtype: torch.dtype,
                   device: torch.device) -> tuple[Callable[..., Any], tuple[int, ...] | None]:
     """A built-in name, or ``package.module:factory`` (called with no arguments).
@@ -99,15 +158,7 @@ def load_denoiser(spec: str, *, seed: int, dtype: torch.dtype,
     """
     if ":" not in spec:
         return build_denoiser(spec, seed=seed, dtype=dtype, device=device), BUILTIN_SHAPES.get(spec)
-    mod_name, _, attr = spec.partition(":")
-    try:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        factory = importlib.import_module(mod_name)
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's bad input
-        raise DenoiserError(f"cannot import denoiser {spec!r}: {type(exc).__name__}: {exc}") from exc
+    factory = import_object(spec, "denoiser", DenoiserError)
     try:
         den = factory()
     except Exception as exc:  # noqa: BLE001
@@ -204,9 +255,16 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
         z0 = torch.randn((cfg.batch, *shape), generator=g, dtype=torch.float64)
         z0 = z0.to(device=device, dtype=dtype)  # [B, C, H, W]
     modes = {}
-    for mode in cfg.modes:
-        sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
-        modes[mode] = rep = diagnose(sampler, z0, mode=mode, seed=cfg.seed, numeric=cfg.numeric,
+    run_modes = user_modes(cfg) if cfg.sampler_spec else cfg.modes
+    description = None
+    for mode in run_modes:
+        if cfg.sampler_spec:
+            sampler = user_sampler(cfg, den, mode, dtype)
+            description = sampler.description
+        else:
+            sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
+        modes[mode] = rep = diagnose(sampler, z0, mode=sampler.mode, seed=cfg.seed,
+                               numeric=cfg.numeric,
                                optim_steps=cfg.optim_steps, lr=cfg.lr,
                                raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot,
                                locate=cfg.locate, vanishing_rel=cfg.vanishing_rel,
@@ -217,4 +275,8 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
     config["z0_shape"] = list(z0.shape)
     config["sigmas"] = cfg.sampler.sigmas().tolist()
     config["s_churn_by_mode"] = {m: cfg.sampler.churn_for(m) for m in cfg.modes}
+    if cfg.sampler_spec:
+        config["sampler_description"] = description
+        config["modes"] = run_modes
+        del config["s_churn_by_mode"]
     return RunRecord(config=config, environment=environment(cfg.dtype, device), modes=modes)

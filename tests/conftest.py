@@ -8,6 +8,8 @@ import torch
 
 from gradcheck.sampling import GaussianDenoiser, ResSampler, SamplerConfig, build_denoiser
 
+pytest_plugins = ["pytester"]
+
 SHAPE = (2, 1, 8, 8)
 
 

@@ -99,6 +99,20 @@ def _draw(src: str, stem: str, out: Path, policy: str, res: Rendered,
     return _uri("image/svg+xml", images["svg"]), None
 
 
+def run_title(cfg: dict[str, Any]) -> str:
+    """One line saying what was diagnosed: the built-in RES sampler's settings, or a user
+    sampler's description (an adapter's, or the test that made the diagnosis)."""
+    z = f"z0 {cfg.get('z0_shape')} {cfg.get('dtype')}"
+    if "sampler_description" in cfg:
+        head = cfg["sampler_description"]
+        if cfg.get("test"):
+            head = f"{cfg['test']}: {head}"
+        return f"{head}, {z}" + (f", seed {cfg['seed']}" if "seed" in cfg else "")
+    s = cfg.get("sampler", {})
+    return (f"RES {s.get('solver')}, {s.get('steps')} steps, denoiser {cfg.get('denoiser')}, "
+            f"{z}, seed {cfg.get('seed')}")
+
+
 def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = "auto",
            raw_dots: dict[str, str] | None = None, generated: str | None = None) -> Rendered:
     """Write every report file for ``record`` into ``out_dir``.
@@ -165,6 +179,7 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
 
         modes.append({
             "name": name, "passed": r.passed, "locator": r.locator, "truncation": r.truncation,
+            "notes": r.notes, "sampler": r.sampler,
             "located": r.locator.primary.describe() if r.locator and r.locator.primary else None, "n_ok": sum(f.passed for f in errors),
             "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
             "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
@@ -182,14 +197,14 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
         for r in record.modes.values():
             f = next((c for c in r.checks if c.name == n), None)
             cells.append(None if f is None else {
-                "tag": "info" if f.level == "info" else ("pass" if f.passed else "fail"),
+                "tag": {"info": "info", "warning": "warn"}.get(f.level)
+                or ("pass" if f.passed else "fail"),
                 "message": f.message, "value": _value(f.value), "threshold": _value(f.threshold)})
         check_rows.append({"name": n, "cells": cells})
 
     cfg = record.config
     s = cfg.get("sampler", {})
-    title = (f"RES {s.get('solver')}, {s.get('steps')} steps, denoiser {cfg.get('denoiser')}, "
-             f"z0 {cfg.get('z0_shape')} {cfg.get('dtype')}, seed {cfg.get('seed')}")
+    title = run_title(cfg)
     config = [(k, v) for k, v in _flatten(cfg) if k != "sigmas"]
     if "sigmas" in cfg:
         config.append(("sigmas", ", ".join(f"{x:.4g}" for x in cfg["sigmas"])))

@@ -70,6 +70,9 @@ def locator_lines(r: FlowReport) -> list[str]:
     return out
 
 
+_TAGS = {"info": "info", "warning": "WARN"}
+
+
 def mode_summary(r: FlowReport) -> list[str]:
     errors = [f for f in r.checks if f.level == "error"]
     n_ok = sum(f.passed for f in errors)
@@ -78,8 +81,9 @@ def mode_summary(r: FlowReport) -> list[str]:
              f"loss {fmt(r.loss)} [{r.objective}: {r.loss_description}]"]
     width = max(len(f.name) for f in r.checks)
     for f in r.checks:
-        tag = "info" if f.level == "info" else ("PASS" if f.passed else "FAIL")
+        tag = _TAGS.get(f.level) or ("PASS" if f.passed else "FAIL")
         lines.append(f"  {tag:4}  {f.name:<{width}}  {f.message}")
+    lines += [f"  note: {n}" for n in r.notes]
     lines += locator_lines(r)
     if r.truncation:
         lines.append(f"  truncation: {r.truncation['effect']}")
@@ -92,10 +96,15 @@ def mode_summary(r: FlowReport) -> list[str]:
 def summary(rec: RunRecord) -> str:
     c = rec.config
     s = c.get("sampler", {})
-    head = (f"gradcheck {rec.environment.get('gradcheck', '')}: RES {s.get('solver')}, "
-            f"{s.get('steps')} steps, sigma {s.get('sigma_max')} -> {s.get('sigma_min')}, "
-            f"denoiser {c.get('denoiser')}, z0 {c.get('z0_shape')} {c.get('dtype')} on "
-            f"{c.get('device')}, seed {c.get('seed')}")
+    if "sampler_description" in c:
+        head = (f"gradcheck {rec.environment.get('gradcheck', '')}: "
+                f"{c['sampler_description']}, z0 {c.get('z0_shape')} {c.get('dtype')} on "
+                f"{c.get('device')}, seed {c.get('seed')}")
+    else:
+        head = (f"gradcheck {rec.environment.get('gradcheck', '')}: RES {s.get('solver')}, "
+                f"{s.get('steps')} steps, sigma {s.get('sigma_max')} -> {s.get('sigma_min')}, "
+                f"denoiser {c.get('denoiser')}, z0 {c.get('z0_shape')} {c.get('dtype')} on "
+                f"{c.get('device')}, seed {c.get('seed')}")
     lines = [head, ""]
     for r in rec.modes.values():
         lines += mode_summary(r) + [""]

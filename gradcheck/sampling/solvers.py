@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError
-from ..probes import call_denoiser, probe
+from ..probes import call_denoiser, output_tensor, probe
 
 SOLVERS = ("2ab", "2mid", "1euler")
 
@@ -130,7 +130,7 @@ def sample_res(
     def D(xs: torch.Tensor, sigma: float, step: int, suffix: str = "") -> torch.Tensor:
         s = torch.full((batch,), sigma, dtype=in_dtype, device=xs.device)  # [B]
         out = call_denoiser(fn, xs.to(in_dtype), s, step=step, suffix=suffix)
-        out = out.to(state_dtype)
+        out = output_tensor(out).to(state_dtype)
         if cut is not None and truncate_kind == "denoiser" and step < cut:
             out = out.detach()  # AlignProp-style truncation: the skip path keeps a gradient
         return out

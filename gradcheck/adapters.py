@@ -1,0 +1,404 @@
+"""Diagnose samplers written for other libraries, unmodified: each adapter turns one into a
+``z0 -> output`` function for :func:`gradcheck.diagnose`, with its denoiser instrumented (steps
+numbered by denoiser call) and its state probed where the convention exposes it.
+
+    from gradcheck import adapters, diagnose
+
+    fn = adapters.kdiffusion(sample_euler_ancestral, model, sigmas, noise="learnable")
+    fn = adapters.diffusers_loop(unet, DDIMScheduler(...), steps=20)
+    fn = adapters.diffusers_pipeline(pipe, num_inference_steps=20)
+    report = diagnose(fn, z0)
+
+A sampler or pipeline whose entry point is decorated with ``@torch.no_grad()`` (13 of
+k-diffusion's samplers, every diffusers pipeline's ``__call__``) cannot pass a gradient; the
+diagnosis names the decorated function, and ``unwrap=True`` (``gradcheck run --unwrap``) runs
+``inspect.unwrap`` of it instead. (``pipe.__call__ = pipe.__call__.__wrapped__`` does not work:
+``pipe(...)`` looks ``__call__`` up on the type.)
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .errors import ConfigError, GradcheckError
+from .probes import instrument, output_tensor, probe
+from .sampling.noise import FreshStepNoise, LearnableStepNoise, LeafStepNoise
+
+#: noise= choices for samplers that take a noise_sampler, and the diagnosis mode each one is
+NOISE_CHOICES = {
+    "own": "custom",  # the sampler's own default (k-diffusion: randn_like from the global RNG)
+    "fresh": "fresh_noise",  # seeded randn per step, probed: disconnected by design
+    "learnable": "learnable_step_noise",  # derived from z0 differentiably (orthogonal map)
+    "leaves": "independent_leaves",  # one learnable leaf per step
+}
+#: the same, by gradcheck's mode names (what ``gradcheck run --mode`` passes)
+MODE_TO_NOISE = {"default": "own", "fresh_noise": "fresh", "learnable_step_noise": "learnable",
+                 "independent_leaves": "leaves", "custom": "own"}
+
+_GRAD_OFF = (torch.no_grad, torch.inference_mode)
+
+
+def grad_decorator(fn: Any) -> str | None:
+    """``"@torch.no_grad()"`` (or inference_mode) if ``fn`` itself is torch's decorator wrapper
+    around a function, else None."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_name != "decorate_context" or not fn.__closure__:
+        return None
+    cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
+    ctx = getattr(cells.get("ctx_factory"), "__self__", None)
+    if isinstance(ctx, _GRAD_OFF):
+        return f"@torch.{type(ctx).__name__}()"
+    return None
+
+
+def grad_decorators(fn: Any) -> list[tuple[str, str]]:
+    """Every grad-disabling decorator in ``fn``'s ``__wrapped__`` chain, outermost first, as
+    (decorator, the qualified name of the function it wraps)."""
+    out, seen = [], set()
+    f = fn
+    while f is not None and id(f) not in seen:
+        seen.add(id(f))
+        dec = grad_decorator(f)
+        if dec is not None:
+            inner = getattr(f, "__wrapped__", f)
+            out.append((dec, f"{getattr(inner, '__module__', '?')}."
+                        f"{getattr(inner, '__qualname__', repr(inner))}"))
+        f = getattr(f, "__wrapped__", None)
+    return out
+
+
+def unwrapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``inspect.unwrap(fn)`` if a grad-disabling decorator is in its chain, else ``fn``."""
+    return inspect.unwrap(fn) if grad_decorators(fn) else fn
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _decorator_notes(fn: Any, label: str, unwrap: bool, flag: str) -> tuple[list[str], str]:
+    decs = grad_decorators(fn)
+    if not decs:
+        return [], ""
+    said = ", ".join(f"{d} on {name}" for d, name in decs)
+    if unwrap:
+        return [f"{label} is decorated ({said}); diagnosed inspect.unwrap of it instead"], \
+            " (unwrapped)"
+    return [f"{label} is decorated ({said}): no gradient can leave it. Pass {flag} to diagnose "
+            f"inspect.unwrap of it, the function without the decorator"], ""
+
+
+class AdaptedSampler:
+    """A ``z0 -> output`` function made by an adapter. ``mode`` tells the diagnosis what the step
+    noise should be; ``description`` and ``notes`` go into the report; ``leaves`` are the
+    learnable step-noise leaves (``noise="leaves"``)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, mode: str,
+                 description: str, notes: list[str], leaf_noise: LeafStepNoise | None = None):
+        self._fn = fn
+        self.mode = mode
+        self.description = description
+        self.notes = notes
+        self._leaf_noise = leaf_noise
+
+    @property
+    def leaves(self) -> list[torch.Tensor]:
+        if self._leaf_noise is None:
+            return []
+        return [self._leaf_noise.leaves[k] for k in sorted(self._leaf_noise.leaves)]
+
+    def __call__(self, z0: torch.Tensor) -> torch.Tensor:
+        return self._fn(z0)
+
+    def __repr__(self) -> str:
+        return f"<gradcheck adapter: {self.description}>"
+
+
+def _step_noise(noise: str, seed: int, dtype: torch.dtype):
+    if noise not in NOISE_CHOICES:
+        raise ConfigError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    leaf = LeafStepNoise(seed, dtype) if noise == "leaves" else None
+
+    def make(z: torch.Tensor):
+        if noise == "learnable":
+            return LearnableStepNoise(z, seed)
+        if noise == "fresh":
+            return FreshStepNoise(seed)
+        return leaf
+
+    return make, leaf
+
+
+# -- k-diffusion ---------------------------------------------------------------------------------
+
+def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.Tensor],
+               sigmas: torch.Tensor, *, extra_args: dict[str, Any] | None = None,
+               noise: str = "fresh", unwrap: bool = False, seed: int = 0,
+               callback: Callable[[dict[str, Any]], Any] | None = None,
+               **kwargs: Any) -> AdaptedSampler:
+    """A k-diffusion-convention sampler ``sampler(model, x, sigmas, extra_args=None,
+    callback=None, disable=None, ...)`` as ``z0 -> output`` with ``x = z0 * sigmas[0]``.
+
+    The model ``model(x, sigma, **extra_args) -> denoised`` is instrumented; the state is probed
+    through the callback (``x[i]``, the state the step starts from, as k-diffusion passes it). For
+    samplers that take a ``noise_sampler`` (the ancestral and SDE ones), ``noise`` chooses it:
+
+    - ``"fresh"`` (default): a seeded ``randn`` per step, probed as step noise: reproducible, and
+      reported as disconnected from z0 (what k-diffusion's default does, minus the global RNG);
+    - ``"learnable"``: derived from z0 differentiably (a seeded orthogonal map per step), so the
+      gradient reaches z0 through the noise too and optimising z0 optimises it;
+    - ``"leaves"``: one learnable leaf per step (``.leaves``);
+    - ``"own"``: the sampler's default (not probed; the randomness scan finds it).
+
+    Args:
+        sampler: the sampler function (decorated or not).
+        model: the denoiser.
+        sigmas: the noise levels, ``sigmas[0]`` the largest, ending with 0 as k-diffusion's do.
+        extra_args: passed to the model on every call.
+        noise: see above (ignored for samplers without a ``noise_sampler`` parameter).
+        unwrap: run ``inspect.unwrap(sampler)`` if it is wrapped in ``@torch.no_grad()``.
+        seed: seeds the step noise.
+        callback: also called with k-diffusion's per-step dict.
+        **kwargs: the sampler's own options (``eta``, ``s_churn``, ...).
+    """
+    if not callable(sampler):
+        raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ConfigError(f"sigmas must be a 1-d tensor of >= 2 noise levels, got {sigmas!r:.80}")
+    name = getattr(inspect.unwrap(sampler), "__qualname__", repr(sampler))
+    notes, tag = _decorator_notes(sampler, name, unwrap, "unwrap=True (CLI: --unwrap)")
+    fn = unwrapped(sampler) if unwrap else sampler
+    den = instrument(model)
+    takes_noise = _accepts(inspect.unwrap(sampler), "noise_sampler")
+    if not takes_noise:
+        noise = "own"
+    make_noise, leaf = _step_noise(noise, seed, sigmas.dtype)
+    mode = NOISE_CHOICES[noise]
+    extra = dict(extra_args or {})
+    sig_list = [float(s) for s in sigmas]
+
+    def sample(z0: torch.Tensor) -> torch.Tensor:
+        sig = sigmas.to(z0.device)
+        current = {"i": 0}
+
+        def cb(d: dict[str, Any]) -> None:
+            i = int(d["i"])
+            current["i"] = i + 1
+            probe(d["x"], "x_T" if i == 0 else f"x[{i}]", step=i,
+                  kind="x_T" if i == 0 else "state", sigma=d.get("sigma"))
+            if callback is not None:
+                callback(d)
+
+        kw = dict(kwargs)
+        if takes_noise and noise != "own":
+            step_noise = make_noise(z0)
+            calls = {"n": 0}
+
+            def noise_sampler(sigma: Any, sigma_next: Any) -> torch.Tensor:
+                i = current["i"] - 1 if current["i"] > 0 else calls["n"]
+                calls["n"] += 1
+                eps = step_noise(i, x_T)
+                return probe(eps, f"eps[{i}]", step=i, kind="step_noise", sigma=sigma)
+
+            kw["noise_sampler"] = noise_sampler
+        x_T = z0 * sig[0]
+        out = fn(den, x_T, sig, extra_args=extra, callback=cb, disable=True, **kw)
+        if not isinstance(out, torch.Tensor):
+            raise GradcheckError(f"{name} returned {type(out).__name__}, expected a tensor")
+        return probe(out, f"x[{len(sig_list) - 1}]", step=len(sig_list) - 1, kind="state",
+                     sigma=sig_list[-1])
+
+    desc = (f"k-diffusion {name}{tag}, {len(sig_list) - 1} steps, sigma {sig_list[0]:.4g} -> "
+            f"{sig_list[-1]:.4g}")
+    return AdaptedSampler(sample, mode=mode, description=desc, notes=notes, leaf_noise=leaf)
+
+
+def function(sampler: Callable[..., torch.Tensor], denoiser: Callable[..., Any], *,
+             unwrap: bool = False) -> AdaptedSampler:
+    """A sampler of your own with the signature ``sampler(denoiser, z0) -> output``, its denoiser
+    instrumented (``gradcheck run --sampler pkg.mod:fn`` for a function that is not in
+    k-diffusion's convention)."""
+    if not callable(sampler):
+        raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
+    name = getattr(inspect.unwrap(sampler), "__qualname__", repr(sampler))
+    notes, tag = _decorator_notes(sampler, name, unwrap, "unwrap=True (CLI: --unwrap)")
+    fn = unwrapped(sampler) if unwrap else sampler
+    den = instrument(denoiser)
+
+    def sample(z0: torch.Tensor) -> torch.Tensor:
+        return fn(den, z0)
+
+    return AdaptedSampler(sample, mode="custom", description=f"{name}(denoiser, z0){tag}",
+                          notes=notes)
+
+
+def is_kdiffusion(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` follows k-diffusion's sampler convention: ``(model, x, sigmas, ...)`` with
+    a ``callback`` parameter."""
+    try:
+        params = list(inspect.signature(inspect.unwrap(fn)).parameters)
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 3 and params[1:3] == ["x", "sigmas"] and "callback" in params
+
+
+def takes_noise_sampler(fn: Callable[..., Any]) -> bool:
+    try:
+        return "noise_sampler" in inspect.signature(inspect.unwrap(fn)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# -- diffusers -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _generator(seed: int | None, device: torch.device) -> Iterator[torch.Generator | None]:
+    if seed is None:
+        yield None
+    else:
+        yield torch.Generator(device=device).manual_seed(int(seed))
+
+
+def diffusers_loop(model: Any, scheduler: Any, *, steps: int, seed: int | None = 0,
+                   model_kwargs: dict[str, Any] | None = None,
+                   step_kwargs: dict[str, Any] | None = None,
+                   check_shape: bool = True) -> AdaptedSampler:
+    """The canonical diffusers sampling loop around any model and scheduler, as ``z0 -> output``::
+
+        scheduler.set_timesteps(steps); x = z0 * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            eps = model(scheduler.scale_model_input(x, t), t).sample
+            x = scheduler.step(eps, t, x, generator=g).prev_sample
+
+    The model is instrumented (its ``.sample`` probed), the state probed per step. ``seed`` seeds
+    a fresh ``torch.Generator`` per call for schedulers that draw noise in ``step`` (ancestral,
+    DDPM, DDIM with eta > 0), so every call is the same function of z0; that noise is fresh
+    randomness, which the diagnosis reports as disconnected from z0.
+    """
+    if int(steps) < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps!r}")
+    den = instrument(model, label="unet", check_shape=check_shape)
+    mkw, skw = dict(model_kwargs or {}), dict(step_kwargs or {})
+    takes_gen = _accepts(scheduler.step, "generator")
+    sched = type(scheduler).__name__
+
+    def sample(z0: torch.Tensor) -> torch.Tensor:
+        scheduler.set_timesteps(int(steps), device=z0.device)
+        x = z0 * scheduler.init_noise_sigma
+        ts = scheduler.timesteps
+        with _generator(seed if takes_gen else None, z0.device) as gen:
+            for i, t in enumerate(ts):
+                x = probe(x, "x_T" if i == 0 else f"x[{i}]", step=i,
+                          kind="x_T" if i == 0 else "state")
+                inp = scheduler.scale_model_input(x, t)
+                pred = output_tensor(den(inp, t, **mkw))
+                if pred.shape[1] != x.shape[1]:  # a learned-variance model: its epsilon half
+                    pred = pred[:, : x.shape[1]]
+                kw = dict(skw, generator=gen) if takes_gen else skw
+                x = scheduler.step(pred, t, x, **kw).prev_sample
+        return probe(x, f"x[{len(ts)}]", step=len(ts), kind="state")
+
+    desc = f"diffusers loop: {type(model).__name__} + {sched}, {int(steps)} steps"
+    return AdaptedSampler(sample, mode="custom", description=desc, notes=[])
+
+
+class _InitialNoise(TorchFunctionMode):
+    """Returns ``z0`` for the first ``torch.randn`` of z0's shape (a pipeline's initial latents)."""
+
+    def __init__(self, z0: torch.Tensor) -> None:
+        super().__init__()
+        self.z0 = z0
+        self.used = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.used and func is torch.randn:
+            shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) \
+                else args
+            if tuple(int(s) for s in shape) == tuple(self.z0.shape):
+                self.used = True
+                return self.z0.to(device=kwargs.get("device") or self.z0.device,
+                                  dtype=kwargs.get("dtype") or self.z0.dtype)
+        return func(*args, **kwargs)
+
+
+def diffusers_pipeline(pipe: Any, *, unwrap: bool = False, seed: int | None = None,
+                       check_shape: bool = True, **call_kwargs: Any) -> AdaptedSampler:
+    """A diffusers pipeline call as ``z0 -> output``.
+
+    z0 goes in as ``latents=`` where the pipeline takes it, otherwise as the pipeline's first
+    ``torch.randn`` draw of z0's shape (its initial noise); ``output_type="pt"`` is asked for.
+    ``pipe.unet`` (or ``pipe.transformer``) is instrumented for the call. Pipelines decorate
+    ``__call__`` with ``@torch.no_grad()``: the diagnosis names it, and ``unwrap=True`` calls
+    ``inspect.unwrap(type(pipe).__call__)`` instead.
+
+    Args:
+        pipe: the pipeline.
+        unwrap: call the undecorated ``__call__``.
+        seed: pass ``generator=torch.Generator().manual_seed(seed)`` (fresh per call); default:
+            no generator (the pipeline draws from the global RNG, which the diagnosis seeds).
+        check_shape: see :func:`gradcheck.instrument`.
+        **call_kwargs: the pipeline's own arguments (``num_inference_steps``, ``eta``, ...).
+    """
+    cls = type(pipe)
+    call = cls.__call__
+    name = f"{cls.__name__}.__call__"
+    notes, tag = _decorator_notes(call, name, unwrap, "unwrap=True (CLI: --unwrap)")
+    target = unwrapped(call) if unwrap else call
+    attr = next((a for a in ("unet", "transformer", "prior", "decoder")
+                 if isinstance(getattr(pipe, a, None), torch.nn.Module)), None)
+    if attr is None:
+        raise ConfigError(f"{cls.__name__} has no unet or transformer module to instrument")
+    inner = getattr(pipe, attr)
+    wrapped = instrument(inner, label=attr, check_shape=check_shape)
+    sig_fn = inspect.unwrap(call)
+    takes_latents = _accepts(sig_fn, "latents")
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+
+    def sample(z0: torch.Tensor) -> torch.Tensor:
+        kw = dict(call_kwargs)
+        if _accepts(sig_fn, "output_type"):
+            kw.setdefault("output_type", "pt")
+        if _accepts(sig_fn, "batch_size") and "batch_size" not in kw:
+            kw["batch_size"] = z0.shape[0]
+        if seed is not None:
+            kw["generator"] = torch.Generator(device=z0.device).manual_seed(int(seed))
+        if takes_latents:
+            kw["latents"] = z0
+            mode = contextlib.nullcontext()
+        else:
+            mode = _InitialNoise(z0)
+        # instance attribute, not pipe.unet = ...: DiffusionPipeline.__setattr__ would rewrite
+        # the pipeline's config with the wrapper's class
+        pipe.__dict__[attr] = wrapped
+        try:
+            with mode:
+                res = target(pipe, **kw)
+        finally:
+            pipe.__dict__[attr] = inner
+        if isinstance(mode, _InitialNoise) and not mode.used:
+            raise GradcheckError(
+                f"{name} drew no torch.randn of z0's shape {tuple(z0.shape)} and takes no "
+                f"latents=: cannot feed z0 in (is the shape the pipeline's latent shape?)")
+        out = getattr(res, "images", None)
+        if out is None and isinstance(res, (tuple, list)) and res:
+            out = res[0]
+        if out is None and isinstance(res, torch.Tensor):
+            out = res
+        if not isinstance(out, torch.Tensor):
+            raise GradcheckError(f"{name} returned {type(out).__name__} images, not a tensor "
+                                 f"(it ignored output_type='pt')")
+        return out
+
+    desc = f"diffusers {name}{tag} ({type(inner).__name__}, {type(pipe.scheduler).__name__})" \
+        if hasattr(pipe, "scheduler") else f"diffusers {name}{tag}"
+    return AdaptedSampler(sample, mode="custom", description=desc, notes=notes)

@@ -305,6 +305,9 @@ def numeric_directional(r: FlowReport) -> Finding:
     head = (f"<v, dL/dz0> = {n.reverse:.6e} vs finite differences {n.fd:.6e} "
             f"(eps {n.eps:.1e}, {n.dtype}): relative error {fmt(n.rel_error)}, "
             f"tolerance rtol {n.rtol:.0e} + round-off {fmt(n.atol)}")
+    if n.working_dtype:
+        head += (f" (judged at {n.working_dtype}: the sampler computes in {n.working_dtype} "
+                 f"inside)")
     if not ok and n.reverse == 0.0:
         head += ". The loss changes along v but reverse mode says it does not: the gradient path " \
                 "is cut (detach / no_grad / a non-differentiable round trip)"

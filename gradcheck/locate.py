@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from . import graph
+from .numeric import rejudge
 from .probes import Trace, probe, trace
 from .records import BreakEvent, FlowReport, LocatorResult, PATH_KINDS
 
@@ -161,6 +162,9 @@ class Provenance(TorchFunctionMode):
         self.meta: dict[int, tuple[weakref.ref, _Meta]] = {}
         self.events: list[BreakEvent] = []
         self.randomness: list[BreakEvent] = []
+        #: the least precise floating dtype of any value computed from z0 (a sampler that casts
+        #: down inside, e.g. a scheduler's float32 step, computes at that precision)
+        self.lowest_dtype: torch.dtype | None = None
         self.grad_fn_info: dict[int, tuple[str, str | None, int | None]] = {}
         self._keep: list[Any] = []
         self.probe_meta: dict[int, _Meta] = {}
@@ -299,6 +303,12 @@ class Provenance(TorchFunctionMode):
                 self._set(o, _Meta(dep=False, gconn=False, rg=o.requires_grad, rand=draw))
             return
         any_dep = any(d for _, d, _, _ in pre) and name not in VALUE_FREE
+        if any_dep:
+            for o in outs:
+                if o.is_floating_point() and (
+                        self.lowest_dtype is None
+                        or torch.finfo(o.dtype).eps > torch.finfo(self.lowest_dtype).eps):
+                    self.lowest_dtype = o.dtype
         dep_gconn = any(d and g for _, d, g, _ in pre)
         any_gconn = any(g for _, _, g, _ in pre)
         evs = [m.ev for _, d, g, m in pre if d and not g and m is not None and m.ev is not None]
@@ -521,6 +531,14 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         if want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             back = _backward_analysis(loss, z, prov.grad_fn_info, want, tr)
     _resolve_probes(prov.events + prov.randomness, tr)
+    # the numeric tolerance follows the precision the sampler really computes in
+    n = report.numeric
+    if n is not None and not n.skipped and prov.lowest_dtype is not None:
+        if torch.finfo(prov.lowest_dtype).eps > torch.finfo(getattr(torch, n.dtype)).eps:
+            report.numeric = rejudge(n, prov.lowest_dtype)
+            from .checks import run_checks
+
+            report.checks = run_checks(report)
 
     primary: BreakEvent | None = None
     note = None

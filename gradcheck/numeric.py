@@ -70,3 +70,24 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
         rel_error=best["abs_error"] / mag if mag > 0 else 0.0, rtol=rtol,
         atol=best["roundoff_floor"], sweep=sweep,
     )
+
+
+def rejudge(n: NumericResult, working: torch.dtype) -> NumericResult:
+    """The same measurements judged at the precision the sampler computes in (``working``, lower
+    than z0's: found by the locator's provenance pass): that dtype's rtol, and round-off floors
+    scaled by the ratio of machine epsilons; the best step is chosen again."""
+    from dataclasses import replace
+
+    ratio = torch.finfo(working).eps / torch.finfo(getattr(torch, n.dtype)).eps
+    rtol = max(n.rtol, SETTINGS.get(working, SETTINGS[torch.float32])[1])
+    sweep = [dict(r, roundoff_floor=r["roundoff_floor"] * ratio) for r in n.sweep]
+    # the step with the widest margin under the new tolerance
+    best = max(sweep, key=lambda r: rtol * max(abs(r["fd"]), abs(n.reverse))
+               + r["roundoff_floor"] - r["abs_error"]) if sweep else None
+    if best is None:
+        return replace(n, rtol=rtol, working_dtype=str(working).replace("torch.", ""))
+    mag = max(abs(best["fd"]), abs(n.reverse))
+    return replace(n, eps=best["eps"], fd=best["fd"], abs_error=best["abs_error"],
+                   rel_error=best["abs_error"] / mag if mag > 0 else 0.0, rtol=rtol,
+                   atol=best["roundoff_floor"], sweep=sweep,
+                   working_dtype=str(working).replace("torch.", ""))

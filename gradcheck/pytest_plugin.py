@@ -95,11 +95,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         rep.sections.append(("gradcheck", text))
     out_dir = item.config.getoption("gradcheck_report")
     if out_dir:
-        written = _write(Path(out_dir), item.nodeid, reports)
-        item.config.stash.setdefault(_WRITTEN, []).extend(written)
+        from .errors import GradcheckError
+
+        try:
+            written = _write(Path(out_dir), item.nodeid, reports)
+        except GradcheckError as exc:  # an unwritable directory, say: tell, do not crash pytest
+            item.config.stash.setdefault(_ERRORS, []).append(f"{item.nodeid}: {exc}")
+        else:
+            item.config.stash.setdefault(_WRITTEN, []).extend(written)
 
 
 _WRITTEN = pytest.StashKey[list]()
+_ERRORS = pytest.StashKey[list]()
 
 
 def _slug(nodeid: str) -> str:
@@ -109,7 +116,7 @@ def _slug(nodeid: str) -> str:
 def _write(root: Path, nodeid: str, reports: list) -> list[Path]:
     from . import __version__
     from .records import RunRecord
-    from .report.files import write_json_atomic
+    from .report.files import check_writable, write_json_atomic
     from .report.render import render
 
     out = []
@@ -120,6 +127,7 @@ def _write(root: Path, nodeid: str, reports: list) -> list[Path]:
             config={"test": nodeid, "sampler_description": r.sampler or "a sampler function",
                     "z0_shape": z.shape if z else None, "dtype": z.dtype if z else None},
             environment={"gradcheck": __version__}, modes={r.mode: r})
+        check_writable(d)
         write_json_atomic(d / "report.json", rec.to_dict())
         render(rec, d, graphs="auto")
         out.append(d)
@@ -132,3 +140,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if out_dir:
         terminalreporter.write_line(
             f"gradcheck: wrote {len(written)} report(s) under {out_dir}")
+        for err in config.stash.get(_ERRORS, []):
+            terminalreporter.write_line(f"gradcheck: could not write a report: {err}", red=True)

@@ -148,6 +148,7 @@ class NumericResult:
     atol: float
     sweep: list[dict[str, float]] = field(default_factory=list)
     skipped: str | None = None
+    working_dtype: str | None = None  # lower than dtype: the sampler casts down inside
 
     def to_dict(self) -> dict[str, Any]:
         return _enc(_plain(self))

@@ -51,24 +51,39 @@ def step_lines(r: FlowReport, limit: int = 8) -> list[str]:
     for p in r.of_kind(*PATH_KINDS):
         if p.step is not None:
             by_step.setdefault(p.step, []).append(p)
-    rows = []
+    rows: list[tuple[str, bool]] = []  # (line, healthy)
     out = next((p for p in r.probes if p.kind == "output"), None)
     if out is not None:
-        rows.append(f"output   |g| {fmt(out.norm) if out.reached else '--':>8}  {_status(out)}")
+        rows.append((f"output   |g| {fmt(out.norm) if out.reached else '--':>8}  "
+                     f"{_status(out)}", out.status == "ok"))
     for s in sorted(by_step, reverse=True):
         ps = by_step[s]
         norms = [p.norm for p in ps if p.reached and p.norm is not None]
         worst = min(ps, key=lambda p: _rank(p.status))
-        rows.append(f"step {s:<3} |g| {fmt(max(norms)) if norms else '--':>8}  {_status(worst)}"
-                    + (f"  ({worst.name})" if worst.status != "ok" else ""))
+        rows.append((f"step {s:<3} |g| {fmt(max(norms)) if norms else '--':>8}  "
+                     f"{_status(worst)}" + (f"  ({worst.name})" if worst.status != "ok" else ""),
+                     worst.status == "ok"))
     z = next((p for p in r.probes if p.kind == "z0"), None)
     if z is not None:
-        rows.append(f"z0       |g| {fmt(z.norm) if z.reached else '--':>8}  {_status(z)}")
-    if len(rows) > limit:
-        head = limit // 2
-        rows = rows[:head] + [f"... {len(rows) - limit + 1} more steps ..."] + \
-            rows[-(limit - head - 1):]
-    return rows
+        rows.append((f"z0       |g| {fmt(z.norm) if z.reached else '--':>8}  {_status(z)}",
+                     z.status == "ok"))
+    if len(rows) <= limit:
+        return [line for line, _ in rows]
+    # keep both ends and the unhealthy rows (up to the limit), elide healthy runs between
+    keep = {0, 1, len(rows) - 2, len(rows) - 1}
+    for i, (_, ok) in enumerate(rows):
+        if not ok and len(keep) < limit:
+            keep.add(i)
+    lines, gap = [], 0
+    for i, (line, _) in enumerate(rows):
+        if i in keep:
+            if gap:
+                lines.append(f"... {gap} more ...")
+            gap = 0
+            lines.append(line)
+        else:
+            gap += 1
+    return lines
 
 
 _RANK = {"not_in_graph": 0, "unreached": 1, "nonfinite": 2, "zero": 3, "ok": 4}

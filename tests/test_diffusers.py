@@ -1,0 +1,88 @@
+"""The real diffusers package (from PyPI) with a small randomly initialised UNet2DModel (no
+download): a DDIM scheduler loop, an Euler-ancestral one (fresh noise in scheduler.step) and a
+pipeline whose __call__ is decorated with @torch.no_grad()."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck import adapters
+from gradcheck.testing import assert_gradient_flows, assert_no_disconnected_randomness
+
+diffusers = pytest.importorskip("diffusers")
+# diffusers' schedulers trip NumPy 2's __array__(copy=) deprecation on torch tensors
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval().double()
+
+
+@pytest.fixture
+def z0():
+    # float64: the numeric check is then exact to 1e-5 (in float32, DDIM's clip_sample kink and
+    # round-off put finite differences a few % off after a few steps)
+    return torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def test_ddim_loop_is_healthy_and_unchanged_by_the_adapter(unet, z0):
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000)
+    fn = adapters.diffusers_loop(unet, sched, steps=5)
+    rep = gradcheck.diagnose(fn, z0)
+    assert rep.passed, [f.message for f in rep.failed]
+    assert rep.check("fresh_randomness").value == 0  # DDIM (eta 0) is deterministic
+    assert sorted({p.step for p in rep.of_kind("denoiser_out")}) == list(range(5))
+    # the plain loop, written out: the same output and the same dL/dz0
+    z = z0.clone().requires_grad_(True)
+    sched.set_timesteps(5)
+    x = z * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+    torch.testing.assert_close(rep.handles["output"], x.detach(), rtol=0, atol=0)
+    (g,) = torch.autograd.grad(rep.handles["loss_of"](x), [z])
+    torch.testing.assert_close(rep.handles["z0_grad"], g, rtol=1e-10, atol=1e-12)
+
+
+def test_euler_ancestral_reaches_z0_and_reports_disconnected_step_noise(unet, z0):
+    sched = diffusers.EulerAncestralDiscreteScheduler(num_train_timesteps=1000)
+    fn = adapters.diffusers_loop(unet, sched, steps=5, seed=0)
+    torch.testing.assert_close(fn(z0), fn(z0), rtol=0, atol=0)  # seeded generator per call
+    rep = assert_gradient_flows(fn, z0, to="every_step")
+    rep = gradcheck.diagnose(fn, z0, optim_steps=0)
+    assert rep.passed, [f.message for f in rep.failed]
+    f = rep.check("fresh_randomness")
+    assert f.level == "warning" and f.value == 5  # one draw per step (times sigma_up = 0 at the end)
+    assert "scheduling_euler_ancestral_discrete.py" in f.message and "(step)" in f.message
+    with pytest.raises(AssertionError, match="fresh random draw") as err:
+        assert_no_disconnected_randomness(fn, z0)
+    assert "scheduling_euler_ancestral_discrete.py" in str(err.value)
+
+
+def test_decorated_pipeline_fails_naming_the_decorator_and_unwrap_passes(unet, z0):
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(num_train_timesteps=1000))
+    config_before = dict(pipe.config)
+    rep = gradcheck.diagnose(adapters.diffusers_pipeline(pipe, num_inference_steps=4), z0,
+                             numeric=False, optim_steps=0)
+    assert not rep.passed and rep.locator.primary.cause == "decorated_no_grad"
+    assert "DDIMPipeline.__call__" in rep.locator.primary.describe()
+    assert any("@torch.no_grad()" in n and "DDIMPipeline.__call__" in n for n in rep.notes)
+    with pytest.raises(AssertionError, match="does not require grad") as err:
+        assert_gradient_flows(adapters.diffusers_pipeline(pipe, num_inference_steps=4), z0)
+    assert "decorated with @torch.no_grad()" in str(err.value)
+    ok = gradcheck.diagnose(adapters.diffusers_pipeline(pipe, unwrap=True, num_inference_steps=4),
+                            z0, numeric=False, optim_steps=0)
+    assert ok.passed, [f.message for f in ok.failed]
+    assert len(ok.of_kind("denoiser_out")) == 4
+    # z0 really is the pipeline's initial noise: the output equals the DDIM loop's
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000)
+    loop = adapters.diffusers_loop(unet, sched, steps=4)
+    with torch.no_grad():
+        ref = (loop(z0) / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(ok.handles["output"], ref, rtol=1e-5, atol=1e-6)
+    assert pipe.unet is unet and dict(pipe.config) == config_before  # restored, config intact

@@ -36,7 +36,8 @@ def unit_direction(like: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
-                      grad: torch.Tensor | None, *, seed: int = 0) -> NumericResult:
+                      grad: torch.Tensor | None, *, seed: int = 0,
+                      working: torch.dtype | None = None) -> NumericResult:
     """Compare finite differences of ``loss_at`` along a seeded unit direction with ``grad``.
 
     Args:
@@ -44,9 +45,12 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
         z0: the point of the check.
         grad: dL/dz0 from reverse mode, or None when no gradient reached z0 (taken as 0).
         seed: seeds the direction.
+        working: the precision the sampler really computes in, if lower than z0's (a float32
+            step inside a float64 run): its step sizes, tolerance and machine epsilon are used.
     """
-    hs, rtol = SETTINGS.get(z0.dtype, SETTINGS[torch.float32])
-    eps_mach = torch.finfo(z0.dtype).eps
+    prec = working or z0.dtype
+    hs, rtol = SETTINGS.get(prec, SETTINGS[torch.float32])
+    eps_mach = torch.finfo(prec).eps
     z = z0.detach()
     v = unit_direction(z, seed)
     reverse = 0.0 if grad is None else float((grad.detach().to(torch.float64) * v.double()).sum())
@@ -69,25 +73,6 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
         fd=best["fd"], reverse=reverse, abs_error=best["abs_error"],
         rel_error=best["abs_error"] / mag if mag > 0 else 0.0, rtol=rtol,
         atol=best["roundoff_floor"], sweep=sweep,
+        working_dtype=str(working).replace("torch.", "") if working is not None else None,
     )
 
-
-def rejudge(n: NumericResult, working: torch.dtype) -> NumericResult:
-    """The same measurements judged at the precision the sampler computes in (``working``, lower
-    than z0's: found by the locator's provenance pass): that dtype's rtol, and round-off floors
-    scaled by the ratio of machine epsilons; the best step is chosen again."""
-    from dataclasses import replace
-
-    ratio = torch.finfo(working).eps / torch.finfo(getattr(torch, n.dtype)).eps
-    rtol = max(n.rtol, SETTINGS.get(working, SETTINGS[torch.float32])[1])
-    sweep = [dict(r, roundoff_floor=r["roundoff_floor"] * ratio) for r in n.sweep]
-    # the step with the widest margin under the new tolerance
-    best = max(sweep, key=lambda r: rtol * max(abs(r["fd"]), abs(n.reverse))
-               + r["roundoff_floor"] - r["abs_error"]) if sweep else None
-    if best is None:
-        return replace(n, rtol=rtol, working_dtype=str(working).replace("torch.", ""))
-    mag = max(abs(best["fd"]), abs(n.reverse))
-    return replace(n, eps=best["eps"], fd=best["fd"], abs_error=best["abs_error"],
-                   rel_error=best["abs_error"] / mag if mag > 0 else 0.0, rtol=rtol,
-                   atol=best["roundoff_floor"], sweep=sweep,
-                   working_dtype=str(working).replace("torch.", ""))

@@ -286,6 +286,7 @@ class LocatorResult:
     events: list[BreakEvent] = field(default_factory=list)
     randomness: list[BreakEvent] = field(default_factory=list)
     note: str | None = None
+    lowest_dtype: str | None = None  # the least precise float dtype of any value computed from z0
 
     def to_dict(self) -> dict[str, Any]:
         d = _plain(self)

@@ -152,3 +152,32 @@ def test_cli_bad_sampler_specs(argv, needle, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_numeric_check_follows_an_internal_down_cast_without_going_blind(den, z0):
+    """A float64 run whose sampler steps in float32 inside (as diffusers' schedulers do): the
+    numeric check is measured again at float32 (step sizes, tolerance), so it passes, and a
+    gradient that is wrong by 2x under the same cast still fails."""
+    from gradcheck.sampling import ResSampler
+
+    smp = ResSampler(den, SamplerConfig(steps=4))
+
+    def down_cast(z):
+        return smp(z.float().double())
+
+    class Half(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 0.5
+
+    ok = gradcheck.diagnose(down_cast, z0, optim_steps=0)
+    assert ok.passed, [f.message for f in ok.failed]
+    assert ok.numeric.working_dtype == "float32" and ok.numeric.rtol == 2e-2
+    assert "judged at float32" in ok.check("numeric_directional").message
+    bad = gradcheck.diagnose(lambda z: Half.apply(down_cast(z)), z0, optim_steps=0)
+    assert bad.numeric.working_dtype == "float32"
+    assert not bad.check("numeric_directional").passed

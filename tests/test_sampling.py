@@ -169,8 +169,24 @@ def test_unknown_mode_and_denoiser_rejected(gaussian):
 def test_wrong_shape_or_non_tensor_denoiser_output_is_named():
     with pytest.raises(DenoiserError, match=r"shape \(2, 1, 4, 4\).*\(2, 1, 8, 8\)"):
         sampler(lambda x, s: x[..., :4, :4])(z0_like())
-    with pytest.raises(DenoiserError, match="returned tuple"):
-        sampler(lambda x, s: (x,))(z0_like())
+    with pytest.raises(DenoiserError, match="returned NoneType"):
+        sampler(lambda x, s: None)(z0_like())
+    with pytest.raises(DenoiserError, match="returned dict"):
+        sampler(lambda x, s: {"x": x})(z0_like())
+
+
+def test_output_objects_are_unpacked_and_probed():
+    """diffusers-style results: an object with .sample, or a (sample,) tuple (return_dict=False)."""
+    from types import SimpleNamespace
+
+    import gradcheck
+
+    den = GaussianDenoiser(0.1, 0.5)
+    plain = sampler(den)(z0_like())
+    for wrap in (lambda x, s: SimpleNamespace(sample=den(x, s)), lambda x, s: (den(x, s),)):
+        torch.testing.assert_close(sampler(wrap)(z0_like()), plain, rtol=0, atol=0)
+        rep = gradcheck.diagnose(sampler(wrap), z0_like(), numeric=False, optim_steps=0)
+        assert rep.passed and all(p.reached for p in rep.of_kind("denoiser_out"))
 
 
 def test_edm_preconditioning_limits(conv64):

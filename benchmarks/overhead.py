@@ -12,8 +12,9 @@ of the fastest runs (least disturbed by other load on a shared machine) and of t
 Bars: <= 1.10x at 35 steps on the built-in model, <= 1.05x on a denoiser 10x larger.
 
 Timings on a shared machine scatter by +-20% from run to run; ``--instructions`` counts CPU
-instructions instead with valgrind's callgrind (repeatable to the instruction, about 7 minutes a
-process): three processes that do the same set-up and warm-up, then nothing / one plain
+instructions instead with valgrind's callgrind (repeatable to the instruction; the built-in model
+takes about 7 minutes, the 10x one well over an hour on a quiet machine: ``--which big|builtin``):
+three processes, run side by side, that do the same set-up and warm-up, then nothing / one plain
 forward+backward / one diagnosis; the differences are the two costs.
 """
 from __future__ import annotations
@@ -80,14 +81,20 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
     print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
     for big in {"both": (False, True), "builtin": (False,), "big": (True,)}[which]:
         counts = {}
-        for what in ("none", "plain", "diagnosis"):
-            with tempfile.TemporaryDirectory() as tmp:
-                res = subprocess.run(
-                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg",
-                     sys.executable, __file__, "--child", what, "--big", str(int(big)),
-                     "--steps", str(steps), "--batch", str(batch)],
-                    capture_output=True, text=True, check=True)
-            counts[what] = int(re.search(r"Collected : (\d+)", res.stderr).group(1))
+        with tempfile.TemporaryDirectory() as tmp:
+            # the three processes run side by side: instruction counts do not depend on what
+            # else the machine runs, so this takes the wall time of one of them
+            procs = {what: subprocess.Popen(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg-{what}",
+                 sys.executable, __file__, "--child", what, "--big", str(int(big)),
+                 "--steps", str(steps), "--batch", str(batch)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for what in ("none", "plain", "diagnosis")}
+            for what, proc in procs.items():
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    raise SystemExit(f"callgrind child {what!r} failed:\n{err[-2000:]}")
+                counts[what] = int(re.search(r"Collected : (\d+)", err).group(1))
         p = counts["plain"] - counts["none"]
         d = counts["diagnosis"] - counts["none"]
         label = "10x larger" if big else "built-in (digits)"

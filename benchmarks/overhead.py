@@ -55,7 +55,7 @@ def _child(what: str, big: bool, steps: int, batch: int) -> None:
     z0 = torch.randn(batch, *shape, generator=g)
     target = torch.randn(batch, *shape, generator=g)
     smp = ResSampler(den, SamplerConfig(steps=steps))
-    for _ in range(2):  # warm-up: one-time initialisation is not what is measured
+    for _ in range(1):  # warm-up: one-time initialisation (lazy init, allocator) is not measured
         plain(smp, z0, target)
         diagnosis(smp, z0, target)
     if what == "plain":

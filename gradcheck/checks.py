@@ -207,6 +207,31 @@ def grad_reaches_z0(r: FlowReport) -> Finding:
     return Finding("grad_reaches_z0", False, value=z.norm, threshold="> 0, finite", message=msg)
 
 
+def grad_reaches_every_rank(r: FlowReport) -> Finding:
+    """Distributed runs: every rank's shard of z0 receives a finite, non-zero gradient (the
+    merged statistics are any-reached, so one rank whose shard is cut off would not show)."""
+    name = "grad_reaches_every_rank"
+    if not r.ranks or r.world_size < 2:
+        return Finding(name, True, level="info", value=r.world_size, threshold=None,
+                       message="one process")
+    bad = [x for x in r.ranks if x.get("z0_status") != "ok"]
+    if not bad:
+        norms = [x["z0_norm"] for x in r.ranks]
+        return Finding(name, True, value=len(r.ranks), threshold=len(r.ranks),
+                       message=f"the shard of z0 on each of {len(r.ranks)} ranks receives "
+                       f"gradient (|g| {fmt(min(norms))}..{fmt(max(norms))})")
+    parts = []
+    for x in bad[:4]:
+        words = {"unreached": "no gradient", "not_in_graph": "no gradient (not in the graph)",
+                 "zero": "an exactly zero gradient", "nonfinite": "a non-finite gradient"}
+        parts.append(f"rank {x['rank']}'s shard of z0 receives "
+                     f"{words.get(x.get('z0_status'), x.get('z0_status'))}"
+                     + (f" (located: {x['located']})" if x.get("located") else ""))
+    return Finding(name, False, value=len(r.ranks) - len(bad), threshold=len(r.ranks),
+                   message="; ".join(parts) + ". hint: a rank whose shard is left out of the "
+                   "loss, or a rank-dependent detach / no_grad / non-autograd collective")
+
+
 def step_noise(r: FlowReport) -> Finding:
     expect = r.expect.get("step_noise", "none")
     eps = r.of_kind("step_noise")
@@ -404,6 +429,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     loss_not_stationary,
     grad_reaches_every_step,
     grad_reaches_z0,
+    grad_reaches_every_rank,
     step_noise,
     grad_scale,
     fresh_randomness,
@@ -415,5 +441,6 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
 
 
 def run_checks(report: FlowReport) -> list[Finding]:
-    """Every check, in a fixed order."""
-    return [check(report) for check in CHECKS]
+    """Every check, in a fixed order (the per-rank one only for distributed runs)."""
+    return [check(report) for check in CHECKS
+            if check is not grad_reaches_every_rank or report.world_size > 1]

@@ -140,6 +140,21 @@ def diagnose(
     z0 = validate_z0(z0)
     device = z0.device
     timings: dict[str, float] = {}
+    from . import distributed
+
+    dctx = distributed.context()  # None outside a process group of 2+ ranks
+    red = dctx.sum if dctx is not None else (lambda x: x)
+    # under torch.distributed each rank holds a shard of z0: the built-in losses are this rank's
+    # part of the global mean (sum over the shard / global element count), so dL/dz0 of every
+    # shard is the single-process gradient of the whole batch; a loss_fn must do the same
+    mse = _mse
+    if dctx is not None:
+        n_global: list[float] = []  # the global element count, summed once (a collective)
+
+        def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            if not n_global:
+                n_global.append(red(float(a.numel())))
+            return (a - b.to(a.dtype)).square().sum() / n_global[0]
     t_start = time.perf_counter()
 
     def run(z: torch.Tensor) -> torch.Tensor:
@@ -151,18 +166,19 @@ def diagnose(
         loss_of, desc, default_obj = loss_fn, "user loss_fn(output)", "minimize"
     elif target is not None:
         tgt = target.detach()
-        loss_of, desc, default_obj = (lambda out: _mse(out, tgt)), "MSE(output, target)", "minimize"
+        loss_of, desc, default_obj = (lambda out: mse(out, tgt)), "MSE(output, target)", "minimize"
     else:
         from .sampling.noise import sub_seed
 
-        base_seed = sub_seed(seed, 4, 0)  # its own stream: never the user's randn(seed) draw
+        # its own stream: never the user's randn(seed) draw (and each rank's shard its own)
+        base_seed = sub_seed(seed, 4, dctx.rank if dctx is not None else 0)
         g = torch.Generator().manual_seed(base_seed)
         z_base = torch.randn(z0.shape, generator=g, dtype=torch.float64).to(z0)
         t0 = time.perf_counter()
         with torch.no_grad():
             baseline = run(z_base).detach()
         timings["baseline_s"] = time.perf_counter() - t0
-        loss_of = lambda out: _mse(out, baseline)  # noqa: E731
+        loss_of = lambda out: mse(out, baseline)  # noqa: E731
         desc = (f"MSE(output, baseline); baseline = the sampler's output from independent "
                 f"noise (derived from seed {int(seed)})")
         default_obj = "maximize"
@@ -221,7 +237,7 @@ def diagnose(
                     z_grad = gr
             del grads, inputs
         timings["backward_s"] = time.perf_counter() - t0
-        loss_value = float(loss.detach())
+        loss_value = red(float(loss.detach()))
     hygiene = Hygiene(
         hooks_registered=tr.hooks_registered, hooks_left=tr.hooks_left or 0,
         grad_mode_before=tr.grad_mode_before, grad_mode_after=bool(tr.grad_mode_after),
@@ -232,19 +248,21 @@ def diagnose(
     # -- numeric check ---------------------------------------------------------------------
     def loss_at(zz: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(loss_of(run(zz)).detach())
+            return red(float(loss_of(run(zz)).detach()))
 
+    dist_kw = {} if dctx is None else {"reduce": red, "direction_stream": dctx.rank}
     num = None
     if numeric:
         t0 = time.perf_counter()
-        num = directional_check(loss_at, z, z_grad, seed=seed)
+        num = directional_check(loss_at, z, z_grad, seed=seed, **dist_kw)
         timings["numeric_s"] = time.perf_counter() - t0
 
     # -- optimizer: does Adam move z0, and the loss the intended way? -----------------------
     opt_res = None
     if optim_steps > 0:
         t0 = time.perf_counter()
-        opt_res = _adam_probe(run, loss_of, z, z_grad, loss_value, objective, optim_steps, lr)
+        opt_res = _adam_probe(run, loss_of, z, z_grad, loss_value, objective, optim_steps, lr,
+                              red)
         timings["optim_s"] = time.perf_counter() - t0
     report = FlowReport(
         mode=mode, objective=objective, loss_description=desc, loss=loss_value,
@@ -269,7 +287,8 @@ def diagnose(
     if scan_randomness is None:
         scan_randomness = STEP_NOISE_EXPECTATION[mode] == "unknown"
     why = symptoms(report) if report.failed or locate != "never" else []
-    if locate == "always" or (locate == "auto" and (report.failed or scan_randomness)):
+    failed = bool(report.failed) if dctx is None else dctx.any(bool(report.failed))
+    if locate == "always" or (locate == "auto" and (failed or scan_randomness)):
         t0 = time.perf_counter()
         reason = "; ".join(why) or ("asked (--locate always)" if locate == "always"
                                     else "a scan for fresh randomness (a custom sampler)")
@@ -280,13 +299,14 @@ def diagnose(
         # schedulers step in float32) gets the numeric check at that precision: measured again
         # with that dtype's step sizes, never judged looser on the old measurements
         low = report.locator.lowest_dtype
-        if num is not None and not num.skipped and low and \
-                torch.finfo(getattr(torch, low)).eps > torch.finfo(z.dtype).eps:
+        lower = bool(num is not None and not num.skipped and low and
+                     torch.finfo(getattr(torch, low)).eps > torch.finfo(z.dtype).eps)
+        if (lower if dctx is None else dctx.any(lower)) and low:
             t0 = time.perf_counter()
             was_failing = any(f.name == "numeric_directional" and not f.passed
                               for f in report.checks)
             report.numeric = directional_check(loss_at, z, z_grad, seed=seed,
-                                               working=getattr(torch, low))
+                                               working=getattr(torch, low), **dist_kw)
             timings["numeric_s"] = timings.get("numeric_s", 0.0) + time.perf_counter() - t0
             now_ok = all(f.passed for f in run_checks(report) if f.name == "numeric_directional")
             if was_failing and now_ok and report.locator.primary is None:
@@ -295,8 +315,28 @@ def diagnose(
     timings["total_s"] = time.perf_counter() - t_start
     report.sampler = getattr(sample_fn, "description", None)
     report.notes = [str(n) for n in getattr(sample_fn, "notes", ())]
+    if dctx is not None:
+        report = _merge_ranks(report, dctx, sample_fn)
     observers.notify(report)
     return report
+
+
+def _merge_ranks(report: FlowReport, dctx: Any, sample_fn: Any) -> FlowReport:
+    """Rank 0 gets every rank's record and returns the merged report (per-rank detail in
+    ``.ranks``); the other ranks return their own, marked with the world size."""
+    from .distributed import merge
+
+    t0 = time.perf_counter()
+    every = dctx.gather(report.to_dict())
+    report.world_size = dctx.world
+    report.parallel = getattr(sample_fn, "parallel_layout", None)
+    if every is None:
+        return report
+    merged = merge([FlowReport.from_dict(d) for d in every],
+                   shard_dim=getattr(sample_fn, "shard_dim", 0), layout=report.parallel)
+    merged.handles = report.handles
+    merged.timings = dict(report.timings, merge_s=time.perf_counter() - t0)
+    return merged
 
 
 def _torchviz_dot(loss: torch.Tensor) -> str | None:
@@ -318,7 +358,7 @@ def _torchviz_dot(loss: torch.Tensor) -> str | None:
                   lambda m: ids.setdefault(m.group(0), str(len(ids))), src)
 
 
-def _adam_probe(run, loss_of, z, z_grad, loss0, objective, steps, lr) -> OptimResult:
+def _adam_probe(run, loss_of, z, z_grad, loss0, objective, steps, lr, red) -> OptimResult:
     """``steps`` Adam steps on a copy of z0, the first with the diagnosed gradient."""
     p = z.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([p], lr=lr, maximize=objective == "maximize")
@@ -333,7 +373,7 @@ def _adam_probe(run, loss_of, z, z_grad, loss0, objective, steps, lr) -> OptimRe
         if k == 0:
             changed, max_change = delta > 0, delta
         loss = loss_of(run(p))
-        losses.append(float(loss.detach()))
+        losses.append(red(float(loss.detach())))
         if k + 1 < steps:
             grad = (torch.autograd.grad(loss, [p], allow_unused=True)[0]
                     if loss.requires_grad else None)

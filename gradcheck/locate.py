@@ -151,6 +151,71 @@ class _Meta:
     made_at: tuple | None = None  # (op, path:line, step, probe index) where the value was made
 
 
+#: torch.distributed's collectives (not autograd-aware): which positional argument they write
+#: into, and which they read from (None: the same as written)
+COLLECTIVES = {
+    "all_reduce": (0, None), "broadcast": (0, None), "reduce": (0, None),
+    "all_gather": (0, 1), "all_gather_into_tensor": (0, 1), "gather": (1, 0),
+    "scatter": (0, 1), "reduce_scatter": (0, 1), "reduce_scatter_tensor": (0, 1),
+    "all_to_all": (0, 1), "all_to_all_single": (0, 1), "recv": (0, None), "irecv": (0, None),
+    "send": (None, 0), "isend": (None, 0),
+}
+
+
+class _Collectives:
+    """While the provenance pass runs, wraps torch.distributed's collectives: one applied to a
+    value that carries z0's gradient is a cut (autograd does not see it), named with the user's
+    file:line; what it writes inherits the cut (or the earlier one it carried)."""
+
+    def __init__(self, prov: Provenance) -> None:
+        self.prov = prov
+        self.saved: dict[str, Any] = {}
+
+    def __enter__(self) -> _Collectives:
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            return self
+        for name, (out_pos, in_pos) in COLLECTIVES.items():
+            fn = getattr(dist, name, None)
+            if fn is not None:
+                self.saved[name] = fn
+                setattr(dist, name, self._wrap(name, fn, out_pos, in_pos))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch.distributed as dist
+
+        for name, fn in self.saved.items():
+            setattr(dist, name, fn)
+
+    def _wrap(self, name: str, fn: Callable[..., Any], out_pos: int | None,
+              in_pos: int | None) -> Callable[..., Any]:
+        prov = self.prov
+
+        def tensors(x: Any) -> list[torch.Tensor]:
+            return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            pos = in_pos if in_pos is not None else out_pos
+            src = tensors(args[pos]) if pos is not None and len(args) > pos else []
+            dep = [t for t in src if (m := prov.get(t)) is not None and m.dep]
+            ev = None
+            if any(prov.gconn(t) for t in dep):
+                ev = prov._event("hard", "non_autograd_collective", f"torch.distributed.{name}",
+                                 detail="its result carries no gradient back to z0")
+            elif dep:  # already cut before: the result carries that cut on
+                ev = next((m.ev for t in dep if (m := prov.get(t)) and m.ev is not None), None)
+            res = fn(*args, **kwargs)
+            if dep and out_pos is not None and len(args) > out_pos:
+                for t in tensors(args[out_pos]):
+                    prov._set(t, _Meta(dep=True, gconn=False, rg=t.requires_grad, ev=ev))
+            return res
+
+        wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
+        return wrapped
+
+
 class Provenance(TorchFunctionMode):
     """Follows z0-dependence and gradient connection through every torch call (see module doc)."""
 
@@ -510,7 +575,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         tr.observer = prov.observe
         probe(z, "z0", kind="z0")
         try:
-            with run_ctx(), prov:
+            with run_ctx(), prov, _Collectives(prov):
                 out = sample_fn(z)
                 torch.set_grad_enabled(grad_mode)
                 if isinstance(out, torch.Tensor):

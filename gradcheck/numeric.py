@@ -37,7 +37,9 @@ def unit_direction(like: torch.Tensor, seed: int) -> torch.Tensor:
 
 def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
                       grad: torch.Tensor | None, *, seed: int = 0,
-                      working: torch.dtype | None = None) -> NumericResult:
+                      working: torch.dtype | None = None,
+                      reduce: Callable[[float], float] | None = None,
+                      direction_stream: int = 0) -> NumericResult:
     """Compare finite differences of ``loss_at`` along a seeded unit direction with ``grad``.
 
     Args:
@@ -47,14 +49,24 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
         seed: seeds the direction.
         working: the precision the sampler really computes in, if lower than z0's (a float32
             step inside a float64 run): its step sizes, tolerance and machine epsilon are used.
+        reduce: sums a float over processes when z0 is one shard of a distributed batch (the
+            direction is then a unit vector of the whole z0 and ``loss_at`` the global loss).
+        direction_stream: decorrelates the direction of each shard (its rank).
     """
     prec = working or z0.dtype
     hs, rtol = SETTINGS.get(prec, SETTINGS[torch.float32])
     eps_mach = torch.finfo(prec).eps
     z = z0.detach()
-    v = unit_direction(z, seed)
-    reverse = 0.0 if grad is None else float((grad.detach().to(torch.float64) * v.double()).sum())
-    scale = max(1.0, float(torch.linalg.vector_norm(z.double()) / max(1, z.numel()) ** 0.5))
+    red = reduce or (lambda x: x)
+    if reduce is None:
+        v = unit_direction(z, seed)
+    else:  # one shard of a global unit vector
+        g = torch.Generator().manual_seed(int(seed) * 1000003 + int(direction_stream))
+        v = torch.randn(z.shape, generator=g, dtype=torch.float64)
+        v = (v / red(float(v.square().sum())) ** 0.5).to(device=z.device, dtype=z.dtype)
+    reverse = red(0.0 if grad is None else
+                  float((grad.detach().to(torch.float64) * v.double()).sum()))
+    scale = max(1.0, (red(float(z.double().square().sum())) / red(float(z.numel()))) ** 0.5)
     sweep = []
     best = None
     for rel in hs:

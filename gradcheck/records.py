@@ -199,6 +199,8 @@ class Hygiene:
 
 #: Break causes the locator names, and how they read.
 CAUSES = {
+    "non_autograd_collective": "a torch.distributed collective, which autograd does not see "
+                               "(the autograd-aware ones are in torch.distributed.nn.functional)",
     "no_grad": "no_grad region",
     "inference_mode": "inference_mode region",
     "detach": ".detach()",
@@ -246,6 +248,7 @@ class BreakEvent:
     function: str | None = None
     detail: str | None = None
     via: str | None = None  # where the function at ``location`` was called from (a helper's caller)
+    rank: int | None = None  # the process it happened in (distributed runs)
 
     def where(self) -> str:
         """'step 2 (denoiser output -> state update)'."""
@@ -262,7 +265,8 @@ class BreakEvent:
         verb = {"bias": "is bypassed", "escape": "escapes", "randomness": "takes in fresh noise",
                 "zero": "becomes exactly zero", "nonfinite": "becomes non-finite"}.get(self.kind,
                                                                                    "breaks")
-        at = f" at {self.location}" if self.location else ""
+        at = (f" at {self.location}" if self.location else "") + \
+            (f" on rank {self.rank}" if self.rank is not None else "")
         cause = CAUSES.get(self.cause, self.cause)
         detail = f"; {self.detail}" if self.detail else ""
         return f"{verb} at {self.where()}, op {self.op}{at} (cause: {cause}{detail})"
@@ -356,6 +360,9 @@ class FlowReport:
     truncation: dict[str, Any] | None = None  # truncated backprop against full: what z0 gets
     sampler: str | None = None  # what was diagnosed, e.g. "k-diffusion sample_euler (unwrapped)"
     notes: list[str] = field(default_factory=list)  # advice from the sampler's adapter
+    world_size: int = 1  # processes that diagnosed one shard of z0 each (torch.distributed)
+    parallel: str | None = None  # the layout: ddp, fsdp, cp (or None: the user's own)
+    ranks: list[dict[str, Any]] | None = None  # per-rank detail (distributed runs)
     checks: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +17,7 @@ from . import __version__
 from .errors import ConfigError, GradcheckError
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
+_argv: list[str] = []  # the command line of this call (relaunched by --nproc)
 MODES = ("default", "learnable_step_noise", "fresh_noise", "independent_leaves")
 
 
@@ -93,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the numeric check is then exact to 1e-5), float32, bfloat16, "
                    "float16 (the numeric tolerance follows the dtype)")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    d = r.add_argument_group("distributed (torch.distributed)")
+    d.add_argument("--nproc", type=int, default=1, help="processes to launch with torchrun "
+                   "(gloo on CPU, nccl on GPUs); default 1")
+    d.add_argument("--parallel", default="ddp", help="with --nproc: ddp (z0's batch sharded, "
+                   "the denoiser in DistributedDataParallel; default), fsdp (batch sharded, "
+                   "denoiser sharded with fully_shard), cp (the latent split along its height, "
+                   "gathered with autograd-aware collectives for each denoiser call)")
+    d.add_argument("--dist-timeout", type=_float, default=120.0, help="seconds a collective "
+                   "may wait before a run whose rank died fails (default 120)")
 
     s = r.add_argument_group("sampler")
     s.add_argument("--solver", default="2ab", help="2ab (default), 2mid, 1euler")
@@ -202,6 +213,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         modes=parse_modes(args.mode), sampler=sampler, denoiser=args.denoiser, seed=args.seed,
         sampler_spec=args.sampler_spec, unwrap=args.unwrap,
+        nproc=int(os.environ["WORLD_SIZE"]) if args.nproc == 1 and "WORLD_SIZE" in os.environ
+        and "RANK" in os.environ else args.nproc,
+        parallel=args.parallel, dist_timeout=args.dist_timeout,
         dtype=args.dtype, device=args.device, batch=args.batch,
         shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
         numeric=not args.no_numeric, optim_steps=args.optim_steps, lr=args.lr,
@@ -209,7 +223,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     ).validate()
     if args.raw_graph_cap < 0:
         raise ConfigError(f"--raw-graph-cap must be >= 0, got {args.raw_graph_cap}")
-    out = check_writable(args.out)  # fail before the run, not after it
+    from . import distributed
+
+    if cfg.nproc > 1 and not distributed.launched():
+        check_writable(args.out)  # fail before launching, not after
+        return distributed.launch(_without_nproc(_argv), cfg.nproc)
+    rank = int(os.environ.get("RANK", "0")) if cfg.nproc > 1 else 0
+    out = check_writable(args.out) if rank == 0 else None  # rank 0 alone writes
+    if rank != 0:
+        run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_dot=False)
+        return distributed.report_status(EXIT_OK, distributed.context())
     if args.graph == "always" and not args.no_html:
         from .report.dot import GraphvizMissing, INSTALL_HINT, find_dot
 
@@ -228,9 +251,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
-        print(summary(record))
+        print(summary(record), flush=True)
         _print_rendered(path, rendered)
-    return EXIT_OK if record.passed else EXIT_FAILED
+    code = EXIT_OK if record.passed else EXIT_FAILED
+    return distributed.report_status(code, distributed.context()) if cfg.nproc > 1 else code
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` (torchrun's own parser would take ``--nproc`` for
+    an abbreviation of its ``--nproc-per-node``); the processes read WORLD_SIZE instead."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _print_rendered(json_path, rendered) -> None:
@@ -347,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_ERROR
+    global _argv
+    _argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return {"report": cmd_report, "optimize": cmd_optimize}.get(args.command, cmd_run)(args)
     except KeyboardInterrupt:
@@ -356,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__
+        if "RANK" in os.environ and "GRADCHECK_STATUS_FILE" in os.environ:
+            from .distributed import report_error
+
+            report_error(msg if isinstance(exc, GradcheckError) else f"{type(exc).__name__}: {msg}")
         if isinstance(exc, GradcheckError):
             sys.stderr.write(f"gradcheck: error: {msg}\n")
         else:

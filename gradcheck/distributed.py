@@ -106,9 +106,14 @@ def shard(t: torch.Tensor, dim: int, ctx: Context) -> torch.Tensor:
 
 def gather_along(t: torch.Tensor, dim: int) -> torch.Tensor:
     """The whole tensor from every rank's part, differentiably (autograd-aware all_gather)."""
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(t.contiguous()), dim=dim)
+    with warnings.catch_warnings():  # deprecated in favour of a private module in torch 2.13
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(t.contiguous())
+    return torch.cat(parts, dim=dim)
 
 
 class ContextParallel(torch.nn.Module):
@@ -143,7 +148,7 @@ def parallel_sampler(den: torch.nn.Module, config: Any, mode: str, seed: int, pa
 
         # DDP refuses a module with no trainable parameter; the weights never get gradients
         # here (only z0 and the step noises are differentiated)
-        net = DistributedDataParallel(den.requires_grad_(True), broadcast_buffers=False)
+        net = DistributedDataParallel(den.requires_grad_(True))
         dim = 0
     elif parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
@@ -273,3 +278,68 @@ def _merge_samples(per_rank: list, shape: list[int] | None, shard_dim: int) -> l
         parts = [torch.tensor(rows[b]).reshape(shape) for rows in per_rank]
         out.append(torch.cat(parts, dim=shard_dim - 1).reshape(-1).tolist())
     return out
+
+
+# -- launching: gradcheck run --nproc N ----------------------------------------------------------
+
+STATUS_ENV = "GRADCHECK_STATUS_FILE"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run ``gradcheck <argv>`` in ``nproc`` processes with PyTorch's launcher
+    (``torch.distributed.run``) and return the run's exit code: rank 0's verdict (0 or 2), or 1
+    with one line naming the rank that failed and why."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from .errors import GradcheckError
+
+    with tempfile.TemporaryDirectory(prefix="gradcheck-launch-") as tmp:
+        status = Path(tmp) / "status"
+        env = dict(os.environ, **{STATUS_ENV: str(status)})
+        env.setdefault("OMP_NUM_THREADS", "1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "--max_restarts", "0", "-m", "gradcheck", *argv]
+        proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        errors = sorted(Path(tmp).glob("status.rank*.err"))
+        if errors:
+            raise GradcheckError(errors[0].read_text().strip())
+        if proc.returncode != 0 or not status.exists():
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            why = next((ln.strip() for ln in reversed(lines) if "Error" in ln), None) or \
+                (lines[-1].strip() if lines else "no output")
+            raise GradcheckError(f"the {nproc} processes failed (torchrun exit code "
+                                 f"{proc.returncode}): {why}")
+        return int(status.read_text())
+
+
+def report_status(code: int, ctx: Context | None) -> int:
+    """In a launched process: rank 0 hands its exit code to the launcher; every rank exits 0
+    (torchrun counts any other code as a crash). Outside our launcher the code is returned."""
+    path = os.environ.get(STATUS_ENV)
+    if not path:
+        return code
+    if ctx is None or ctx.rank == 0:
+        with open(path, "w") as f:
+            f.write(str(code))
+    return 0
+
+
+def report_error(message: str) -> None:
+    """In a launched process: leave this rank's one-line error for the launcher."""
+    path = os.environ.get(STATUS_ENV)
+    if path:
+        rank = os.environ.get("RANK", "?")
+        with open(f"{path}.rank{rank}.err", "w") as f:
+            f.write(f"rank {rank}: {message}")

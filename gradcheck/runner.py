@@ -30,6 +30,9 @@ class RunConfig:
     modes: list[str] = field(default_factory=lambda: list(BOTH))
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=4))
     denoiser: str = "digits"
+    nproc: int = 1  # processes (torch.distributed); > 1 needs parallel
+    parallel: str = "ddp"  # ddp, fsdp or cp (with nproc > 1)
+    dist_timeout: float = 120.0  # seconds any collective may wait (a dead rank fails, not hangs)
     sampler_spec: str | None = None  # package.module:fn, a sampler of the user's own
     unwrap: bool = False  # run inspect.unwrap of a @torch.no_grad()-decorated sampler
     seed: int = 0
@@ -73,6 +76,22 @@ class RunConfig:
         if self.sampler_spec and (self.sampler.truncate is not None or self.sampler.checkpoint):
             raise ConfigError("--truncate and --checkpoint apply to the built-in sampler, not to "
                               f"--sampler {self.sampler_spec}")
+        if self.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {self.nproc!r}")
+        if self.nproc > 1:
+            from .distributed import PARALLEL
+
+            if self.parallel not in PARALLEL:
+                raise ConfigError(f"unknown --parallel {self.parallel!r}; choose one of "
+                                  f"{', '.join(PARALLEL)}")
+            if self.sampler_spec or self.sampler.truncate is not None or self.sampler.checkpoint:
+                raise ConfigError("--nproc runs the built-in sampler without --sampler, "
+                                  "--truncate or --checkpoint")
+            if self.z0_path is None and self.batch % self.nproc and self.parallel != "cp":
+                raise ConfigError(f"--batch {self.batch} does not split over --nproc "
+                                  f"{self.nproc} processes")
+            if not (self.dist_timeout > 0):
+                raise ConfigError(f"--dist-timeout must be > 0, got {self.dist_timeout!r}")
         if self.unwrap and not self.sampler_spec:
             raise ConfigError("--unwrap applies to --sampler (the built-in sampler is not "
                               "decorated)")
@@ -257,7 +276,25 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
     modes = {}
     run_modes = user_modes(cfg) if cfg.sampler_spec else cfg.modes
     description = None
+    ctx = None
+    if cfg.nproc > 1:
+        from . import distributed
+
+        ctx = distributed.init_from_env(cfg.dist_timeout)
+        if ctx.world != cfg.nproc:
+            raise ConfigError(f"--nproc {cfg.nproc} but the process group has {ctx.world}")
     for mode in run_modes:
+        if ctx is not None:
+            # a fresh denoiser per mode: DDP and fully_shard take the module over
+            den_m, _ = load_denoiser(cfg.denoiser, seed=cfg.seed, dtype=dtype, device=device)
+            sampler = distributed.parallel_sampler(den_m, cfg.sampler, mode, cfg.seed,
+                                                   cfg.parallel, ctx)
+            modes[mode] = diagnose(
+                sampler, distributed.shard(z0, sampler.shard_dim, ctx), mode=mode,
+                seed=cfg.seed, numeric=cfg.numeric, optim_steps=cfg.optim_steps, lr=cfg.lr,
+                raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot, locate=cfg.locate,
+                vanishing_rel=cfg.vanishing_rel, exploding_ratio=cfg.exploding_ratio)
+            continue
         if cfg.sampler_spec:
             sampler = user_sampler(cfg, den, mode, dtype)
             description = sampler.description
@@ -275,6 +312,8 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
     config["z0_shape"] = list(z0.shape)
     config["sigmas"] = cfg.sampler.sigmas().tolist()
     config["s_churn_by_mode"] = {m: cfg.sampler.churn_for(m) for m in cfg.modes}
+    if ctx is not None:
+        config["rank"] = ctx.rank
     if cfg.sampler_spec:
         config["sampler_description"] = description
         config["modes"] = run_modes

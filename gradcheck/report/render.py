@@ -109,8 +109,10 @@ def run_title(cfg: dict[str, Any]) -> str:
             head = f"{cfg['test']}: {head}"
         return f"{head}, {z}" + (f", seed {cfg['seed']}" if "seed" in cfg else "")
     s = cfg.get("sampler", {})
+    procs = f", {cfg['nproc']} processes ({cfg.get('parallel')})" \
+        if (cfg.get("nproc") or 1) > 1 else ""
     return (f"RES {s.get('solver')}, {s.get('steps')} steps, denoiser {cfg.get('denoiser')}, "
-            f"{z}, seed {cfg.get('seed')}")
+            f"{z}, seed {cfg.get('seed')}{procs}")
 
 
 def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = "auto",
@@ -179,7 +181,9 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
 
         modes.append({
             "name": name, "passed": r.passed, "locator": r.locator, "truncation": r.truncation,
-            "notes": r.notes, "sampler": r.sampler,
+            "notes": r.notes, "sampler": r.sampler, "ranks": r.ranks,
+            "ranks_differ": bool(r.ranks) and len({(x["passed"], x["z0_status"],
+                                                    tuple(x["failed"])) for x in r.ranks}) > 1,
             "located": r.locator.primary.describe() if r.locator and r.locator.primary else None, "n_ok": sum(f.passed for f in errors),
             "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
             "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,

@@ -73,6 +73,23 @@ def locator_lines(r: FlowReport) -> list[str]:
 _TAGS = {"info": "info", "warning": "WARN"}
 
 
+def rank_lines(r: FlowReport) -> list[str]:
+    """Per-rank detail of a distributed run: one line per rank where the ranks differ."""
+    if not r.ranks:
+        return []
+    keys = [(x["passed"], x["z0_status"], tuple(x["failed"])) for x in r.ranks]
+    if len(set(keys)) == 1:
+        return [f"  ranks: {len(r.ranks)} processes ({r.parallel or 'user layout'}), alike: "
+                f"z0 shard {r.ranks[0]['z0_status']} on every rank"]
+    out = [f"  ranks: {len(r.ranks)} processes ({r.parallel or 'user layout'}) differ:"]
+    for x in r.ranks:
+        g = fmt(x["z0_norm"]) if x["z0_norm"] is not None else "none"
+        out.append(f"    rank {x['rank']}: {'PASS' if x['passed'] else 'FAIL'}, |dL/dz0 shard| {g}"
+                   + (f", failed {', '.join(x['failed'])}" if x["failed"] else "")
+                   + (f"; located: {x['located']}" if x.get("located") else ""))
+    return out
+
+
 def mode_summary(r: FlowReport) -> list[str]:
     errors = [f for f in r.checks if f.level == "error"]
     n_ok = sum(f.passed for f in errors)
@@ -84,6 +101,7 @@ def mode_summary(r: FlowReport) -> list[str]:
         tag = _TAGS.get(f.level) or ("PASS" if f.passed else "FAIL")
         lines.append(f"  {tag:4}  {f.name:<{width}}  {f.message}")
     lines += [f"  note: {n}" for n in r.notes]
+    lines += rank_lines(r)
     lines += locator_lines(r)
     if r.truncation:
         lines.append(f"  truncation: {r.truncation['effect']}")
@@ -105,6 +123,8 @@ def summary(rec: RunRecord) -> str:
                 f"{s.get('steps')} steps, sigma {s.get('sigma_max')} -> {s.get('sigma_min')}, "
                 f"denoiser {c.get('denoiser')}, z0 {c.get('z0_shape')} {c.get('dtype')} on "
                 f"{c.get('device')}, seed {c.get('seed')}")
+        if (c.get("nproc") or 1) > 1:
+            head += f", {c['nproc']} processes ({c.get('parallel')})"
     lines = [head, ""]
     for r in rec.modes.values():
         lines += mode_summary(r) + [""]

@@ -1,0 +1,80 @@
+"""Run under torchrun by tests/test_distributed.py: gradcheck.diagnose from a user's own torchrun
+script. Rank 0 writes what it found as JSON to argv[1]."""
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+import gradcheck
+from gradcheck import distributed as D
+from gradcheck.sampling import ResSampler, SamplerConfig, build_denoiser
+
+ctx = D.init_from_env(60)
+cfg = SamplerConfig(steps=3)
+g = torch.Generator().manual_seed(0)
+Z = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=g)
+T = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=g)
+found = {"layouts": {}, "faults": {}}
+
+for layout in ("ddp", "fsdp", "cp"):
+    for mode in ("default", "learnable_step_noise"):
+        smp = D.parallel_sampler(build_denoiser("digits", dtype=torch.float64), cfg, mode, 0,
+                                 layout, ctx)
+        dim = smp.shard_dim
+        rep = gradcheck.diagnose(smp, D.shard(Z, dim, ctx), target=D.shard(T, dim, ctx),
+                                 optim_steps=1)
+        # the single-process gradient of the same global batch and loss
+        z = Z.clone().requires_grad_(True)
+        ref = ResSampler(build_denoiser("digits", dtype=torch.float64), cfg, mode=mode)
+        (gz,) = torch.autograd.grad(torch.nn.functional.mse_loss(ref(z), T), [z])
+        mine = D.shard(gz, dim, ctx)
+        err = float((rep.handles["z0_grad"] - mine).norm() / mine.norm())
+        errs = ctx.gather(err)
+        if ctx.rank == 0:
+            found["layouts"][f"{layout}/{mode}"] = {
+                "passed": rep.passed, "failed": [f.name for f in rep.failed], "rel_errors": errs,
+                "world_size": rep.world_size, "ranks": rep.ranks, "parallel": rep.parallel,
+                "z0_shape": rep.probe("z0").shape}
+
+den = build_denoiser("digits", dtype=torch.float64)
+
+
+class PlainAllGatherCP(torch.nn.Module):
+    def forward(self, x, s):
+        parts = [torch.empty_like(x) for _ in range(ctx.world)]
+        dist.all_gather(parts, x)  # not autograd-aware: the bug
+        return den(torch.cat(parts, dim=2), s).chunk(ctx.world, 2)[ctx.rank]
+
+
+class DetachThenBroadcast(torch.nn.Module):
+    def forward(self, x, s):
+        t = x.detach().clone()  # detached to broadcast it: the bug
+        dist.broadcast(t, src=0)
+        return den(t, s)
+
+
+class ExcludeRankOne(torch.nn.Module):
+    def forward(self, x, s):
+        out = den(x, s)
+        return out.detach() if ctx.rank == 1 else out  # rank 1's shard left out: the bug
+
+
+for name, net, dim in (("all_gather", PlainAllGatherCP(), 2),
+                       ("broadcast", DetachThenBroadcast(), 0),
+                       ("exclude", ExcludeRankOne(), 0)):
+    rep = gradcheck.diagnose(ResSampler(net, cfg), D.shard(Z, dim, ctx), mode="default",
+                             optim_steps=0)
+    if ctx.rank == 0:
+        p = rep.locator.primary
+        found["faults"][name] = {
+            "passed": rep.passed, "failed": [f.name for f in rep.failed],
+            "cause": p.cause if p else None, "op": p.op if p else None,
+            "location": p.location if p else None, "rank": p.rank if p else None,
+            "every_rank": rep.check("grad_reaches_every_rank").message,
+            "ranks": rep.ranks}
+
+if ctx.rank == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(found, f)
+dist.destroy_process_group()

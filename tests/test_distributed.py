@@ -1,0 +1,111 @@
+"""torch.distributed on CPU: gloo, 2 processes on this machine, launched with torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo on one machine")
+
+
+def _line(needle: str) -> int:
+    """The line of dist_script.py holding ``needle`` (what the locator must point at)."""
+    lines = (HERE / "dist_script.py").read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if needle in text)
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+                PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
+
+
+@pytest.fixture(scope="module")
+def found(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "found.json"
+    from gradcheck.distributed import _free_port
+
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max_restarts", "0",
+         str(HERE / "dist_script.py"), str(out)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("layout", ["ddp", "fsdp", "cp"])
+@pytest.mark.parametrize("mode", ["default", "learnable_step_noise"])
+def test_layouts_pass_and_match_the_single_process_gradient(found, layout, mode):
+    r = found["layouts"][f"{layout}/{mode}"]
+    assert r["passed"], r["failed"]
+    assert r["world_size"] == 2 and r["parallel"] == layout and len(r["ranks"]) == 2
+    assert max(r["rel_errors"]) <= 1e-6, r["rel_errors"]
+    assert r["z0_shape"] == [4, 1, 8, 8]  # the merged probe has the global shape
+
+
+def test_plain_all_gather_is_named_with_its_line(found):
+    f = found["faults"]["all_gather"]
+    assert not f["passed"] and "grad_reaches_z0" in f["failed"]
+    assert f["cause"] == "non_autograd_collective"
+    assert f["op"] == "torch.distributed.all_gather"
+    assert f["location"].endswith(f"dist_script.py:{_line('dist.all_gather(parts, x)')}")
+
+
+def test_detach_before_broadcast_is_named(found):
+    f = found["faults"]["broadcast"]
+    assert not f["passed"] and f["cause"] == "detach"
+    assert f["location"].endswith(f"dist_script.py:{_line('t = x.detach().clone()')}")
+
+
+def test_a_rank_whose_shard_is_excluded_fails_the_per_rank_check(found):
+    f = found["faults"]["exclude"]
+    assert not f["passed"] and "grad_reaches_every_rank" in f["failed"]
+    assert "rank 1's shard of z0 receives no gradient" in f["every_rank"]
+    assert f["rank"] == 1 and f["cause"] == "detach"
+    assert [x["z0_status"] for x in f["ranks"]] == ["ok", "unreached"]
+
+
+def _gradcheck(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gradcheck", *argv], cwd=HERE, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_nproc_writes_one_report_from_rank_0(tmp_path):
+    out = tmp_path / "r"
+    res = _gradcheck("run", "--nproc", "2", "--parallel", "ddp", "--out", str(out),
+                     "--graph", "never", "--optim-steps", "1", "--batch", "4")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("verdict: all checks pass") == 1  # rank 0 alone speaks
+    assert "2 processes (ddp)" in res.stdout and "grad_reaches_every_rank" in res.stdout
+    data = json.loads((out / "report.json").read_text())
+    for rep in data["modes"].values():
+        assert rep["world_size"] == 2 and len(rep["ranks"]) == 2
+        z = next(p for p in rep["probes"] if p["kind"] == "z0")
+        assert z["shape"] == [4, 1, 8, 8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert "2 processes (ddp)" in (out / "index.html").read_text()
+
+
+def test_cli_failing_rank_exits_1_with_one_line_not_a_hang(tmp_path):
+    res = _gradcheck("run", "--nproc", "2", "--denoiser", "dist_models:fails_on_rank_one",
+                     "--out", str(tmp_path / "r"), "--dist-timeout", "30", timeout=240)
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "rank 1:" in err[0] and "weights missing on this node" in err[0]
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--nproc", "2", "--parallel", "tp"], "unknown --parallel 'tp'"),
+    (["--nproc", "2", "--batch", "3"], "--batch 3 does not split over --nproc 2"),
+    (["--nproc", "0"], "--nproc must be >= 1"),
+])
+def test_cli_bad_distributed_options(argv, needle, tmp_path):
+    res = _gradcheck("run", *argv, "--out", str(tmp_path / "r"))
+    assert res.returncode == 1 and needle in res.stderr and len(res.stderr.splitlines()) == 1

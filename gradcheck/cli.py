@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--seed", type=int, default=0)
     op.add_argument("--dtype", default="float32")
     op.add_argument("--device", default="cpu")
+    op.add_argument("--nproc", type=int, default=1, help="processes (torchrun), as for run")
+    op.add_argument("--parallel", default="ddp", help="ddp (default), fsdp, cp, as for run")
+    op.add_argument("--dist-timeout", type=_float, default=120.0)
     _memory_args(op, truncate=False)
     op.add_argument("--out", default="gradcheck-optimize")
     op.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -213,8 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         modes=parse_modes(args.mode), sampler=sampler, denoiser=args.denoiser, seed=args.seed,
         sampler_spec=args.sampler_spec, unwrap=args.unwrap,
-        nproc=int(os.environ["WORLD_SIZE"]) if args.nproc == 1 and "WORLD_SIZE" in os.environ
-        and "RANK" in os.environ else args.nproc,
+        nproc=_nproc(args),
         parallel=args.parallel, dist_timeout=args.dist_timeout,
         dtype=args.dtype, device=args.device, batch=args.batch,
         shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
@@ -257,6 +259,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return distributed.report_status(code, distributed.context()) if cfg.nproc > 1 else code
 
 
+def _nproc(args: argparse.Namespace) -> int:
+    """--nproc, or in a process torchrun started, its WORLD_SIZE (the launcher drops --nproc)."""
+    if args.nproc == 1 and "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return args.nproc
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     """The command line minus ``--nproc N`` (torchrun's own parser would take ``--nproc`` for
     an abbreviation of its ``--nproc-per-node``); the processes read WORLD_SIZE instead."""
@@ -289,14 +298,31 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from .runner import DTYPES, environment, load_denoiser, resolve_device
     from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig, check_mode
 
+    from . import distributed
+
     mode = check_mode(args.mode)
     if args.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     if args.batch < 1:
         raise ConfigError(f"batch must be >= 1, got {args.batch}")
+    nproc = _nproc(args)
+    if nproc > 1:
+        if args.parallel not in distributed.PARALLEL:
+            raise ConfigError(f"unknown --parallel {args.parallel!r}; choose one of "
+                              f"{', '.join(distributed.PARALLEL)}")
+        if args.batch % nproc and args.parallel != "cp":
+            raise ConfigError(f"--batch {args.batch} does not split over --nproc {nproc} "
+                              f"processes")
+        if args.checkpoint:
+            raise ConfigError("--nproc runs without --checkpoint")
     cfg = SamplerConfig(solver=args.solver, steps=args.steps, checkpoint=args.checkpoint).validate()
     dtype, device = DTYPES[args.dtype], resolve_device(args.device)
-    out = check_writable(args.out)
+    if nproc > 1 and not distributed.launched():
+        check_writable(args.out)  # fail before launching, not after
+        return distributed.launch(_without_nproc(_argv), nproc)
+    ctx = distributed.init_from_env(args.dist_timeout) if nproc > 1 else None
+    rank = ctx.rank if ctx is not None else 0
+    out = check_writable(args.out) if rank == 0 else None  # rank 0 alone writes
     den, shape = load_denoiser(args.denoiser, seed=args.seed, dtype=dtype, device=device)
     shape = shape or BUILTIN_SHAPES["digits"]
     clf = None
@@ -306,16 +332,41 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         clf = load_classifier(dtype=dtype, device=device)
     g = torch.Generator().manual_seed(args.seed)
     z0 = torch.randn((args.batch, *shape), generator=g, dtype=torch.float64).to(device, dtype)
-    sampler = ResSampler(den, cfg, mode=mode, seed=args.seed)
-    objective, start = parse_objective(args.objective, sampler=sampler, z0=z0, classifier=clf,
-                                       perturb=args.perturb, seed=args.seed)
+    sharding = None
+    if ctx is None:
+        sampler = ResSampler(den, cfg, mode=mode, seed=args.seed)
+        objective, start = parse_objective(args.objective, sampler=sampler, z0=z0,
+                                           classifier=clf, perturb=args.perturb, seed=args.seed)
+        full_out = sampler
+    else:
+        # every rank optimises its shard; the objective and the step are the global ones
+        sampler = distributed.parallel_sampler(den, cfg, mode, args.seed, args.parallel, ctx)
+        sharding = distributed.Sharding(ctx, sampler.shard_dim)
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(args.seed + 7919),
+                            dtype=torch.float64).to(z0)
+        objective, start = parse_objective(
+            args.objective, sampler=lambda z: sharding.full(sampler(z)),
+            z0=distributed.shard(z0, sampler.shard_dim, ctx), classifier=clf,
+            perturb=args.perturb, seed=args.seed,
+            start_noise=distributed.shard(noise, sampler.shard_dim, ctx),
+            like=z0 if sharding.replicated else None)
+
+        def full_out(z):
+            out_ = sharding.full(sampler(z))
+            if sharding.replicated:
+                return out_
+            parts = ctx.gather(out_.detach().cpu())  # rank 0: the whole batch
+            return torch.cat(parts) if parts is not None else out_
     with torch.no_grad():
-        before = sampler(start)
+        before = full_out(start)
     res, z_final = run_optimize(sampler, start, objective, iters=args.iters, lr=args.lr,
                                 clip=args.clip, norm_reg=args.norm_reg,
-                                chi_weight=args.chi_weight, progress=not args.no_progress)
+                                chi_weight=args.chi_weight,
+                                progress=not args.no_progress and rank == 0, sharding=sharding)
     with torch.no_grad():
-        after = sampler(z_final)
+        after = full_out(z_final)
+    if rank != 0:
+        return distributed.report_status(EXIT_OK, ctx)
 
     def labels(x):
         if clf is None:
@@ -361,8 +412,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for c in res.checks:
         print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
     print(f"record: {path}")
-    print(f"report: {rendered.index}")
-    return EXIT_OK if res.passed else EXIT_FAILED
+    print(f"report: {rendered.index}", flush=True)
+    code = EXIT_OK if res.passed else EXIT_FAILED
+    return distributed.report_status(code, ctx) if ctx is not None else code
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -343,3 +343,49 @@ def report_error(message: str) -> None:
         rank = os.environ.get("RANK", "?")
         with open(f"{path}.rank{rank}.err", "w") as f:
             f.write(f"rank {rank}: {message}")
+
+
+class Sharding:
+    """How an optimisation over a sharded z0 forms global quantities (``gradcheck optimize
+    --nproc``). Batch sharding (ddp, fsdp: ``dim`` 0): each rank's objective is the mean over its
+    shard, the global one the mean over ranks. Latent sharding (cp: ``dim`` 2): the output is
+    gathered (autograd-aware) and the objective computed on the whole image on every rank;
+    its gradient then arrives once from every rank, so each rank's part is scaled by 1/world."""
+
+    def __init__(self, ctx: Context, dim: int) -> None:
+        self.ctx = ctx
+        self.dim = dim
+
+    @property
+    def replicated(self) -> bool:
+        return self.dim != 0
+
+    def full(self, t: torch.Tensor) -> torch.Tensor:
+        return gather_along(t, self.dim) if self.replicated else t
+
+    def part(self, loss: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a per-rank objective (the global one is the sum of shares)."""
+        return loss / self.ctx.world
+
+    def value(self, v: float) -> float:
+        """The global value of an objective computed per rank (as a mean)."""
+        return v if self.replicated else self.ctx.sum(v) / self.ctx.world
+
+    def sum(self, v: float) -> float:
+        return self.ctx.sum(v)
+
+    def sample_norms(self, z: torch.Tensor) -> torch.Tensor:
+        """Each sample's norm over the whole latent: [local batch]."""
+        sq = z.detach().reshape(z.shape[0], -1).double().square().sum(dim=1)
+        if self.replicated:
+            dist.all_reduce(sq)
+        return sq.sqrt().to(z.dtype)
+
+    def mean_norm(self, z: torch.Tensor) -> float:
+        n = self.sample_norms(z)
+        if self.replicated:
+            return float(n.mean())
+        return self.ctx.sum(float(n.sum())) / self.ctx.sum(float(n.numel()))
+
+    def all(self, flag: bool) -> bool:
+        return not self.ctx.any(not flag)

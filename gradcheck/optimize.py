@@ -31,15 +31,21 @@ class Objective:
 
 
 def parse_objective(spec: str, *, sampler, z0: torch.Tensor, classifier=None,
-                    perturb: float = 1e-2, seed: int = 0) -> tuple[Objective, torch.Tensor]:
+                    perturb: float = 1e-2, seed: int = 0,
+                    start_noise: torch.Tensor | None = None,
+                    like: torch.Tensor | None = None) -> tuple[Objective, torch.Tensor]:
     """``diverge`` | ``class:K`` | ``target:PATH``. Returns the objective and the starting z0
     (``diverge`` starts from a seeded perturbation of z0: at z0 itself the output equals the
-    baseline and the gradient is exactly zero)."""
+    baseline and the gradient is exactly zero). ``start_noise`` replaces that seeded draw (a
+    shard of the global one), ``like`` the shape a target image is broadcast to (the whole
+    latent, where z0 is a slice of it)."""
     if spec == "diverge":
         with torch.no_grad():
             baseline = sampler(z0).detach()
-        g = torch.Generator().manual_seed(seed + 7919)
-        start = z0 + perturb * torch.randn(z0.shape, generator=g, dtype=torch.float64).to(z0)
+        if start_noise is None:
+            g = torch.Generator().manual_seed(seed + 7919)
+            start_noise = torch.randn(z0.shape, generator=g, dtype=torch.float64).to(z0)
+        start = z0 + perturb * start_noise
 
         def mse(out):
             return torch.nn.functional.mse_loss(out, baseline.to(out.dtype))
@@ -67,7 +73,7 @@ def parse_objective(spec: str, *, sampler, z0: torch.Tensor, classifier=None,
                          {"class": k}), z0.clone()
     if spec.startswith("target:"):
         path = spec.split(":", 1)[1]
-        target = load_image(path, like=z0)
+        target = load_image(path, like=z0 if like is None else like)
 
         def dist(out):
             return torch.nn.functional.mse_loss(out, target.to(out.dtype))
@@ -140,10 +146,15 @@ class OptimizeResult:
 
 def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int = 50,
                  lr: float = 0.05, clip: float | None = None, norm_reg: str = "none",
-                 chi_weight: float = 1.0, progress: bool = False) -> tuple[OptimizeResult, torch.Tensor]:
+                 chi_weight: float = 1.0, progress: bool = False,
+                 sharding: Any = None) -> tuple[OptimizeResult, torch.Tensor]:
     """Adam on z0 (and on the step-noise leaves in ``independent_leaves``; in
     ``learnable_step_noise`` the step noises are functions of z0, so optimising z0 optimises
-    them). Returns the result and the final z0."""
+    them). Returns the result and the final z0.
+
+    ``sharding`` (a :class:`gradcheck.distributed.Sharding`): z0 is this rank's shard; the
+    objective, the clipping norm, the chi term and the reported numbers are global, so every rank
+    takes the step the single-process optimisation of the whole z0 would take."""
     if norm_reg not in NORM_REGS:
         raise ConfigError(f"unknown norm regulariser {norm_reg!r}; choose one of {', '.join(NORM_REGS)}")
     if iters < 1:
@@ -153,8 +164,14 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
     if clip is not None and not clip > 0:
         raise ConfigError(f"clip must be > 0, got {clip}")
     z = z0.detach().clone().requires_grad_(True)
-    d = z[0].numel()
-    norm0 = z.detach().reshape(z.shape[0], -1).norm(dim=1)  # [B]
+    sh = sharding
+    d = z[0].numel() if sh is None or not sh.replicated else int(sh.sum(float(z[0].numel())))
+
+    def sample_norms(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().reshape(t.shape[0], -1).norm(dim=1) if sh is None else \
+            sh.sample_norms(t)
+
+    norm0 = sample_norms(z)  # [B]
     with torch.no_grad():  # create any step-noise leaves before building the optimiser
         sampler(z.detach())
     params = [z] + [leaf for leaf in getattr(sampler, "leaves", [])]
@@ -169,22 +186,41 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
     t0 = time.perf_counter()
     for k in it:
         out = sampler(z)
-        value = objective.value(out)
-        loss = objective.loss(out)
-        total = loss + chi_weight * chi_nll(z) if norm_reg == "chi" else loss
-        values.append(float(value.detach()))
-        losses.append(float(loss.detach()))
-        znorms.append(float(z.detach().reshape(z.shape[0], -1).norm(dim=1).mean()))
+        if sh is None:
+            value, loss = objective.value(out), objective.loss(out)
+            total = loss + chi_weight * chi_nll(z) if norm_reg == "chi" else loss
+            values.append(float(value.detach()))
+            losses.append(float(loss.detach()))
+            znorms.append(float(sample_norms(z).mean()))
+        else:
+            full = sh.full(out)
+            value, loss = objective.value(full), objective.loss(full)
+            total = sh.part(loss)
+            if norm_reg == "chi":
+                chi = chi_nll(sh.full(z))
+                total = total + chi_weight * (sh.part(chi) if sh.replicated else chi)
+            values.append(sh.value(float(value.detach())))
+            losses.append(sh.value(float(loss.detach())))
+            znorms.append(sh.mean_norm(z))
         if k == iters:
             break
         opt.zero_grad(set_to_none=True)
         total.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
-        gnorms.append(float(gn))
+        if sh is None:
+            gn = float(torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf")))
+        else:  # the global gradient norm, and the same clipping factor on every rank
+            local = sum(float(p.grad.double().square().sum()) for p in params
+                        if p.grad is not None)
+            gn = sh.sum(local) ** 0.5
+            if clip and gn > clip:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.mul_(clip / (gn + 1e-6))
+        gnorms.append(gn)
         opt.step()
         if norm_reg == "renorm":
             with torch.no_grad():
-                n = z.reshape(z.shape[0], -1).norm(dim=1)
+                n = sample_norms(z)
                 z.mul_((norm0 / n).reshape(-1, *([1] * (z.ndim - 1))))
         if bar is not None:
             bar.update(1)
@@ -193,6 +229,8 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
         bar.close()
     seconds = time.perf_counter() - t0
     finite = bool(torch.isfinite(z).all())
+    if sh is not None:
+        finite = sh.all(finite)
     res = OptimizeResult(
         objective=objective.name, description=objective.description,
         direction=objective.direction, iters=iters, lr=lr, clip=clip, norm_reg=norm_reg,

@@ -109,3 +109,25 @@ def test_cli_failing_rank_exits_1_with_one_line_not_a_hang(tmp_path):
 def test_cli_bad_distributed_options(argv, needle, tmp_path):
     res = _gradcheck("run", *argv, "--out", str(tmp_path / "r"))
     assert res.returncode == 1 and needle in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("layout, extra", [
+    ("ddp", ["--objective", "diverge", "--norm-reg", "chi", "--clip", "0.5",
+             "--mode", "learnable_step_noise"]),
+    ("cp", ["--objective", "class:3", "--norm-reg", "renorm"]),
+])
+def test_optimize_nproc_takes_the_single_process_steps(layout, extra, tmp_path):
+    common = ["--iters", "3", "--batch", "4", "--dtype", "float64", "--no-progress", *extra]
+    one = _gradcheck("optimize", *common, "--out", str(tmp_path / "one"))
+    two = _gradcheck("optimize", "--nproc", "2", "--parallel", layout, *common,
+                     "--out", str(tmp_path / "two"))
+    assert one.returncode == 0 and two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert two.stdout.count("record: ") == 1
+    a = json.loads((tmp_path / "two" / "optimize.json").read_text())
+    b = json.loads((tmp_path / "one" / "optimize.json").read_text())
+    for key in ("values", "grad_norms", "z_norms"):
+        for x, y in zip(a["result"][key], b["result"][key]):
+            assert abs(x - y) <= 1e-6 * max(abs(y), 1e-12), (key, x, y)
+    assert a["samples_after"] == b["samples_after"] or all(
+        abs(u - v) < 1e-6 for ra, rb in zip(a["samples_after"], b["samples_after"])
+        for u, v in zip(ra, rb))

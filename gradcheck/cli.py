@@ -320,7 +320,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if nproc > 1 and not distributed.launched():
         check_writable(args.out)  # fail before launching, not after
         return distributed.launch(_without_nproc(_argv), nproc)
-    ctx = distributed.init_from_env(args.dist_timeout) if nproc > 1 else None
+    ctx = distributed.init_from_env(args.dist_timeout, device) if nproc > 1 else None
     rank = ctx.rank if ctx is not None else 0
     out = check_writable(args.out) if rank == 0 else None  # rank 0 alone writes
     den, shape = load_denoiser(args.denoiser, seed=args.seed, dtype=dtype, device=device)

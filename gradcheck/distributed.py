@@ -79,15 +79,15 @@ def launched() -> bool:
         int(os.environ["WORLD_SIZE"]) > 1
 
 
-def init_from_env(timeout_s: float = 120.0) -> Context:
-    """Initialise the default process group from torchrun's environment: ``nccl`` where CUDA is
-    available, else ``gloo``; ``timeout_s`` bounds every collective, so a rank that died makes
-    the others fail instead of hang."""
+def init_from_env(timeout_s: float = 120.0, device: str | torch.device = "cpu") -> Context:
+    """Initialise the default process group from torchrun's environment: ``nccl`` for a CUDA
+    ``device`` (each rank on its ``LOCAL_RANK`` GPU), ``gloo`` for the CPU; ``timeout_s`` bounds
+    every collective, so a rank that died makes the others fail instead of hang."""
+    cuda = torch.device(device).type == "cuda"
     if not dist.is_initialized():
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     ctx = context()
     if ctx is None:
         raise ConfigError("a distributed run needs WORLD_SIZE > 1")

@@ -260,6 +260,13 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
     """
     cfg.validate()
     dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+    ctx = None
+    if cfg.nproc > 1:  # first: it picks this rank's GPU before anything is put on one
+        from . import distributed
+
+        ctx = distributed.init_from_env(cfg.dist_timeout, device)
+        if ctx.world != cfg.nproc:
+            raise ConfigError(f"--nproc {cfg.nproc} but the process group has {ctx.world}")
     den, default_shape = load_denoiser(cfg.denoiser, seed=cfg.seed, dtype=dtype, device=device)
     if cfg.z0_path:
         z0 = load_z0(cfg.z0_path, dtype=dtype, device=device)
@@ -276,13 +283,6 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
     modes = {}
     run_modes = user_modes(cfg) if cfg.sampler_spec else cfg.modes
     description = None
-    ctx = None
-    if cfg.nproc > 1:
-        from . import distributed
-
-        ctx = distributed.init_from_env(cfg.dist_timeout)
-        if ctx.world != cfg.nproc:
-            raise ConfigError(f"--nproc {cfg.nproc} but the process group has {ctx.world}")
     for mode in run_modes:
         if ctx is not None:
             # a fresh denoiser per mode: DDP and fully_shard take the module over

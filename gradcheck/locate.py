@@ -600,6 +600,10 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     # 1. the loss itself does not carry gradient to z0: its own cut
     if out_meta is not None and out_meta.dep and not prov.gconn(loss) and out_meta.ev is not None:
         primary = out_meta.ev
+        # the same cut repeated in every step (a detach or collective in each denoiser call):
+        # name its first occurrence, where the gradient first stops
+        primary = next((e for e in prov.events if (e.kind, e.cause, e.op, e.location) ==
+                        (primary.kind, primary.cause, primary.op, primary.location)), primary)
     elif isinstance(loss, torch.Tensor) and not prov.gconn(loss):
         escapes = [e for e in prov.events if e.kind == "escape"]
         hard = [e for e in prov.events if e.kind == "hard"]

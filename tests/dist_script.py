@@ -71,6 +71,7 @@ for name, net, dim in (("all_gather", PlainAllGatherCP(), 2),
             "passed": rep.passed, "failed": [f.name for f in rep.failed],
             "cause": p.cause if p else None, "op": p.op if p else None,
             "location": p.location if p else None, "rank": p.rank if p else None,
+            "step": p.step if p else None,
             "every_rank": rep.check("grad_reaches_every_rank").message,
             "ranks": rep.ranks}
 

@@ -54,6 +54,7 @@ def test_plain_all_gather_is_named_with_its_line(found):
     assert not f["passed"] and "grad_reaches_z0" in f["failed"]
     assert f["cause"] == "non_autograd_collective"
     assert f["op"] == "torch.distributed.all_gather"
+    assert f["step"] == 0  # the same cut in every denoiser call: named where it first happens
     assert f["location"].endswith(f"dist_script.py:{_line('dist.all_gather(parts, x)')}")
 
 

@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError, GradcheckError
 from .probes import instrument, output_tensor, probe
-from .sampling.noise import FreshStepNoise, LearnableStepNoise, LeafStepNoise
+from .sampling.noise import StepNoiseSource
 
 #: noise= choices for samplers that take a noise_sampler, and the diagnosis mode each one is
 NOISE_CHOICES = {
@@ -76,12 +76,14 @@ def unwrapped(fn: Callable[..., Any]) -> Callable[..., Any]:
     return inspect.unwrap(fn) if grad_decorators(fn) else fn
 
 
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
+def _accepts(fn: Callable[..., Any], name: str, var_keyword: bool = True) -> bool:
+    """Whether ``fn`` takes a keyword ``name`` (or, with ``var_keyword``, any via ``**kwargs``)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return name in params or (var_keyword and
+                              any(p.kind is p.VAR_KEYWORD for p in params.values()))
 
 
 def _decorator_notes(fn: Any, label: str, unwrap: bool, flag: str) -> tuple[list[str], str]:
@@ -102,18 +104,17 @@ class AdaptedSampler:
     learnable step-noise leaves (``noise="leaves"``)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, mode: str,
-                 description: str, notes: list[str], leaf_noise: LeafStepNoise | None = None):
+                 description: str, notes: list[str],
+                 noise_source: StepNoiseSource | None = None):
         self._fn = fn
         self.mode = mode
         self.description = description
         self.notes = notes
-        self._leaf_noise = leaf_noise
+        self._noise_source = noise_source
 
     @property
     def leaves(self) -> list[torch.Tensor]:
-        if self._leaf_noise is None:
-            return []
-        return [self._leaf_noise.leaves[k] for k in sorted(self._leaf_noise.leaves)]
+        return self._noise_source.leaves if self._noise_source is not None else []
 
     def __call__(self, z0: torch.Tensor) -> torch.Tensor:
         return self._fn(z0)
@@ -122,19 +123,13 @@ class AdaptedSampler:
         return f"<gradcheck adapter: {self.description}>"
 
 
-def _step_noise(noise: str, seed: int, dtype: torch.dtype):
-    if noise not in NOISE_CHOICES:
-        raise ConfigError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
-    leaf = LeafStepNoise(seed, dtype) if noise == "leaves" else None
-
-    def make(z: torch.Tensor):
-        if noise == "learnable":
-            return LearnableStepNoise(z, seed)
-        if noise == "fresh":
-            return FreshStepNoise(seed)
-        return leaf
-
-    return make, leaf
+def _entry(fn: Callable[..., Any], label: str, unwrap: bool) -> tuple[Callable[..., Any],
+                                                                     list[str], str]:
+    """What an adapter calls (``fn``, or ``inspect.unwrap(fn)`` with ``unwrap`` where a
+    grad-disabling decorator wraps it), the report's notes about that decorator, and the
+    description's tag."""
+    notes, tag = _decorator_notes(fn, label, unwrap, "unwrap=True (CLI: --unwrap)")
+    return (unwrapped(fn) if unwrap else fn), notes, tag
 
 
 # -- k-diffusion ---------------------------------------------------------------------------------
@@ -173,15 +168,16 @@ def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.
         raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
     if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
         raise ConfigError(f"sigmas must be a 1-d tensor of >= 2 noise levels, got {sigmas!r:.80}")
+    if noise not in NOISE_CHOICES:
+        raise ConfigError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
     name = getattr(inspect.unwrap(sampler), "__qualname__", repr(sampler))
-    notes, tag = _decorator_notes(sampler, name, unwrap, "unwrap=True (CLI: --unwrap)")
-    fn = unwrapped(sampler) if unwrap else sampler
+    fn, notes, tag = _entry(sampler, name, unwrap)
     den = instrument(model)
-    takes_noise = _accepts(inspect.unwrap(sampler), "noise_sampler")
+    takes_noise = takes_noise_sampler(sampler)
     if not takes_noise:
         noise = "own"
-    make_noise, leaf = _step_noise(noise, seed, sigmas.dtype)
     mode = NOISE_CHOICES[noise]
+    source = StepNoiseSource(mode, seed)
     extra = dict(extra_args or {})
     sig_list = [float(s) for s in sigmas]
 
@@ -199,7 +195,7 @@ def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.
 
         kw = dict(kwargs)
         if takes_noise and noise != "own":
-            step_noise = make_noise(z0)
+            step_noise = source.for_call(z0)
             calls = {"n": 0}
 
             def noise_sampler(sigma: Any, sigma_next: Any) -> torch.Tensor:
@@ -218,7 +214,7 @@ def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.
 
     desc = (f"k-diffusion {name}{tag}, {len(sig_list) - 1} steps, sigma {sig_list[0]:.4g} -> "
             f"{sig_list[-1]:.4g}")
-    return AdaptedSampler(sample, mode=mode, description=desc, notes=notes, leaf_noise=leaf)
+    return AdaptedSampler(sample, mode=mode, description=desc, notes=notes, noise_source=source)
 
 
 def function(sampler: Callable[..., torch.Tensor], denoiser: Callable[..., Any], *,
@@ -229,8 +225,7 @@ def function(sampler: Callable[..., torch.Tensor], denoiser: Callable[..., Any],
     if not callable(sampler):
         raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
     name = getattr(inspect.unwrap(sampler), "__qualname__", repr(sampler))
-    notes, tag = _decorator_notes(sampler, name, unwrap, "unwrap=True (CLI: --unwrap)")
-    fn = unwrapped(sampler) if unwrap else sampler
+    fn, notes, tag = _entry(sampler, name, unwrap)
     den = instrument(denoiser)
 
     def sample(z0: torch.Tensor) -> torch.Tensor:
@@ -251,10 +246,9 @@ def is_kdiffusion(fn: Callable[..., Any]) -> bool:
 
 
 def takes_noise_sampler(fn: Callable[..., Any]) -> bool:
-    try:
-        return "noise_sampler" in inspect.signature(inspect.unwrap(fn)).parameters
-    except (TypeError, ValueError):
-        return False
+    """Whether ``fn`` (decorated or not) names a ``noise_sampler`` parameter (a ``**kwargs``
+    alone does not count: the noise it would be handed might go unused)."""
+    return _accepts(inspect.unwrap(fn), "noise_sampler", var_keyword=False)
 
 
 # -- diffusers -----------------------------------------------------------------------------------
@@ -351,8 +345,7 @@ def diffusers_pipeline(pipe: Any, *, unwrap: bool = False, seed: int | None = No
     cls = type(pipe)
     call = cls.__call__
     name = f"{cls.__name__}.__call__"
-    notes, tag = _decorator_notes(call, name, unwrap, "unwrap=True (CLI: --unwrap)")
-    target = unwrapped(call) if unwrap else call
+    target, notes, tag = _entry(call, name, unwrap)
     attr = next((a for a in ("unet", "transformer", "prior", "decoder")
                  if isinstance(getattr(pipe, a, None), torch.nn.Module)), None)
     if attr is None:
@@ -360,42 +353,40 @@ def diffusers_pipeline(pipe: Any, *, unwrap: bool = False, seed: int | None = No
     inner = getattr(pipe, attr)
     wrapped = instrument(inner, label=attr, check_shape=check_shape)
     sig_fn = inspect.unwrap(call)
-    takes_latents = _accepts(sig_fn, "latents")
+    takes_latents, takes_output_type, takes_batch_size = (
+        _accepts(sig_fn, a) for a in ("latents", "output_type", "batch_size"))
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
 
     def sample(z0: torch.Tensor) -> torch.Tensor:
         kw = dict(call_kwargs)
-        if _accepts(sig_fn, "output_type"):
+        if takes_output_type:
             kw.setdefault("output_type", "pt")
-        if _accepts(sig_fn, "batch_size") and "batch_size" not in kw:
-            kw["batch_size"] = z0.shape[0]
+        if takes_batch_size:
+            kw.setdefault("batch_size", z0.shape[0])
         if seed is not None:
             kw["generator"] = torch.Generator(device=z0.device).manual_seed(int(seed))
         if takes_latents:
             kw["latents"] = z0
-            mode = contextlib.nullcontext()
+            feed = contextlib.nullcontext()
         else:
-            mode = _InitialNoise(z0)
+            feed = _InitialNoise(z0)
         # instance attribute, not pipe.unet = ...: DiffusionPipeline.__setattr__ would rewrite
         # the pipeline's config with the wrapper's class
         pipe.__dict__[attr] = wrapped
         try:
-            with mode:
+            with feed:
                 res = target(pipe, **kw)
         finally:
             pipe.__dict__[attr] = inner
-        if isinstance(mode, _InitialNoise) and not mode.used:
+        if isinstance(feed, _InitialNoise) and not feed.used:
             raise GradcheckError(
                 f"{name} drew no torch.randn of z0's shape {tuple(z0.shape)} and takes no "
                 f"latents=: cannot feed z0 in (is the shape the pipeline's latent shape?)")
-        out = getattr(res, "images", None)
-        if out is None and isinstance(res, (tuple, list)) and res:
-            out = res[0]
-        if out is None and isinstance(res, torch.Tensor):
-            out = res
-        if not isinstance(out, torch.Tensor):
-            raise GradcheckError(f"{name} returned {type(out).__name__} images, not a tensor "
+        out = output_tensor(res, field="images")
+        if out is None:
+            got = getattr(res, "images", res[0] if isinstance(res, (tuple, list)) and res else res)
+            raise GradcheckError(f"{name} returned {type(got).__name__} images, not a tensor "
                                  f"(it ignored output_type='pt')")
         return out
 

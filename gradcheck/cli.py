@@ -306,15 +306,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ConfigError(f"batch must be >= 1, got {args.batch}")
     nproc = _nproc(args)
-    if nproc > 1:
-        if args.parallel not in distributed.PARALLEL:
-            raise ConfigError(f"unknown --parallel {args.parallel!r}; choose one of "
-                              f"{', '.join(distributed.PARALLEL)}")
-        if args.batch % nproc and args.parallel != "cp":
-            raise ConfigError(f"--batch {args.batch} does not split over --nproc {nproc} "
-                              f"processes")
-        if args.checkpoint:
-            raise ConfigError("--nproc runs without --checkpoint")
+    distributed.check_options(nproc, args.parallel, args.batch, args.dist_timeout)
+    if nproc > 1 and args.checkpoint:
+        raise ConfigError("--nproc runs without --checkpoint")
     cfg = SamplerConfig(solver=args.solver, steps=args.steps, checkpoint=args.checkpoint).validate()
     dtype, device = DTYPES[args.dtype], resolve_device(args.device)
     if nproc > 1 and not distributed.launched():

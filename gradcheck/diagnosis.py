@@ -13,13 +13,17 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import graph, observers
-from .checks import run_checks
+from .checks import numeric_directional, run_checks
 from .errors import ConfigError, GradcheckError, InputError
 from .numeric import directional_check
 from .probes import probe, trace
 from .records import FlowReport, Hygiene, OptimResult, StepGraph
 
 #: What each noise mode promises about the step noise (read by the checks).
+#: machine epsilon -> floating dtype (the precision a sampler computes in, agreed across ranks)
+_DTYPE_OF_EPS = {torch.finfo(d).eps: d for d in (torch.float64, torch.float32, torch.bfloat16,
+                                                 torch.float16)}
+
 STEP_NOISE_EXPECTATION = {
     "default": "none",
     "learnable_step_noise": "connected",
@@ -144,6 +148,7 @@ def diagnose(
 
     dctx = distributed.context()  # None outside a process group of 2+ ranks
     red = dctx.sum if dctx is not None else (lambda x: x)
+    any_rank = dctx.any if dctx is not None else bool  # decisions every rank takes together
     # under torch.distributed each rank holds a shard of z0: the built-in losses are this rank's
     # part of the global mean (sum over the shard / global element count), so dL/dz0 of every
     # shard is the single-process gradient of the whole batch; a loss_fn must do the same
@@ -287,8 +292,8 @@ def diagnose(
     if scan_randomness is None:
         scan_randomness = STEP_NOISE_EXPECTATION[mode] == "unknown"
     why = symptoms(report) if report.failed or locate != "never" else []
-    failed = bool(report.failed) if dctx is None else dctx.any(bool(report.failed))
-    if locate == "always" or (locate == "auto" and (failed or scan_randomness)):
+    if locate == "always" or (locate == "auto" and
+                              (any_rank(bool(report.failed)) or scan_randomness)):
         t0 = time.perf_counter()
         reason = "; ".join(why) or ("asked (--locate always)" if locate == "always"
                                     else "a scan for fresh randomness (a custom sampler)")
@@ -299,17 +304,18 @@ def diagnose(
         # schedulers step in float32) gets the numeric check at that precision: measured again
         # with that dtype's step sizes, never judged looser on the old measurements
         low = report.locator.lowest_dtype
-        lower = bool(num is not None and not num.skipped and low and
-                     torch.finfo(getattr(torch, low)).eps > torch.finfo(z.dtype).eps)
-        if (lower if dctx is None else dctx.any(lower)) and low:
+        eps = torch.finfo(getattr(torch, low) if low else z.dtype).eps
+        if dctx is not None:  # every rank measures again at the same precision, or none does
+            eps = dctx.max(eps)
+        if num is not None and not num.skipped and eps > torch.finfo(z.dtype).eps:
             t0 = time.perf_counter()
-            was_failing = any(f.name == "numeric_directional" and not f.passed
-                              for f in report.checks)
-            report.numeric = directional_check(loss_at, z, z_grad, seed=seed,
-                                               working=getattr(torch, low), **dist_kw)
+            was_failing = not report.check("numeric_directional").passed
+            working = _DTYPE_OF_EPS.get(eps) or getattr(torch, low or "float32")
+            report.numeric = directional_check(loss_at, z, z_grad, seed=seed, working=working,
+                                               **dist_kw)
             timings["numeric_s"] = timings.get("numeric_s", 0.0) + time.perf_counter() - t0
-            now_ok = all(f.passed for f in run_checks(report) if f.name == "numeric_directional")
-            if was_failing and now_ok and report.locator.primary is None:
+            if was_failing and numeric_directional(report).passed and \
+                    report.locator.primary is None:
                 report.locator.note = None  # it explained a mismatch that was round-off
         report.checks = run_checks(report)
     timings["total_s"] = time.perf_counter() - t_start

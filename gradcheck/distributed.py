@@ -48,10 +48,13 @@ class Context:
         dist.all_reduce(t)
         return float(t[0])
 
-    def any(self, flag: bool) -> bool:
-        t = self._t([1.0 if flag else 0.0])
+    def max(self, x: float) -> float:
+        t = self._t([x])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t[0] > 0)
+        return float(t[0])
+
+    def any(self, flag: bool) -> bool:
+        return self.max(1.0 if flag else 0.0) > 0
 
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` on rank 0 (None elsewhere)."""
@@ -92,6 +95,21 @@ def init_from_env(timeout_s: float = 120.0, device: str | torch.device = "cpu") 
     if ctx is None:
         raise ConfigError("a distributed run needs WORLD_SIZE > 1")
     return ctx
+
+
+def check_options(nproc: int, parallel: str, batch: int | None, timeout_s: float) -> None:
+    """``--nproc``, ``--parallel``, the batch (None: not drawn by us) and ``--dist-timeout`` of a
+    run or an optimisation, before anything is launched."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc!r}")
+    if nproc == 1:
+        return
+    if parallel not in PARALLEL:
+        raise ConfigError(f"unknown --parallel {parallel!r}; choose one of {', '.join(PARALLEL)}")
+    if batch is not None and batch % nproc and parallel != "cp":
+        raise ConfigError(f"--batch {batch} does not split over --nproc {nproc} processes")
+    if not (timeout_s > 0):
+        raise ConfigError(f"--dist-timeout must be > 0, got {timeout_s!r}")
 
 
 def shard(t: torch.Tensor, dim: int, ctx: Context) -> torch.Tensor:
@@ -213,6 +231,7 @@ def merge(reports: list, *, shard_dim: int, layout: str | None) -> Any:
     from dataclasses import replace
 
     from .checks import run_checks
+    from .records import PATH_KINDS
 
     first = reports[0]
     by_rank = [{(p.order, p.name): p for p in r.probes} for r in reports]
@@ -229,7 +248,7 @@ def merge(reports: list, *, shard_dim: int, layout: str | None) -> Any:
             "z0_status": z.status if z else None, "z0_norm": z.norm if z else None,
             "located": loc.describe() if loc else None,
             "unreached": [p.name for p in r.probes if p.status in ("unreached", "not_in_graph")
-                          and p.kind in ("z0", "x_T", "state", "denoiser_in", "denoiser_out")][:8],
+                          and p.kind in ("z0",) + PATH_KINDS][:8],
         })
     locator = first.locator
     if locator is not None:
@@ -258,7 +277,6 @@ def merge(reports: list, *, shard_dim: int, layout: str | None) -> Any:
         loss_requires_grad=all(r.loss_requires_grad for r in reports),
         output_grad_max_abs=max((r.output_grad_max_abs or 0.0) for r in reports),
         ranks=ranks, world_size=len(reports), parallel=layout,
-        handles=dict(first.handles),
     )
     if samples is not None and shard_dim != 0 and first.expect.get("sample_shape"):
         shp = list(first.expect["sample_shape"])

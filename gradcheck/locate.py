@@ -77,40 +77,42 @@ def _name(func: Any) -> str:
     return n
 
 
+def _is_user(filename: str) -> bool:
+    """A frame of the user's code: not torch, not gradcheck's own machinery (its built-in
+    sampler counts as sampler code), not contextlib/functools plumbing."""
+    own = filename.startswith(_OWN_DIR) and not filename.startswith(_SAMPLER_DIR)
+    return not (filename.startswith(_TORCH_DIR) or own or filename.endswith(_SKIP_FILES)
+                or filename.startswith("<frozen"))
+
+
+def _rel(filename: str) -> str:
+    return os.path.relpath(filename) if not filename.startswith("<") else filename
+
+
+def _first_user_frame(f: Any) -> Any:
+    while f is not None and not _is_user(f.f_code.co_filename):
+        f = f.f_back
+    return f
+
+
 def user_frame() -> tuple[str | None, str | None]:
     """(``path:line``, function) of the first stack frame outside torch and gradcheck's own
     machinery (its built-in sampler counts as sampler code)."""
-    f = sys._getframe(1)
-    while f is not None:
-        fn = f.f_code.co_filename
-        own = fn.startswith(_OWN_DIR) and not fn.startswith(_SAMPLER_DIR)
-        if not (fn.startswith(_TORCH_DIR) or own or fn.endswith(_SKIP_FILES)
-                or fn.startswith("<frozen")):
-            return f"{os.path.relpath(fn) if not fn.startswith('<') else fn}:{f.f_lineno}", \
-                f.f_code.co_name
-        f = f.f_back
-    return None, None
+    f = _first_user_frame(sys._getframe(1))
+    if f is None:
+        return None, None
+    return f"{_rel(f.f_code.co_filename)}:{f.f_lineno}", f.f_code.co_name
 
 
 def caller_of_user_frame() -> str | None:
     """``path:line (function)`` of the frame that called the first user frame, if it is also
     outside torch and gradcheck: where a library helper such as diffusers' ``randn_tensor`` was
     called from."""
-    f = sys._getframe(1)
-    found = False
-    while f is not None:
-        fn = f.f_code.co_filename
-        own = fn.startswith(_OWN_DIR) and not fn.startswith(_SAMPLER_DIR)
-        if not (fn.startswith(_TORCH_DIR) or own or fn.endswith(_SKIP_FILES)
-                or fn.startswith("<frozen")):
-            if found:
-                rel = os.path.relpath(fn) if not fn.startswith("<") else fn
-                return f"{rel}:{f.f_lineno} ({f.f_code.co_name})"
-            found = True
-        elif found:
-            return None
-        f = f.f_back
-    return None
+    f = _first_user_frame(sys._getframe(1))
+    caller = f.f_back if f is not None else None
+    if caller is None or not _is_user(caller.f_code.co_filename):
+        return None
+    return f"{_rel(caller.f_code.co_filename)}:{caller.f_lineno} ({caller.f_code.co_name})"
 
 
 def _decorated(kind: type) -> str | None:

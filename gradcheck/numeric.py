@@ -27,12 +27,18 @@ SETTINGS: dict[torch.dtype, tuple[tuple[float, ...], float]] = {
 ROUNDOFF_FACTOR = 8.0
 
 
-def unit_direction(like: torch.Tensor, seed: int) -> torch.Tensor:
-    """A seeded random unit vector shaped like ``like`` (drawn on the CPU, so device-independent)."""
-    g = torch.Generator().manual_seed(int(seed))
+def unit_direction(like: torch.Tensor, seed: int,
+                   reduce: Callable[[float], float] | None = None,
+                   stream: int = 0) -> torch.Tensor:
+    """A seeded random unit vector shaped like ``like`` (drawn on the CPU, so device-independent).
+    With ``reduce`` (a sum over processes), ``like`` is one shard and the vector is this shard of
+    a global unit vector, each shard drawn from its own ``stream``."""
+    s = int(seed) if reduce is None else int(seed) * 1000003 + int(stream)
+    g = torch.Generator().manual_seed(s)
     v = torch.randn(like.shape, generator=g, dtype=torch.float64)
-    v = v / torch.linalg.vector_norm(v)
-    return v.to(device=like.device, dtype=like.dtype)
+    norm = float(torch.linalg.vector_norm(v)) if reduce is None else \
+        reduce(float(v.square().sum())) ** 0.5
+    return (v / norm).to(device=like.device, dtype=like.dtype)
 
 
 def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
@@ -58,12 +64,7 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
     eps_mach = torch.finfo(prec).eps
     z = z0.detach()
     red = reduce or (lambda x: x)
-    if reduce is None:
-        v = unit_direction(z, seed)
-    else:  # one shard of a global unit vector
-        g = torch.Generator().manual_seed(int(seed) * 1000003 + int(direction_stream))
-        v = torch.randn(z.shape, generator=g, dtype=torch.float64)
-        v = (v / red(float(v.square().sum())) ** 0.5).to(device=z.device, dtype=z.dtype)
+    v = unit_direction(z, seed, reduce, direction_stream)
     reverse = red(0.0 if grad is None else
                   float((grad.detach().to(torch.float64) * v.double()).sum()))
     scale = max(1.0, (red(float(z.double().square().sum())) / red(float(z.numel()))) ** 0.5)
@@ -87,4 +88,3 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
         atol=best["roundoff_floor"], sweep=sweep,
         working_dtype=str(working).replace("torch.", "") if working is not None else None,
     )
-

@@ -237,12 +237,12 @@ def alias(x: torch.Tensor) -> torch.Tensor:
     return x.view_as(x) if x.requires_grad else x
 
 
-def output_tensor(out: Any) -> torch.Tensor | None:
-    """The prediction tensor inside a denoiser's result: the tensor itself, a diffusers-style
-    output object's ``.sample``, or the first element of a tuple or list."""
+def output_tensor(out: Any, field: str = "sample") -> torch.Tensor | None:
+    """The tensor inside a model's result: the tensor itself, a diffusers-style output object's
+    ``.sample`` (a pipeline's: ``field="images"``), or the first element of a tuple or list."""
     if isinstance(out, torch.Tensor):
         return out
-    sample = getattr(out, "sample", None)
+    sample = getattr(out, field, None)
     if isinstance(sample, torch.Tensor):
         return sample
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):

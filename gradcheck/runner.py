@@ -76,22 +76,14 @@ class RunConfig:
         if self.sampler_spec and (self.sampler.truncate is not None or self.sampler.checkpoint):
             raise ConfigError("--truncate and --checkpoint apply to the built-in sampler, not to "
                               f"--sampler {self.sampler_spec}")
-        if self.nproc < 1:
-            raise ConfigError(f"--nproc must be >= 1, got {self.nproc!r}")
-        if self.nproc > 1:
-            from .distributed import PARALLEL
+        if self.nproc > 1 and (self.sampler_spec or self.sampler.truncate is not None
+                               or self.sampler.checkpoint):
+            raise ConfigError("--nproc runs the built-in sampler without --sampler, "
+                              "--truncate or --checkpoint")
+        from .distributed import check_options
 
-            if self.parallel not in PARALLEL:
-                raise ConfigError(f"unknown --parallel {self.parallel!r}; choose one of "
-                                  f"{', '.join(PARALLEL)}")
-            if self.sampler_spec or self.sampler.truncate is not None or self.sampler.checkpoint:
-                raise ConfigError("--nproc runs the built-in sampler without --sampler, "
-                                  "--truncate or --checkpoint")
-            if self.z0_path is None and self.batch % self.nproc and self.parallel != "cp":
-                raise ConfigError(f"--batch {self.batch} does not split over --nproc "
-                                  f"{self.nproc} processes")
-            if not (self.dist_timeout > 0):
-                raise ConfigError(f"--dist-timeout must be > 0, got {self.dist_timeout!r}")
+        check_options(self.nproc, self.parallel, None if self.z0_path else self.batch,
+                      self.dist_timeout)
         if self.unwrap and not self.sampler_spec:
             raise ConfigError("--unwrap applies to --sampler (the built-in sampler is not "
                               "decorated)")
@@ -133,16 +125,14 @@ def import_object(spec: str, what: str, error: type[Exception] = ConfigError) ->
     return obj
 
 
-def user_sampler(cfg: RunConfig, den: Callable[..., Any], mode: str, dtype: torch.dtype):
+def user_sampler(cfg: RunConfig, fn: Callable[..., Any], den: Callable[..., Any], mode: str,
+                 dtype: torch.dtype):
     """``--sampler package.module:fn`` as a diagnosable ``z0 -> output``: a k-diffusion-convention
     function ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, ...)`` gets the
     run's Karras sigmas (with k-diffusion's final 0) and, if it takes a ``noise_sampler``, the
     mode's step noise (default: its own); any other function is called as ``fn(denoiser, z0)``."""
     from . import adapters
 
-    fn = import_object(cfg.sampler_spec, "sampler")
-    if not callable(fn):
-        raise ConfigError(f"sampler {cfg.sampler_spec!r} is a {type(fn).__name__}, not a function")
     if adapters.is_kdiffusion(fn):
         sig = cfg.sampler.sigmas()
         sigmas = torch.cat([sig, sig.new_zeros(1)]).to(dtype)
@@ -151,12 +141,19 @@ def user_sampler(cfg: RunConfig, den: Callable[..., Any], mode: str, dtype: torc
     return adapters.function(fn, den, unwrap=cfg.unwrap)
 
 
-def user_modes(cfg: RunConfig) -> list[str]:
+def load_sampler(spec: str) -> Callable[..., Any]:
+    """``--sampler package.module:fn``: the user's sampler function."""
+    fn = import_object(spec, "sampler")
+    if not callable(fn):
+        raise ConfigError(f"sampler {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def user_modes(cfg: RunConfig, fn: Callable[..., Any]) -> list[str]:
     """The modes a user sampler can run: the step-noise modes need a k-diffusion-convention
     sampler that takes a noise_sampler; ``both`` falls back to ``default`` for the others."""
     from . import adapters
 
-    fn = import_object(cfg.sampler_spec, "sampler")
     if adapters.is_kdiffusion(fn) and adapters.takes_noise_sampler(fn):
         return list(cfg.modes)
     if cfg.modes == list(BOTH):
@@ -281,31 +278,28 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
         z0 = torch.randn((cfg.batch, *shape), generator=g, dtype=torch.float64)
         z0 = z0.to(device=device, dtype=dtype)  # [B, C, H, W]
     modes = {}
-    run_modes = user_modes(cfg) if cfg.sampler_spec else cfg.modes
+    user_fn = load_sampler(cfg.sampler_spec) if cfg.sampler_spec else None
+    run_modes = user_modes(cfg, user_fn) if user_fn else cfg.modes
     description = None
     for mode in run_modes:
+        z_in = z0
         if ctx is not None:
             # a fresh denoiser per mode: DDP and fully_shard take the module over
             den_m, _ = load_denoiser(cfg.denoiser, seed=cfg.seed, dtype=dtype, device=device)
             sampler = distributed.parallel_sampler(den_m, cfg.sampler, mode, cfg.seed,
                                                    cfg.parallel, ctx)
-            modes[mode] = diagnose(
-                sampler, distributed.shard(z0, sampler.shard_dim, ctx), mode=mode,
-                seed=cfg.seed, numeric=cfg.numeric, optim_steps=cfg.optim_steps, lr=cfg.lr,
-                raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot, locate=cfg.locate,
-                vanishing_rel=cfg.vanishing_rel, exploding_ratio=cfg.exploding_ratio)
-            continue
-        if cfg.sampler_spec:
-            sampler = user_sampler(cfg, den, mode, dtype)
+            z_in = distributed.shard(z0, sampler.shard_dim, ctx)
+        elif user_fn is not None:
+            sampler = user_sampler(cfg, user_fn, den, mode, dtype)
             description = sampler.description
         else:
             sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
-        modes[mode] = rep = diagnose(sampler, z0, mode=sampler.mode, seed=cfg.seed,
-                               numeric=cfg.numeric,
-                               optim_steps=cfg.optim_steps, lr=cfg.lr,
-                               raw_graph_cap=raw_graph_cap, keep_raw_dot=keep_raw_dot,
-                               locate=cfg.locate, vanishing_rel=cfg.vanishing_rel,
-                               exploding_ratio=cfg.exploding_ratio)
+        modes[mode] = rep = diagnose(sampler, z_in, mode=sampler.mode, seed=cfg.seed,
+                                     numeric=cfg.numeric, optim_steps=cfg.optim_steps,
+                                     lr=cfg.lr, raw_graph_cap=raw_graph_cap,
+                                     keep_raw_dot=keep_raw_dot, locate=cfg.locate,
+                                     vanishing_rel=cfg.vanishing_rel,
+                                     exploding_ratio=cfg.exploding_ratio)
         if cfg.sampler.truncate is not None:
             rep.truncation = compare_truncation(rep, den, cfg, mode, z0)
     config = cfg.to_dict()

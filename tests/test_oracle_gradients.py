@@ -95,11 +95,11 @@ def test_torch_autograd_gradcheck_float64(solver, mode, conv64):
         assert torch.autograd.gradcheck(smp, (z,), eps=1e-6, atol=1e-6, rtol=1e-5)
         return
     smp(z)  # creates the leaves
-    keys = sorted(smp._leaf_noise.leaves)
-    leaves = [smp._leaf_noise.leaves[k].detach().clone().requires_grad_(True) for k in keys]
+    keys = sorted(smp._noise_source.leaf_noise.leaves)
+    leaves = [smp._noise_source.leaf_noise.leaves[k].detach().clone().requires_grad_(True) for k in keys]
 
     def f(z, *ls):
-        smp._leaf_noise.leaves = dict(zip(keys, ls))
+        smp._noise_source.leaf_noise.leaves = dict(zip(keys, ls))
         return smp(z)
 
     assert torch.autograd.gradcheck(f, (z, *leaves), eps=1e-6, atol=1e-6, rtol=1e-5)

@@ -91,3 +91,33 @@ class LeafStepNoise:
             leaf = eps.to(device=x.device, dtype=self.dtype).requires_grad_(True)
             self.leaves[i] = leaf
         return leaf
+
+
+class StepNoiseSource:
+    """The step noise of a noise mode, made per sampler call: derived from that call's z0
+    (``learnable_step_noise``), seeded fresh draws (``fresh_noise``), one learnable leaf per step
+    kept across calls (``independent_leaves``), or none (``default`` and anything else)."""
+
+    def __init__(self, mode: str, seed: int) -> None:
+        self.mode = mode
+        self.seed = int(seed)
+        self.leaf_noise: LeafStepNoise | None = None
+
+    def for_call(self, z0: torch.Tensor):
+        """The ``(i, x) -> eps`` of one call with initial noise ``z0`` (None: no step noise)."""
+        if self.mode == "learnable_step_noise":
+            return LearnableStepNoise(z0, self.seed)
+        if self.mode == "fresh_noise":
+            return FreshStepNoise(self.seed)
+        if self.mode == "independent_leaves":
+            if self.leaf_noise is None:
+                self.leaf_noise = LeafStepNoise(self.seed, z0.dtype)
+            return self.leaf_noise
+        return None
+
+    @property
+    def leaves(self) -> list[torch.Tensor]:
+        """The step-noise leaves made so far (``independent_leaves``), in step order."""
+        if self.leaf_noise is None:
+            return []
+        return [self.leaf_noise.leaves[k] for k in sorted(self.leaf_noise.leaves)]

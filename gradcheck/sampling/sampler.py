@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from ..probes import probe
-from .noise import NOISE_MODES, FreshStepNoise, LeafStepNoise, LearnableStepNoise
+from .noise import NOISE_MODES, StepNoiseSource
 from .solvers import SOLVERS, Denoiser, sample_res
 
 #: S_churn used by the step-noise modes when none is given: with the cap of
@@ -128,25 +128,15 @@ class ResSampler:
         self.config = (config or SamplerConfig()).validate()
         self.mode = check_mode(mode)
         self.seed = int(seed)
-        self._leaf_noise: LeafStepNoise | None = None
+        self._noise_source = StepNoiseSource(self.mode, self.seed)
 
     @property
     def leaves(self) -> list[torch.Tensor]:
         """The step-noise leaves (``independent_leaves`` only), in step order."""
-        if self._leaf_noise is None:
-            return []
-        return [self._leaf_noise.leaves[k] for k in sorted(self._leaf_noise.leaves)]
+        return self._noise_source.leaves
 
     def _noise(self, z0: torch.Tensor):
-        if self.mode == "learnable_step_noise":
-            return LearnableStepNoise(z0, self.seed)
-        if self.mode == "fresh_noise":
-            return FreshStepNoise(self.seed)
-        if self.mode == "independent_leaves":
-            if self._leaf_noise is None:
-                self._leaf_noise = LeafStepNoise(self.seed, z0.dtype)
-            return self._leaf_noise
-        return None
+        return self._noise_source.for_call(z0)
 
     def __call__(self, z0: torch.Tensor) -> torch.Tensor:
         cfg = self.config

@@ -25,19 +25,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError, GradcheckError
+from .modes import NOISE_TO_MODE
 from .probes import instrument, output_tensor, probe
 from .sampling.noise import StepNoiseSource
 
 #: noise= choices for samplers that take a noise_sampler, and the diagnosis mode each one is
-NOISE_CHOICES = {
-    "own": "custom",  # the sampler's own default (k-diffusion: randn_like from the global RNG)
-    "fresh": "fresh_noise",  # seeded randn per step, probed: disconnected by design
-    "learnable": "learnable_step_noise",  # derived from z0 differentiably (orthogonal map)
-    "leaves": "independent_leaves",  # one learnable leaf per step
-}
-#: the same, by gradcheck's mode names (what ``gradcheck run --mode`` passes)
-MODE_TO_NOISE = {"default": "own", "fresh_noise": "fresh", "learnable_step_noise": "learnable",
-                 "independent_leaves": "leaves", "custom": "own"}
+#: (the mode registry's adapter_noise column, read backwards)
+NOISE_CHOICES = NOISE_TO_MODE
 
 _GRAD_OFF = (torch.no_grad, torch.inference_mode)
 

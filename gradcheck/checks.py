@@ -4,76 +4,10 @@ value against the threshold, where, and one hint."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .records import PATH_KINDS, Finding, FlowReport, ProbeStats
-
-
-def fmt(x: float | None) -> str:
-    """A compact number: 1.2e-03 style, or 'none'."""
-    if x is None:
-        return "none"
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return f"{x:.2e}"
-
-
-def ranges(steps: Iterable[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0..2, 5, 7..8'."""
-    s = sorted(set(steps))
-    out, i = [], 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
-            j += 1
-        out.append(str(s[i]) if i == j else f"{s[i]}..{s[j]}")
-        i = j + 1
-    return ", ".join(out)
-
-
-def _carries(p: ProbeStats) -> bool:
-    return p.reached and (p.max_abs or 0.0) > 0.0
-
-
-def _steps(label: str, steps: list[int], singular: str | None = None) -> str:
-    """'steps 0..2 <label>', or 'step 3 <singular>' for one step."""
-    one = len(set(steps)) == 1
-    return f"{'step' if one else 'steps'} {ranges(steps)} {(singular or label) if one else label}"
-
-
-def step_picture(report: FlowReport) -> str:
-    """'steps 2..4 carry gradient (|g| 1.2e-03..4.5e-02); steps 0..1 receive none (...)'."""
-    path = [p for p in report.of_kind(*PATH_KINDS) if p.step is not None]
-    if not path:
-        return "no per-step probes recorded (instrument the denoiser to get them)"
-    by_step: dict[int, list[ProbeStats]] = {}
-    for p in path:
-        by_step.setdefault(p.step, []).append(p)
-    carry, part, none, nograph = [], [], [], []
-    for s, ps in sorted(by_step.items()):
-        if all(_carries(p) for p in ps):
-            carry.append(s)
-        elif any(_carries(p) for p in ps):
-            part.append(s)
-        elif all(not p.requires_grad for p in ps):
-            nograph.append(s)
-        else:
-            none.append(s)
-    parts = []
-    if carry:
-        norms = [p.norm for s in carry for p in by_step[s] if p.norm is not None]
-        g = f"(|g| {fmt(min(norms))}..{fmt(max(norms))})"
-        parts.append(_steps(f"carry gradient {g}", carry, f"carries gradient {g}"))
-    if part:
-        parts.append(_steps("carry gradient only in part of their probes", part,
-                            "carries gradient only in part of its probes"))
-    if none:
-        parts.append(_steps("receive none (in the autograd graph, but cut off from the loss)",
-                            none, "receives none (in the autograd graph, but cut off from the loss)"))
-    if nograph:
-        parts.append(_steps("are not in the autograd graph at all", nograph,
-                            "is not in the autograd graph at all"))
-    return "; ".join(parts)
+from .text import fmt, located, probe_where, ranges, step_picture, steps_phrase
 
 
 def break_point(report: FlowReport) -> tuple[ProbeStats, ProbeStats, str] | None:
@@ -87,8 +21,8 @@ def break_point(report: FlowReport) -> tuple[ProbeStats, ProbeStats, str] | None
         if a.requires_grad and not b.requires_grad:
             return a, b, "graph_ends"
     for k in range(len(path) - 1, -1, -1):
-        if not _carries(path[k]):
-            after = next((q for q in path[k + 1:] if _carries(q)), None)
+        if not path[k].carries:
+            after = next((q for q in path[k + 1:] if q.carries), None)
             return (path[k], after, "gradient_stops") if after is not None else None
     return None
 
@@ -100,26 +34,12 @@ def break_between(report: FlowReport) -> str | None:
         return None
     a, b, kind = bp
     what = "the autograd graph ends" if kind == "graph_ends" else "the gradient stops"
-    return f"{what} between {a.name} ({_where(a)}) and {b.name} ({_where(b)})"
-
-
-def located(r: FlowReport) -> str | None:
-    """The break locator's explanation, when it ran and found one."""
-    loc = r.locator
-    if loc is None or not loc.ran:
-        return None
-    if loc.primary is not None:
-        return loc.primary.describe()
-    return loc.note
+    return f"{what} between {a.name} ({probe_where(a)}) and {b.name} ({probe_where(b)})"
 
 
 def _with_location(head: str, r: FlowReport, rest: str = "") -> str:
     where = located(r)
     return head + (f": {where}" if where else "") + (f"; {rest}" if rest else "")
-
-
-def _where(p: ProbeStats) -> str:
-    return f"step {p.step}" if p.step is not None else p.kind
 
 
 def output_requires_grad(r: FlowReport) -> Finding:
@@ -167,7 +87,7 @@ def grad_reaches_every_step(r: FlowReport) -> Finding:
         return Finding("grad_reaches_every_step", True, level="info", value=0, threshold="all",
                        message="no per-step probes recorded; wrap the denoiser with "
                        "gradcheck.instrument() to see the gradient at every call")
-    missing = [p for p in path if not _carries(p)]
+    missing = [p for p in path if not p.carries]
     ok = not missing
     if ok:
         msg = f"non-zero gradient reaches all {len(path)} step probes; {step_picture(r)}"
@@ -177,7 +97,7 @@ def grad_reaches_every_step(r: FlowReport) -> Finding:
         where = break_between(r)
         msg = _with_location(
             f"gradient misses {len(missing)} of {len(path)} step probes: {names}"
-            f" ({_steps('', [p.step for p in missing if p.step is not None]).strip()})", r,
+            f" ({steps_phrase('', [p.step for p in missing if p.step is not None]).strip()})", r,
             f"{step_picture(r)}" + (f"; {where}" if where else ""))
     return Finding("grad_reaches_every_step", ok, value=len(path) - len(missing),
                    threshold=len(path), message=msg,
@@ -256,7 +176,7 @@ def step_noise(r: FlowReport) -> Finding:
                        f"not block dL/dz0, but they make the objective stochastic and cannot be "
                        f"optimised")
     if expect == "connected":
-        bad = [p for p in eps if not (_carries(p) and p.connected_to_z0)]
+        bad = [p for p in eps if not (p.carries and p.connected_to_z0)]
         if not bad:
             norms = [p.norm for p in eps]
             return Finding(name, True, value=len(eps), threshold=len(eps),
@@ -280,7 +200,7 @@ def step_noise(r: FlowReport) -> Finding:
                        + ". hint: derive each step's noise from z0 "
                        "differentiably instead of drawing it with randn_like")
     # expect == "leaves": each step noise is its own learnable leaf
-    bad = [p for p in eps if not _carries(p)]
+    bad = [p for p in eps if not p.carries]
     ok = not bad
     msg = (f"all {len(eps)} step-noise leaves receive gradient" if ok else
            f"{len(bad)} of {len(eps)} step-noise leaves receive no gradient: "

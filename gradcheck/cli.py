@@ -13,12 +13,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from . import __version__, modes
 from .errors import ConfigError, GradcheckError
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
-_argv: list[str] = []  # the command line of this call (relaunched by --nproc)
-MODES = ("default", "learnable_step_noise", "fresh_noise", "independent_leaves")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,17 +29,14 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_modes(text: str) -> list[str]:
     """'both' -> default + learnable_step_noise; 'all' -> every mode; else a comma list."""
-    if text == "both":
-        return ["default", "learnable_step_noise"]
-    if text == "all":
-        return list(MODES)
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    for m in modes:
-        if m not in MODES:
-            raise ConfigError(f"unknown mode {m!r}; choose one of {', '.join(MODES)}, both, all")
-    if not modes:
-        raise ConfigError(f"no mode in --mode {text!r}")
-    return modes
+    return modes.parse(text)
+
+
+def _builtin_mode(text: str) -> str:
+    try:
+        return modes.get(text, builtin=True).name
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -71,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the RES sampler on a denoiser, back-propagate a loss to "
                        "z0 and check the gradient path, per mode.")
     g = r.add_argument_group("what to run")
-    g.add_argument("--mode", default="both", help="default | learnable_step_noise | fresh_noise | "
-                   "independent_leaves, a comma list, 'both' (default + learnable_step_noise; "
-                   "the default) or 'all'")
+    g.add_argument("--mode", default="both", help=modes.help_text())
     g.add_argument("--denoiser", default="digits", help="built-in: digits (the trained EDM "
                    "denoiser of 8x8 digits; default), conv (same net, random weights), gaussian "
                    "(exact denoiser of Gaussian data); or package.module:factory returning "
@@ -159,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--chi-weight", type=_float, default=1.0)
     op.add_argument("--perturb", type=_float, default=1e-2, help="diverge starts from z0 + "
                     "perturb * seeded noise (default 0.01)")
-    op.add_argument("--mode", default="default", help="noise mode (one of "
-                    "default, learnable_step_noise, fresh_noise, independent_leaves)")
+    op.add_argument("--mode", default="default", type=_builtin_mode,
+                    metavar="{" + ",".join(modes.BUILTIN_MODES) + "}",
+                    help="noise mode (default: default)")
     op.add_argument("--denoiser", default="digits")
     op.add_argument("--solver", default="2ab")
     op.add_argument("--steps", type=int, default=20)
@@ -229,11 +223,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if cfg.nproc > 1 and not distributed.launched():
         check_writable(args.out)  # fail before launching, not after
-        return distributed.launch(_without_nproc(_argv), cfg.nproc)
+        return distributed.launch(_without_nproc(args.argv), cfg.nproc)
     rank = int(os.environ.get("RANK", "0")) if cfg.nproc > 1 else 0
     out = check_writable(args.out) if rank == 0 else None  # rank 0 alone writes
     if rank != 0:
-        run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_dot=False)
+        run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=False)
         return distributed.report_status(EXIT_OK, distributed.context())
     if args.graph == "always" and not args.no_html:
         from .report.dot import GraphvizMissing, INSTALL_HINT, find_dot
@@ -241,15 +235,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if find_dot() is None:
             raise GraphvizMissing(f"--graph always, but the Graphviz 'dot' binary is not on "
                                   f"PATH: {INSTALL_HINT}")
-    record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_dot=not args.no_html)
+    record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=not args.no_html)
     data = record.to_dict()
     path = write_json_atomic(Path(out) / "report.json", data)
     rendered = None
     if not args.no_html:
         from .report.render import render
 
-        raw = {m: r.handles.get("raw_dot") for m, r in record.modes.items()}
-        rendered = render(record, out, graphs=args.graph, raw_dots=raw)
+        raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
+        rendered = render(record, out, graphs=args.graph, raw_graphs=raw)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
@@ -296,11 +290,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from .report import check_writable, write_json_atomic
     from .report.render import render_optimize
     from .runner import DTYPES, environment, load_denoiser, resolve_device
-    from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig, check_mode
+    from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig
 
     from . import distributed
 
-    mode = check_mode(args.mode)
+    mode = args.mode
     if args.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     if args.batch < 1:
@@ -313,7 +307,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     dtype, device = DTYPES[args.dtype], resolve_device(args.device)
     if nproc > 1 and not distributed.launched():
         check_writable(args.out)  # fail before launching, not after
-        return distributed.launch(_without_nproc(_argv), nproc)
+        return distributed.launch(_without_nproc(args.argv), nproc)
     ctx = distributed.init_from_env(args.dist_timeout, device) if nproc > 1 else None
     rank = ctx.rank if ctx is not None else 0
     out = check_writable(args.out) if rank == 0 else None  # rank 0 alone writes
@@ -373,36 +367,31 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         return [[round(v, 4) for v in row] for row in
                 x.detach().double().cpu().reshape(x.shape[0], -1).tolist()]
 
-    from dataclasses import asdict
+    from .records import OptimizeRecord
 
-    data = {
-        "schema_version": 1, "tool": "gradcheck optimize",
-        "config": {"objective": args.objective, "iters": args.iters, "lr": args.lr,
-                   "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
-                   "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
-                   "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
-                   "device": args.device, "sampler": cfg.to_dict()},
-        "environment": environment(args.dtype, device),
-        "result": asdict(res), "sample_shape": list(shape),
-        "samples_before": flat(before), "samples_after": flat(after),
-        "labels_before": labels(before), "labels_after": labels(after),
-    }
-    if "class" in res.extra and data["labels_after"]:
+    rec = OptimizeRecord(
+        config={"objective": args.objective, "iters": args.iters, "lr": args.lr,
+                "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
+                "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
+                "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
+                "device": args.device, "sampler": cfg.to_dict()},
+        environment=environment(args.dtype, device), result=res, sample_shape=list(shape),
+        samples_before=flat(before), samples_after=flat(after),
+        labels_before=labels(before), labels_after=labels(after))
+    if "class" in res.extra and rec.labels_after:
         k = res.extra["class"]
-        data["class_hits"] = sum(lab == k for lab, _ in data["labels_after"])
-        data["class_hits_before"] = sum(lab == k for lab, _ in data["labels_before"])
-    from .records import _enc
-
-    data = _enc(data)
+        rec.class_hits = sum(lab == k for lab, _ in rec.labels_after)
+        rec.class_hits_before = sum(lab == k for lab, _ in rec.labels_before)
+    data = rec.to_dict()
     path = write_json_atomic(Path(out) / "optimize.json", data)
-    rendered = render_optimize(data, out)
+    rendered = render_optimize(rec, out)
     print(f"optimize {res.objective} ({objective.description})")
     print(f"  {res.objective}: {res.values[0]:.6g} -> {res.values[-1]:.6g} in {res.iters} "
           f"iterations ({res.seconds:.1f} s), mode {mode}, lr {res.lr:g}"
           + (f", clip {res.clip:g}" if res.clip else "") + f", norm-reg {res.norm_reg}")
-    if "class_hits" in data:
-        print(f"  classified as {res.extra['class']}: {data['class_hits_before']} -> "
-              f"{data['class_hits']} of {args.batch}")
+    if rec.class_hits is not None:
+        print(f"  classified as {res.extra['class']}: {rec.class_hits_before} -> "
+              f"{rec.class_hits} of {args.batch}")
     for c in res.checks:
         print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
     print(f"record: {path}")
@@ -431,8 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_ERROR
-    global _argv
-    _argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # relaunched as is by --nproc
     try:
         return {"report": cmd_report, "optimize": cmd_optimize}.get(args.command, cmd_run)(args)
     except KeyboardInterrupt:

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .records import OpGraph
+
 #: A safety bound on how many nodes one walk visits. A 35-step sampler around a small UNet has a
 #: few thousand nodes; this only stops a walk over a pathological graph from running for minutes.
 MAX_NODES = 2_000_000
@@ -128,29 +130,31 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
     return list(leaves.values()), len(seen_all), edges, regions
 
 
-def raw_dot(root: torch.Tensor, max_nodes: int = 20_000) -> str | None:
-    """The op-level backward graph as DOT, written iteratively (torchviz recurses and fails on
-    deep sampler graphs). None when the graph has more than ``max_nodes`` nodes."""
+def op_graph(root: torch.Tensor, max_nodes: int = 20_000) -> OpGraph | None:
+    """The op-level backward graph of ``root`` as data (walked iteratively: sampler graphs are
+    too deep to recurse over): node ``i`` is ``labels[i]`` (the backward node's type, or
+    ``leaf (shape)`` for a leaf tensor), an edge ``[a, b]`` means node b was computed from node a.
+    Nodes are numbered in the order the walk meets them, so the same run gives the same data.
+    None when ``root`` is not in a graph or the graph has more than ``max_nodes`` nodes."""
     if root.grad_fn is None:
         return None
-    lines = ["digraph autograd {", '  node [shape=box, style=filled, fillcolor="#eeeeee", '
-             'fontname="Helvetica", fontsize=10];']
-    count = 0
     ids: dict[int, int] = {}
+    labels: list[str] = []
+    edges: list[list[int]] = []
 
-    def num(node: Any) -> int:  # stable names: order of first appearance, not id()
-        return ids.setdefault(id(node), len(ids))
+    def num(node: Any) -> int:
+        if id(node) not in ids:
+            ids[id(node)] = len(labels)
+            var = getattr(node, "variable", None)
+            labels.append(f"leaf {tuple(var.shape)}" if isinstance(var, torch.Tensor)
+                          else type(node).__name__)
+        return ids[id(node)]
 
-    for n in iter_nodes([root.grad_fn]):
-        count += 1
+    for count, n in enumerate(iter_nodes([root.grad_fn]), 1):
         if count > max_nodes:
             return None
-        var = getattr(n, "variable", None)
-        label = (f"leaf {tuple(var.shape)}" if isinstance(var, torch.Tensor)
-                 else type(n).__name__)
-        lines.append(f'  n{num(n)} [label="{label}"];')
+        dst = num(n)
         for c, _ in n.next_functions:
             if c is not None:
-                lines.append(f"  n{num(c)} -> n{num(n)};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+                edges.append([num(c), dst])
+    return OpGraph(labels=labels, edges=edges)

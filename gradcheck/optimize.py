@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ConfigError, InputError
+from .records import OptimizeResult
 
 NORM_REGS = ("none", "chi", "renorm")
 
@@ -117,31 +118,6 @@ def chi_nll(z: torch.Tensor) -> torch.Tensor:
     d = z[0].numel()
     n = z.reshape(z.shape[0], -1).norm(dim=1)
     return (0.5 * n**2 - (d - 1) * n.log()).sum()
-
-
-@dataclass
-class OptimizeResult:
-    objective: str
-    description: str
-    direction: str
-    iters: int
-    lr: float
-    clip: float | None
-    norm_reg: str
-    mode: str
-    values: list[float]
-    losses: list[float]
-    grad_norms: list[float]
-    z_norms: list[float]  # mean per-sample ||z0||
-    sqrt_d: float
-    z_finite: bool
-    seconds: float
-    checks: list[dict] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(c["passed"] for c in self.checks)
 
 
 def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int = 50,

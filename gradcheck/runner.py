@@ -15,12 +15,11 @@ from . import __version__
 from .diagnosis import diagnose, validate_z0
 from .errors import ConfigError, DenoiserError, InputError
 from .records import RunRecord
-from .sampling import BUILTIN_SHAPES, NOISE_MODES, ResSampler, SamplerConfig, build_denoiser
+from .modes import BOTH, BUILTIN_MODES, MODES
+from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig, build_denoiser
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
-#: ``--mode both`` means the originating note's two modes.
-BOTH = ("default", "learnable_step_noise")
 
 
 @dataclass
@@ -50,9 +49,9 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         for m in self.modes:
-            if m not in NOISE_MODES:
+            if m not in BUILTIN_MODES:
                 raise ConfigError(
-                    f"unknown mode {m!r}; choose one of {', '.join(NOISE_MODES)} or both"
+                    f"unknown mode {m!r}; choose one of {', '.join(BUILTIN_MODES)} or both"
                 )
         if not self.modes:
             raise ConfigError("no mode given")
@@ -136,7 +135,7 @@ def user_sampler(cfg: RunConfig, fn: Callable[..., Any], den: Callable[..., Any]
     if adapters.is_kdiffusion(fn):
         sig = cfg.sampler.sigmas()
         sigmas = torch.cat([sig, sig.new_zeros(1)]).to(dtype)
-        return adapters.kdiffusion(fn, den, sigmas, noise=adapters.MODE_TO_NOISE[mode],
+        return adapters.kdiffusion(fn, den, sigmas, noise=MODES[mode].adapter_noise,
                                    unwrap=cfg.unwrap, seed=cfg.seed)
     return adapters.function(fn, den, unwrap=cfg.unwrap)
 
@@ -249,10 +248,10 @@ def compare_truncation(rep, den, cfg: RunConfig, mode: str, z0: torch.Tensor) ->
     return d
 
 
-def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False) -> RunRecord:
+def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = False) -> RunRecord:
     """Diagnose the built-in (or the given) sampler in every mode of ``cfg``.
 
-    ``raw_graph_cap`` and ``keep_raw_dot`` are passed to :func:`gradcheck.diagnose`; the live
+    ``raw_graph_cap`` and ``keep_raw_graph`` are passed to :func:`gradcheck.diagnose`; the live
     reports (with their transient handles) stay reachable as ``record.modes[m]``.
     """
     cfg.validate()
@@ -297,7 +296,7 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_dot: bool = False)
         modes[mode] = rep = diagnose(sampler, z_in, mode=sampler.mode, seed=cfg.seed,
                                      numeric=cfg.numeric, optim_steps=cfg.optim_steps,
                                      lr=cfg.lr, raw_graph_cap=raw_graph_cap,
-                                     keep_raw_dot=keep_raw_dot, locate=cfg.locate,
+                                     keep_raw_graph=keep_raw_graph, locate=cfg.locate,
                                      vanishing_rel=cfg.vanishing_rel,
                                      exploding_ratio=cfg.exploding_ratio)
         if cfg.sampler.truncate is not None:

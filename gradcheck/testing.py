@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .checks import fmt, located, step_picture
 from .records import PATH_KINDS, FlowReport, ProbeStats
+from .text import STATUS_WORDS, fmt, located, step_picture, steps_of
 
 __all__ = [
     "GradientFlowError",
@@ -47,10 +47,7 @@ def _diagnose(sample_fn: Callable[..., Any], z0: Any, **kw: Any) -> FlowReport:
 def step_lines(r: FlowReport, limit: int = 8) -> list[str]:
     """The gradient per step, output first, one line a step (the middle elided past ``limit``):
     ``'step 4  |g| 3.1e-02  ok'``."""
-    by_step: dict[int, list[ProbeStats]] = {}
-    for p in r.of_kind(*PATH_KINDS):
-        if p.step is not None:
-            by_step.setdefault(p.step, []).append(p)
+    by_step = steps_of(r, PATH_KINDS)
     rows: list[tuple[str, bool]] = []  # (line, healthy)
     out = next((p for p in r.probes if p.kind == "output"), None)
     if out is not None:
@@ -87,8 +84,6 @@ def step_lines(r: FlowReport, limit: int = 8) -> list[str]:
 
 
 _RANK = {"not_in_graph": 0, "unreached": 1, "nonfinite": 2, "zero": 3, "ok": 4}
-_WORDS = {"ok": "ok", "zero": "exactly zero", "nonfinite": "NON-FINITE",
-          "unreached": "receives none (cut off)", "not_in_graph": "not in the autograd graph"}
 
 
 def _rank(status: str) -> int:
@@ -96,7 +91,7 @@ def _rank(status: str) -> int:
 
 
 def _status(p: ProbeStats) -> str:
-    return _WORDS.get(p.status, p.status)
+    return STATUS_WORDS.get(p.status, p.status)
 
 
 def _message(head: str, r: FlowReport, hint: str | None, extra: list[str] = ()) -> str:

@@ -1,6 +1,8 @@
-"""The step graph: the recorded probe graph as DOT, one cluster per sampler step, and its layout.
+"""gradcheck's one DOT writer (:class:`Digraph`), the graphs written with it (the step graph: the
+recorded probe graph, one cluster per sampler step; the op-level autograd graph), and their layout
+by Graphviz.
 
-Built from a :class:`~gradcheck.records.FlowReport` alone (no torch). Nodes are the probes, filled
+Built from records alone (no torch), without recursion (any graph size). Nodes are the probes, filled
 by gradient magnitude (log scale, pale to dark blue), grey when no gradient arrived, dotted when the
 tensor was not in the autograd graph, orange when exactly zero, red when non-finite. Edges point
 forward (input -> output); their colour and width follow the gradient that flows back along them.
@@ -15,9 +17,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..checks import break_point, fmt
+from ..checks import break_point
 from ..errors import GradcheckError
-from ..records import FlowReport, ProbeStats
+from ..records import FlowReport, OpGraph, ProbeStats
+from ..text import node_label, steps_of
 
 #: Seconds allowed for one Graphviz layout before it is abandoned.
 LAYOUT_TIMEOUT_S = 30.0
@@ -63,9 +66,7 @@ class _Scale:
 
 def _node_attrs(p: ProbeStats, scale: _Scale) -> dict[str, str]:
     st = p.status
-    label = f"{p.name}\n" + {"ok": f"|g| {fmt(p.norm)}", "zero": "|g| = 0 exactly",
-                             "nonfinite": f"{p.nonfinite} non-finite", "unreached": "no gradient",
-                             "not_in_graph": "not in graph"}[st]
+    label = node_label(p)
     a = {"label": label, "shape": _SHAPES.get(p.kind, "box"), "tooltip": f"{p.kind}: {label}"}
     if st == "ok":
         t = scale(p.norm)
@@ -91,23 +92,68 @@ def _attrs(a: dict[str, str]) -> str:
     return ", ".join(f"{k}={q(v)}" for k, v in a.items())
 
 
+class Digraph:
+    """A DOT ``digraph`` written line by line: graph/node/edge defaults, nodes, edges and
+    clusters (``with g.cluster(name, label=...)``; nestable). Attribute values are quoted with
+    :func:`q`. Nothing recurses, so any graph size writes.
+
+    Args:
+        name: the graph's name.
+        graph, node, edge: default attributes (``graph [...]``, ``node [...]``, ``edge [...]``).
+    """
+
+    def __init__(self, name: str, *, graph: dict[str, str] | None = None,
+                 node: dict[str, str] | None = None, edge: dict[str, str] | None = None) -> None:
+        self.lines = [f"digraph {q(name)} {{"]
+        self.depth = 1
+        for kind, attrs in (("graph", graph), ("node", node), ("edge", edge)):
+            if attrs:
+                self._line(f"{kind} [{_attrs(attrs)}];")
+
+    def _line(self, text: str) -> None:
+        self.lines.append("  " * self.depth + text)
+
+    def node(self, name: str, **attrs: str) -> None:
+        self._line(f"{name} [{_attrs(attrs)}];" if attrs else f"{name};")
+
+    def edge(self, a: str, b: str, **attrs: str) -> None:
+        self._line(f"{a} -> {b} [{_attrs(attrs)}];" if attrs else f"{a} -> {b};")
+
+    def cluster(self, name: str, **attrs: str) -> _Cluster:
+        return _Cluster(self, name, attrs)
+
+    def source(self) -> str:
+        return "\n".join(self.lines + ["}"]) + "\n"
+
+
+class _Cluster:
+    def __init__(self, g: Digraph, name: str, attrs: dict[str, str]) -> None:
+        self.g, self.name, self.attrs = g, name, attrs
+
+    def __enter__(self) -> Digraph:
+        self.g._line(f"subgraph cluster_{self.name} {{")
+        self.g.depth += 1
+        if self.attrs:
+            self.g._line(f"graph [{_attrs(self.attrs)}];")
+        return self.g
+
+    def __exit__(self, *exc: object) -> None:
+        self.g.depth -= 1
+        self.g._line("}")
+
+
 def step_graph_dot(r: FlowReport) -> str:
     """DOT source of the step graph of one mode."""
     probes = {p.order: p for p in r.probes}
     scale = _Scale(r.probes)
     g = r.graph
     edges = [tuple(e) for e in g.edges] if g else []
-    lines = [
-        f"digraph {q('steps_' + r.mode)} {{",
-        '  graph [rankdir=TB, newrank=true, nodesep=0.25, ranksep=0.3, fontname="Helvetica", '
-        f'fontsize=12, label={q(f"{r.mode}: gradient through the sampler, step by step")}, '
-        'labelloc=t];',
-        '  node [fontname="Helvetica", fontsize=10, margin="0.06,0.03", height=0.3];',
-        '  edge [arrowsize=0.6, fontname="Helvetica"];',
-    ]
-    by_step: dict[int | None, list[ProbeStats]] = {}
-    for p in r.probes:
-        by_step.setdefault(p.step, []).append(p)
+    dg = Digraph(f"steps_{r.mode}", graph={
+        "rankdir": "TB", "newrank": "true", "nodesep": "0.25", "ranksep": "0.3",
+        "fontname": "Helvetica", "fontsize": "12",
+        "label": f"{r.mode}: gradient through the sampler, step by step", "labelloc": "t"},
+        node={"fontname": "Helvetica", "fontsize": "10", "margin": "0.06,0.03", "height": "0.3"},
+        edge={"arrowsize": "0.6", "fontname": "Helvetica"})
     # an edge from a step-less probe (z0) into a later step would span the whole drawing and make
     # layout slow and unreadable: draw it as a local stub node inside the destination's cluster
     stubs: dict[tuple[int, int], str] = {}
@@ -115,22 +161,21 @@ def step_graph_dot(r: FlowReport) -> str:
         src, dst = probes.get(a), probes.get(b)
         if src is not None and dst is not None and src.step is None and (dst.step or 0) > 0:
             stubs[(a, b)] = f"s{a}_{b}"
-    for step, ps in sorted(by_step.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-        indent = "  "
-        if step is not None:
-            sig = next((p.sigma for p in ps if p.sigma is not None), None)
-            label = f"step {step}" + (f"  sigma {sig:.4g}" if sig is not None else "")
-            lines.append(f"  subgraph cluster_{step} {{")
-            lines.append(f'    graph [label={q(label)}, style="rounded", color="#bbbbbb", '
-                         'fontsize=10];')
-            indent = "    "
+
+    def nodes(ps: list[ProbeStats], step: int | None) -> None:
         for p in ps:
-            lines.append(f"{indent}p{p.order} [{_attrs(_node_attrs(p, scale))}];")
+            dg.node(f"p{p.order}", **_node_attrs(p, scale))
         for (a, b), sid in stubs.items():
             if probes[b].step == step:
-                lines.append(f"{indent}{sid} [{_attrs(_stub_attrs(probes[a]))}];")
-        if step is not None:
-            lines.append("  }")
+                dg.node(sid, **_stub_attrs(probes[a]))
+
+    stepless = [p for p in sorted(r.probes, key=lambda p: p.order) if p.step is None]
+    for step, ps in steps_of(r).items():
+        sig = next((p.sigma for p in ps if p.sigma is not None), None)
+        label = f"step {step}" + (f"  sigma {sig:.4g}" if sig is not None else "")
+        with dg.cluster(str(step), label=label, style="rounded", color="#bbbbbb", fontsize="10"):
+            nodes(ps, step)
+    nodes(stepless, None)
     for a, b in edges:
         src, dst = probes.get(a), probes.get(b)
         if src is None or dst is None:
@@ -149,21 +194,35 @@ def step_graph_dot(r: FlowReport) -> str:
         if src.kind == "denoiser_in" and dst.kind == "denoiser_out":
             ea["label"] = f"D ({ops} ops)"
             ea["fontsize"] = "8"
-        lines.append(f"  {stubs.get((a, b), f'p{a}')} -> p{b} [{_attrs(ea)}];")
+        dg.edge(stubs.get((a, b), f"p{a}"), f"p{b}", **ea)
     # probes with no incoming edge (not in the graph, e.g. after a detach) would all float to the
     # top: chain each to its predecessor in forward order with an invisible edge
     has_in = {b for _, b in edges}
     ordered = sorted(r.probes, key=lambda p: p.order)
     for prev, p in zip(ordered, ordered[1:]):
         if p.order not in has_in and p.kind != "z0":
-            lines.append(f"  p{prev.order} -> p{p.order} [style=invis];")
+            dg.edge(f"p{prev.order}", f"p{p.order}", style="invis")
     bp = break_point(r)
     if bp is not None:
         a, b, kind = bp
         what = "graph ends" if kind == "graph_ends" else "gradient stops"
-        lines.append(f"  p{a.order} -> p{b.order} [{_attrs({'color': '#cb181d', 'style': 'dashed', 'penwidth': '3', 'label': 'BREAK: ' + what, 'fontcolor': '#cb181d', 'fontsize': '10'})}];")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        dg.edge(f"p{a.order}", f"p{b.order}", color="#cb181d", style="dashed", penwidth="3",
+                label="BREAK: " + what, fontcolor="#cb181d", fontsize="10")
+    return dg.source()
+
+
+def op_graph_dot(ops: OpGraph, name: str = "autograd") -> str:
+    """DOT source of an op-level autograd graph (:class:`~gradcheck.records.OpGraph`)."""
+    dg = Digraph(name, node={"shape": "box", "style": "filled", "fillcolor": "#eeeeee",
+                             "fontname": "Helvetica", "fontsize": "10"})
+    for i, label in enumerate(ops.labels):
+        if label.startswith("leaf"):
+            dg.node(f"n{i}", label=label, fillcolor="#deebf7")
+        else:
+            dg.node(f"n{i}", label=label)
+    for a, b in ops.edges:
+        dg.edge(f"n{a}", f"n{b}")
+    return dg.source()
 
 
 def find_dot() -> str | None:

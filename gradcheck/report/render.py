@@ -8,18 +8,19 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from ..checks import break_between, fmt
+from ..checks import break_between
 from ..errors import ConfigError
-from ..records import CAUSES, FlowReport, RunRecord
+from ..records import FlowReport, OpGraph, OptimizeRecord, RunRecord
+from ..text import CAUSES, fmt, locator_failures, located, value
 from . import dot, plots
 from .files import check_writable, write_bytes_atomic, write_text_atomic
-from .terminal import step_rows
+from ..text import step_rows
 
 GRAPH_POLICIES = ("auto", "always", "never")
 
@@ -52,12 +53,6 @@ def _uri(mime: str, data: bytes) -> str:
 
 def _cell_class(v: str) -> str:
     return {"none": "none", "no-graph": "nograph", "0": "zero"}.get(v, "")
-
-
-def _value(v: Any) -> Any:
-    if isinstance(v, float):
-        return fmt(v)
-    return v
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -117,7 +112,8 @@ def run_title(cfg: dict[str, Any]) -> str:
 
 
 def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = "auto",
-           raw_dots: dict[str, str] | None = None, generated: str | None = None) -> Rendered:
+           raw_graphs: dict[str, OpGraph | None] | None = None,
+           generated: str | None = None) -> Rendered:
     """Write every report file for ``record`` into ``out_dir``.
 
     Args:
@@ -125,8 +121,8 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
         out_dir: the directory (created if needed).
         graphs: ``auto`` draws graphs when Graphviz is installed and explains otherwise;
             ``always`` makes a missing ``dot`` an error; ``never`` skips layout.
-        raw_dots: per mode, the op-level DOT of graphs above the record's node cap, written as
-            ``autograd_<mode>.dot`` for reference (the run has them; a re-render does not).
+        raw_graphs: per mode, the op-level graph of runs above the record's node cap, written
+            as ``autograd_<mode>.dot`` for reference (the run has them; a re-render does not).
         generated: the timestamp shown in the footer (default: now, UTC).
     """
     if graphs not in GRAPH_POLICIES:
@@ -163,17 +159,19 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
 
         g = r.graph
         raw = {"uri": None, "file": f"autograd_{name}.svg", "note": None, "dot_file": None}
-        if g is not None and g.raw_dot:
-            write_text_atomic(out / f"autograd_{name}.dot", g.raw_dot)
+        if g is not None and g.raw is not None:
+            raw_src = dot.op_graph_dot(g.raw, f"autograd_{name}")
+            write_text_atomic(out / f"autograd_{name}.dot", raw_src)
             res.files.append(f"autograd_{name}.dot")
             raw["dot_file"] = f"autograd_{name}.dot"
-            raw["uri"], raw["note"] = _draw(g.raw_dot, f"autograd_{name}", out, graphs, res,
+            raw["uri"], raw["note"] = _draw(raw_src, f"autograd_{name}", out, graphs, res,
                                             ("svg",))
         else:
             why = g.raw_skipped if g is not None else "no autograd graph was recorded"
             raw["note"] = f"raw graph skipped: {why}" if why else "raw graph not recorded"
-            if raw_dots and raw_dots.get(name):
-                write_text_atomic(out / f"autograd_{name}.dot", raw_dots[name])
+            if raw_graphs and raw_graphs.get(name) is not None:
+                write_text_atomic(out / f"autograd_{name}.dot",
+                                  dot.op_graph_dot(raw_graphs[name], f"autograd_{name}"))
                 res.files.append(f"autograd_{name}.dot")
                 raw["dot_file"] = f"autograd_{name}.dot"
                 raw["note"] += "; the DOT source is linked below (lay it out with dot -Tsvg)"
@@ -185,7 +183,8 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
             "notes": r.notes, "sampler": r.sampler, "ranks": r.ranks,
             "ranks_differ": bool(r.ranks) and len({(x["passed"], x["z0_status"],
                                                     tuple(x["failed"])) for x in r.ranks}) > 1,
-            "located": r.locator.primary.describe() if r.locator and r.locator.primary else None, "n_ok": sum(f.passed for f in errors),
+            "located": located(r) if r.locator and r.locator.primary else None,
+            "locator_failures": locator_failures(r), "n_ok": sum(f.passed for f in errors),
             "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
             "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
             "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
@@ -204,7 +203,7 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
             cells.append(None if f is None else {
                 "tag": {"info": "info", "warning": "warn"}.get(f.level)
                 or ("pass" if f.passed else "fail"),
-                "message": f.message, "value": _value(f.value), "threshold": _value(f.threshold)})
+                "message": f.message, "value": value(f.value), "threshold": value(f.threshold)})
         check_rows.append({"name": n, "cells": cells})
 
     cfg = record.config
@@ -228,10 +227,11 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
     return res
 
 
-def render_optimize(data: dict[str, Any], out_dir: str | os.PathLike[str], *,
+def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
                     generated: str | None = None) -> Rendered:
-    """Write the optimisation report from ``optimize.json``'s data alone: ``loss_curve.png``,
-    ``z0_norm.png``, ``samples_before_after.png`` and ``index.html``."""
+    """Write the optimisation report from its record alone (``optimize.json``):
+    ``loss_curve.png``, ``z0_norm.png``, ``samples_before_after.png`` and ``index.html``."""
+    data = asdict(rec)
     out = check_writable(out_dir)
     res = Rendered(out_dir=out)
     images = {}

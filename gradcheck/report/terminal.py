@@ -1,45 +1,8 @@
 """The compact terminal summary of a run: per mode, every check and a per-step gradient table."""
 from __future__ import annotations
 
-from ..checks import fmt
-from ..records import FlowReport, ProbeStats, RunRecord
-
-#: Columns of the per-step table: header -> probe kinds shown there.
-COLUMNS = (("|g| state", ("x_T", "state")), ("|g| D_in", ("denoiser_in",)),
-           ("|g| D_out", ("denoiser_out",)), ("|g| eps", ("step_noise",)))
-
-
-def cell(p: ProbeStats | None) -> str:
-    """A gradient norm, or what stands in for it: '-' not probed, 'none' nothing arrived,
-    'no-graph' did not require grad, '0' exactly zero."""
-    if p is None:
-        return "-"
-    st = p.status
-    if st == "not_in_graph":
-        return "no-graph"
-    if st == "unreached":
-        return "none"
-    if st == "zero":
-        return "0"
-    if st == "nonfinite":
-        return f"nan/inf({p.nonfinite})"
-    return fmt(p.norm)
-
-
-def step_rows(r: FlowReport) -> list[list[str]]:
-    """Header + one row per sampler step: sigma and the gradient norm at each probe kind."""
-    steps = sorted({p.step for p in r.probes if p.step is not None})
-    rows = [["step", "sigma"] + [c for c, _ in COLUMNS]]
-    for s in steps:
-        at = [p for p in r.probes if p.step == s]
-        sig = next((p.sigma for p in at if p.sigma is not None), None)
-        row = [str(s), f"{sig:.4g}" if sig is not None else "-"]
-        for _, kinds in COLUMNS:
-            first = next((p for p in at if p.kind in kinds), None)  # the main call, not @mid
-            row.append(cell(first))
-        rows.append(row)
-    return rows
-
+from ..records import FlowReport, RunRecord
+from ..text import fmt, locator_failures, located, step_rows
 
 def step_table(r: FlowReport) -> list[str]:
     """:func:`step_rows` as aligned text lines."""
@@ -55,13 +18,10 @@ def locator_lines(r: FlowReport) -> list[str]:
     loc = r.locator
     if loc is None or not loc.ran:
         return []
-    out = []
-    if loc.primary is not None:
-        out.append(f"  located: {loc.primary.describe()}")
-    elif loc.note:
-        out.append(f"  located: {loc.note}")
-    else:
-        out.append("  located: no break")
+    out = [f"  located: {located(r) or 'no break'}"]
+    failures = locator_failures(r)
+    if failures:
+        out.append(f"  locator: {failures}")
     for e in loc.randomness[:6]:
         out.append(f"  randomness: fresh {e.op} at {e.location} enters the state at step {e.step} "
                    f"(not derived from z0)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-NOISE_MODES = ("default", "learnable_step_noise", "fresh_noise", "independent_leaves")
+from ..modes import BUILTIN_MODES as NOISE_MODES  # noqa: F401 - re-exported (gradcheck.modes)
 
 _STREAM_PERM, _STREAM_FRESH, _STREAM_LEAF = 1, 2, 3
 

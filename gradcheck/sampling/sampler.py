@@ -9,7 +9,8 @@ import torch
 
 from ..errors import ConfigError
 from ..probes import probe
-from .noise import NOISE_MODES, StepNoiseSource
+from .. import modes
+from .noise import StepNoiseSource
 from .solvers import SOLVERS, Denoiser, sample_res
 
 #: S_churn used by the step-noise modes when none is given: with the cap of
@@ -93,7 +94,7 @@ class SamplerConfig:
     def churn_for(self, mode: str) -> float:
         if self.s_churn is not None:
             return float(self.s_churn)
-        return 0.0 if mode == "default" else NOISE_MODE_CHURN
+        return 0.0 if modes.MODES[mode].step_noise == "none" else NOISE_MODE_CHURN
 
     def sigmas(self) -> torch.Tensor:
         return karras_sigmas(self.num_solver_steps, self.sigma_min, self.sigma_max, self.rho)
@@ -103,9 +104,8 @@ class SamplerConfig:
 
 
 def check_mode(mode: str) -> str:
-    if mode not in NOISE_MODES:
-        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(NOISE_MODES)}")
-    return mode
+    """``mode`` if the built-in sampler has it (see :mod:`gradcheck.modes`)."""
+    return modes.get(mode, builtin=True).name
 
 
 class ResSampler:

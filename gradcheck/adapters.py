@@ -27,43 +27,12 @@ from torch.overrides import TorchFunctionMode
 from .errors import ConfigError, GradcheckError
 from .modes import NOISE_TO_MODE
 from .probes import instrument, output_tensor, probe
+from .torch_internals import grad_decorator, grad_decorators  # noqa: F401 - public here too
 from .sampling.noise import StepNoiseSource
 
 #: noise= choices for samplers that take a noise_sampler, and the diagnosis mode each one is
 #: (the mode registry's adapter_noise column, read backwards)
 NOISE_CHOICES = NOISE_TO_MODE
-
-_GRAD_OFF = (torch.no_grad, torch.inference_mode)
-
-
-def grad_decorator(fn: Any) -> str | None:
-    """``"@torch.no_grad()"`` (or inference_mode) if ``fn`` itself is torch's decorator wrapper
-    around a function, else None."""
-    code = getattr(fn, "__code__", None)
-    if code is None or code.co_name != "decorate_context" or not fn.__closure__:
-        return None
-    cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
-    ctx = getattr(cells.get("ctx_factory"), "__self__", None)
-    if isinstance(ctx, _GRAD_OFF):
-        return f"@torch.{type(ctx).__name__}()"
-    return None
-
-
-def grad_decorators(fn: Any) -> list[tuple[str, str]]:
-    """Every grad-disabling decorator in ``fn``'s ``__wrapped__`` chain, outermost first, as
-    (decorator, the qualified name of the function it wraps)."""
-    out, seen = [], set()
-    f = fn
-    while f is not None and id(f) not in seen:
-        seen.add(id(f))
-        dec = grad_decorator(f)
-        if dec is not None:
-            inner = getattr(f, "__wrapped__", f)
-            out.append((dec, f"{getattr(inner, '__module__', '?')}."
-                        f"{getattr(inner, '__qualname__', repr(inner))}"))
-        f = getattr(f, "__wrapped__", None)
-    return out
-
 
 def unwrapped(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``inspect.unwrap(fn)`` if a grad-disabling decorator is in its chain, else ``fn``."""

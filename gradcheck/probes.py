@@ -25,6 +25,7 @@ import torch
 from . import graph
 from .errors import DenoiserError
 from .records import ProbeStats
+from .torch_internals import hook_registered
 
 _ACTIVE: ContextVar[Trace | None] = ContextVar("gradcheck_active_trace", default=None)
 
@@ -96,10 +97,7 @@ class Trace:
         try:
             for h in self._handles:
                 h.remove()
-            self.hooks_left = sum(
-                1 for h in self._handles
-                if (d := h.hooks_dict_ref()) is not None and h.id in d
-            )
+            self.hooks_left = sum(1 for h in self._handles if hook_registered(h))
         finally:
             _ACTIVE.reset(self._token)
             torch.set_grad_enabled(self._grad_mode_before)

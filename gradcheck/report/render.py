@@ -207,7 +207,6 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
         check_rows.append({"name": n, "cells": cells})
 
     cfg = record.config
-    s = cfg.get("sampler", {})
     title = run_title(cfg)
     config = [(k, v) for k, v in _flatten(cfg) if k != "sigmas"]
     if "sigmas" in cfg:

@@ -1,0 +1,139 @@
+"""Which of the locator's findings explains a diagnosis: a pure policy over plain facts, no
+torch (unit-tested on hand-made facts).
+
+The provenance pass (:mod:`.provenance`) leaves, for the loss and for every probe, the facts of
+its value (:class:`ValueFacts`: does it depend on z0, does it still carry gradient to z0, which
+cut it carries); the backward analysis (:mod:`.backward`) adds where a gradient became exactly
+zero or non-finite. :func:`choose_primary` picks the one event that explains the failing checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..records import PATH_KINDS, BreakEvent, FlowReport
+
+
+@dataclass
+class ValueFacts:
+    """What the provenance pass knows of one value."""
+
+    dep: bool  # its value depends on z0
+    gconn: bool  # it still carries gradient back to z0
+    rg: bool  # requires_grad when last seen
+    ev: BreakEvent | None = None  # the first op that cut it from z0's gradient
+    bias: BreakEvent | None = None  # the first op that changed it behind autograd's back
+    rand: dict | None = None  # the fresh random draw it came from
+    direct: bool = False  # the output of the op that recorded ``ev`` (or a plain copy of it)
+    made_at: tuple | None = None  # (op, path:line, step, probe index) where the value was made
+
+
+def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor: bool,
+                   events: list[BreakEvent], probe_before: dict[int, int],
+                   probes: dict[int, ValueFacts], probe_kinds: list[str],
+                   back: list[BreakEvent], randomness: list[BreakEvent],
+                   numeric_failed: bool, expect_connected: bool
+                   ) -> tuple[BreakEvent | None, str | None]:
+    """The event that explains the failing checks, and a note when there is none.
+
+    Args:
+        loss: the loss value's facts (None: the loss was never made, or is not a tensor).
+        loss_gconn: the loss still carries gradient to z0.
+        loss_is_tensor: the sampler returned a tensor and the loss was computed.
+        events: the forward pass's cuts, escapes and bypasses, in the order they happened.
+        probe_before: ``id(event)`` -> index of the last probe recorded before it.
+        probes: probe index -> the facts of the probed value when it was probed.
+        probe_kinds: probe index -> its kind.
+        back: the backward analysis's events (exactly zero, non-finite), first first.
+        randomness: fresh random draws that entered z0-dependent values.
+        numeric_failed: the numeric check failed (a wrong gradient, not a missing one).
+        expect_connected: the mode promises step noise derived from z0.
+    """
+    primary: BreakEvent | None = None
+    note = None
+    # 1. the loss itself does not carry gradient to z0: its own cut
+    if loss is not None and loss.dep and not loss_gconn and loss.ev is not None:
+        primary = loss.ev
+        # the same cut repeated in every step (a detach or collective in each denoiser call):
+        # name its first occurrence, where the gradient first stops
+        key = (primary.kind, primary.cause, primary.op, primary.location)
+        primary = next((e for e in events if (e.kind, e.cause, e.op, e.location) == key),
+                       primary)
+    elif loss_is_tensor and not loss_gconn:
+        escapes = [e for e in events if e.kind == "escape"]
+        hard = [e for e in events if e.kind == "hard"]
+        primary = (escapes or hard or [None])[0]
+        if primary is None:
+            note = "the loss does not depend on z0 as far as torch can see"
+    # 2. the first probe (forward order) that depends on z0 but lost its gradient
+    if primary is None:
+        for i in sorted(probes):
+            m = probes[i]
+            if m.dep and not m.gconn and m.ev is not None:
+                primary = m.ev
+                break
+    # 2b. a path value that no longer depends on z0 at all as far as torch can see (it went
+    #     through NumPy or Python and came back as a fresh tensor): the last cut before it
+    if primary is None:
+        seen_dep = False
+        for i in sorted(probes):
+            m = probes[i]
+            if probe_kinds[i] not in PATH_KINDS + ("z0", "step_noise"):
+                continue
+            if m.dep:
+                seen_dep = True
+            elif seen_dep and not m.gconn:
+                before = [ev for ev in events if ev.kind in ("hard", "escape")
+                          and probe_before.get(id(ev), -1) < i]
+                if before:
+                    primary = before[-1]
+                break
+    # 3./4. exactly zero, non-finite (backward)
+    if primary is None and back:
+        primary = back[0]
+    # 5. a wrong gradient: bypassed writes, then values that escaped through Python
+    if primary is None and numeric_failed:
+        bias = loss.bias if loss is not None else None
+        escapes = [e for e in events if e.kind == "escape"]
+        primary = bias or (escapes[0] if escapes else None)
+        if primary is None:
+            note = ("no forward-side cause found: the forward pass keeps the gradient path, so a "
+                    "custom autograd.Function backward (or a non-deterministic forward) is the "
+                    "likely cause")
+    # 6. learnable step noise that is not derived from z0
+    if primary is None and randomness and expect_connected:
+        primary = randomness[0]
+    return primary, note
+
+
+def relevant_events(primary: BreakEvent | None, events: list[BreakEvent],
+                    back: list[BreakEvent], probes: dict[int, ValueFacts]) -> list[BreakEvent]:
+    """The events worth listing: the primary, every cut or bypass a probed value carries, and
+    every escape."""
+    relevant = {id(e) for e in [primary] if e is not None}
+    relevant |= {id(m.ev) for m in probes.values() if m.ev is not None}
+    relevant |= {id(m.bias) for m in probes.values() if m.bias is not None}
+    return [e for e in events + back if id(e) in relevant or e.kind in ("escape",)]
+
+
+def symptoms(report: FlowReport) -> list[str]:
+    """Why a report calls for the locator (empty: it does not)."""
+    out = []
+    z = next((p for p in report.probes if p.kind == "z0"), None)
+    if not report.output_requires_grad or not report.loss_requires_grad:
+        out.append("the output/loss is not in the autograd graph")
+    if z is not None and z.status != "ok":
+        out.append(f"z0 gradient is {z.status}")
+    bad = [p for p in report.probes if p.kind in PATH_KINDS + ("step_noise",)
+           and p.status != "ok" and not (p.kind == "step_noise" and not p.requires_grad
+                                         and report.expect.get("step_noise") != "connected")]
+    if bad:
+        out.append(f"{len(bad)} probe(s) without a usable gradient")
+    if numeric_failed(report):
+        out.append("reverse mode disagrees with finite differences")
+    return out
+
+
+def numeric_failed(report: FlowReport) -> bool:
+    """The numeric check's own verdict (its tolerance lives in checks.numeric_directional)."""
+    return any(f.name == "numeric_directional" and f.level == "error" and not f.passed
+               for f in report.checks)

@@ -1,0 +1,396 @@
+"""The locator's forward provenance pass: which values depend on z0, which still carry its
+gradient, and the first op that cut, bypassed or escaped it.
+
+Walking back from the loss cannot find a cut: the cut-off part is not in the graph. So the
+locator re-runs the forward pass under a ``TorchFunctionMode`` that follows, for every tensor,
+
+- ``dep``: does its value depend on z0 (taint through every op)?
+- ``gconn``: does it still carry gradient to z0 (requires grad, computed from a tensor that does)?
+- ``ev``: for a value with ``dep`` and not ``gconn``, the first op that cut it (the *event*);
+- ``bias``: the first op that changed a value behind autograd's back (``.data`` writes, in-place
+  writes under ``no_grad``): the gradient flows, but it is wrong;
+- ``rand``: the random draw it came from, if it is fresh randomness not derived from z0.
+
+An event is recorded at the first op whose output depends on z0 but no longer carries gradient
+while one of its inputs did; its cause is classified from the grad mode, the stack (a
+``@torch.no_grad()`` decorated entry point, a reentrant checkpoint), the op and the dtype. Which
+event explains a failing check is decided in :mod:`.primary` (pure).
+
+The bookkeeping never breaks the user's code: an op it cannot follow is counted, named and
+reported (``LocatorResult.internal_failures``), never swallowed silently.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .. import graph
+from ..probes import Trace
+from ..records import BreakEvent
+from ..torch_internals import (
+    caller_of_user_frame, decorated_on_stack, in_reentrant_checkpoint, tensors_in, user_frame,
+)
+from .primary import ValueFacts
+
+#: how many failing ops the locator names (it counts them all)
+MAX_FAILED_OPS = 8
+
+
+#: Ops whose gradient is zero almost everywhere: they cut the gradient while keeping requires_grad.
+ZERO_GRAD_OPS = {"round", "round_", "floor", "floor_", "ceil", "ceil_", "sign", "sign_", "trunc",
+                 "trunc_", "fix", "fix_", "sgn", "heaviside"}
+NONDIFF_OPS = ZERO_GRAD_OPS | {
+    "argmax", "argmin", "argsort", "gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
+    "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "isclose", "isnan", "isinf",
+    "isfinite", "logical_and", "logical_or", "logical_not", "bucketize", "searchsorted",
+}
+CAST_OPS = {"to", "type", "int", "long", "short", "byte", "char", "bool", "type_as"}
+ESCAPE_OPS = {"item": "python_roundtrip", "tolist": "python_roundtrip",
+              "__int__": "python_roundtrip", "__float__": "python_roundtrip",
+              "__index__": "python_roundtrip", "__bool__": "python_roundtrip",
+              "numpy": "numpy_roundtrip", "__array__": "numpy_roundtrip"}
+RANDOM_OPS = {"randn", "randn_like", "rand", "rand_like", "randint", "randint_like", "normal",
+              "normal_", "uniform_", "bernoulli", "bernoulli_", "multinomial", "poisson",
+              "exponential_", "geometric_", "log_normal_", "cauchy_", "random_", "randperm"}
+#: Ops whose output values do not depend on their inputs' values (only on shape/dtype).
+VALUE_FREE = {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones",
+              "new_empty", "new_full", "size", "dim", "numel", "__len__"} | RANDOM_OPS
+ADDITIVE = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__",
+            "__rsub__", "__isub__", "addcmul", "addcmul_", "lerp", "lerp_"}
+#: Ops whose second tensor argument gives only a shape or dtype, not values.
+SHAPE_ONLY = {"view_as", "expand_as", "reshape_as", "type_as"}
+#: Copies/moves: an escape right after one of these upgrades the cause of the cut before it.
+COPY_OPS = {"cpu", "cuda", "to", "contiguous", "clone", "float", "double"}
+
+
+def _name(func: Any) -> str:
+    owner = getattr(func, "__self__", None)
+    n = getattr(func, "__name__", None) or str(func)
+    if n in ("__get__", "__set__") and owner is not None and hasattr(owner, "__name__"):
+        return f"{owner.__name__}.{n}"  # a property: 'data.__get__', 'requires_grad.__set__'
+    return n
+
+
+#: torch.distributed's collectives (not autograd-aware): which positional argument they write
+#: into, and which they read from (None: the same as written)
+COLLECTIVES = {
+    "all_reduce": (0, None), "broadcast": (0, None), "reduce": (0, None),
+    "all_gather": (0, 1), "all_gather_into_tensor": (0, 1), "gather": (1, 0),
+    "scatter": (0, 1), "reduce_scatter": (0, 1), "reduce_scatter_tensor": (0, 1),
+    "all_to_all": (0, 1), "all_to_all_single": (0, 1), "recv": (0, None), "irecv": (0, None),
+    "send": (None, 0), "isend": (None, 0),
+}
+
+
+class Collectives:
+    """While the provenance pass runs, wraps torch.distributed's collectives: one applied to a
+    value that carries z0's gradient is a cut (autograd does not see it), named with the user's
+    file:line; what it writes inherits the cut (or the earlier one it carried)."""
+
+    def __init__(self, prov: Provenance) -> None:
+        self.prov = prov
+        self.saved: dict[str, Any] = {}
+
+    def __enter__(self) -> Collectives:
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            return self
+        for name, (out_pos, in_pos) in COLLECTIVES.items():
+            fn = getattr(dist, name, None)
+            if fn is not None:
+                self.saved[name] = fn
+                setattr(dist, name, self._wrap(name, fn, out_pos, in_pos))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch.distributed as dist
+
+        for name, fn in self.saved.items():
+            setattr(dist, name, fn)
+
+    def _wrap(self, name: str, fn: Callable[..., Any], out_pos: int | None,
+              in_pos: int | None) -> Callable[..., Any]:
+        prov = self.prov
+
+        def before(args: tuple) -> tuple[list[torch.Tensor], BreakEvent | None]:
+            pos = in_pos if in_pos is not None else out_pos
+            src = tensors_in(args[pos]) if pos is not None and len(args) > pos else []
+            dep = [t for t in src if (m := prov.get(t)) is not None and m.dep]
+            ev = None
+            if any(prov.gconn(t) for t in dep):
+                ev = prov._event("hard", "non_autograd_collective", f"torch.distributed.{name}",
+                                 detail="its result carries no gradient back to z0")
+            elif dep:  # already cut before: the result carries that cut on
+                ev = next((m.ev for t in dep if (m := prov.get(t)) and m.ev is not None), None)
+            return dep, ev
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                dep, ev = before(args)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the call still runs
+                prov.failed(f"torch.distributed.{name}", exc)
+                return fn(*args, **kwargs)
+            res = fn(*args, **kwargs)
+            try:
+                if dep and out_pos is not None and len(args) > out_pos:
+                    for t in tensors_in(args[out_pos]):
+                        prov._set(t, ValueFacts(dep=True, gconn=False, rg=t.requires_grad,
+                                                ev=ev))
+            except Exception as exc:  # noqa: BLE001
+                prov.failed(f"torch.distributed.{name}", exc)
+            return res
+
+        wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
+        return wrapped
+
+
+class Provenance(TorchFunctionMode):
+    """Follows z0-dependence and gradient connection through every torch call (see module doc)."""
+
+    def __init__(self, tr: Trace, roots: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.trace = tr
+        self.roots = list(roots)
+        self.meta: dict[int, tuple[weakref.ref, ValueFacts]] = {}
+        self.events: list[BreakEvent] = []
+        self.randomness: list[BreakEvent] = []
+        #: the least precise floating dtype of any value computed from z0 (a sampler that casts
+        #: down inside, e.g. a scheduler's float32 step, computes at that precision)
+        self.lowest_dtype: torch.dtype | None = None
+        self.grad_fn_info: dict[int, tuple[str, str | None, int | None]] = {}
+        self._keep: list[Any] = []
+        self.probe_meta: dict[int, ValueFacts] = {}
+        self.probe_before: dict[int, int] = {}  # id(event) -> the last probe before it
+        #: ops whose bookkeeping raised: counted and named, reported, never silently dropped
+        self.failures = 0
+        self.failed_ops: list[str] = []
+        for r in self.roots:
+            self._set(r, ValueFacts(dep=True, gconn=r.requires_grad, rg=r.requires_grad))
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def failed(self, op: str, exc: BaseException) -> None:
+        """The bookkeeping of ``op`` raised: count it and keep its name (the user's op ran)."""
+        self.failures += 1
+        if len(self.failed_ops) < MAX_FAILED_OPS:
+            text = f"{op} ({type(exc).__name__}: {exc})"
+            if text not in self.failed_ops:
+                self.failed_ops.append(text[:160])
+
+    def _set(self, t: torch.Tensor, m: ValueFacts) -> None:
+        self.meta[id(t)] = (weakref.ref(t), m)
+
+    def get(self, t: torch.Tensor) -> ValueFacts | None:
+        entry = self.meta.get(id(t))
+        if entry is None or entry[0]() is not t:
+            return None
+        m = entry[1]
+        if t.requires_grad != m.rg:  # flipped after creation: a custom Function's output, or
+            m.rg = t.requires_grad   # requires_grad_(True) on a leaf: ask the graph
+            m.gconn = t.requires_grad and any(graph.is_connected(t, r) for r in self.roots)
+            if t.grad_fn is not None and m.made_at is not None:  # the Function's own node
+                op, loc, step, last = m.made_at
+                self.grad_fn_info.setdefault(id(t.grad_fn), (type(t.grad_fn).__name__, loc,
+                                                             step, last))
+                self._keep.append(t.grad_fn)
+        return m
+
+    def dep(self, t: torch.Tensor) -> bool:
+        m = self.get(t)
+        return bool(m and m.dep)
+
+    def gconn(self, t: torch.Tensor) -> bool:
+        m = self.get(t)
+        return bool(m and m.gconn and t.requires_grad)
+
+    def _step(self) -> tuple[int | None, int]:
+        entries = self.trace._entries
+        last = len(entries) - 1
+        step = next((e.step for e in reversed(entries) if e.step is not None), None)
+        return step, last
+
+    def _event(self, kind: str, cause: str, op: str, detail: str | None = None,
+               location: tuple[str | None, str | None] | None = None) -> BreakEvent:
+        step, last = self._step()
+        loc, fn = location or user_frame()
+        ev = BreakEvent(kind=kind, cause=cause, op=op, index=len(self.events), step=step,
+                        location=loc, function=fn, detail=detail)
+        self.probe_before[id(ev)] = last  # resolved to probe names after the run
+        self.events.append(ev)
+        return ev
+
+    def observe(self, index: int, t: torch.Tensor) -> None:
+        """Trace observer: remember each probed tensor's state when it is probed."""
+        m = self.get(t)
+        if m is None:  # a tensor no tracked op produced (e.g. torch.from_numpy): it is fresh
+            self.probe_meta[index] = ValueFacts(dep=False, gconn=False, rg=t.requires_grad)
+        else:
+            self.probe_meta[index] = ValueFacts(dep=m.dep, gconn=self.gconn(t), rg=m.rg, ev=m.ev,
+                                           bias=m.bias)
+
+    # -- classification -------------------------------------------------------------------
+    def _cause(self, name: str, out: torch.Tensor, grad_on: bool, inf_on: bool) -> tuple[str, str | None]:
+        if inf_on:
+            fn = decorated_on_stack(torch.inference_mode)
+            return "inference_mode", (f"inside {fn}, decorated with @torch.inference_mode()"
+                                      if fn else None)
+        if not grad_on:
+            if in_reentrant_checkpoint():
+                return "reentrant_checkpoint", ("torch.utils.checkpoint(use_reentrant=True) runs "
+                                                "its function under no_grad when no input "
+                                                "requires grad; pass the z0-dependent tensor as "
+                                                "an input, or use use_reentrant=False")
+            fn = decorated_on_stack(torch.no_grad)
+            if fn:
+                return "decorated_no_grad", f"function {fn}"
+            return "no_grad", None
+        if name in ("detach", "detach_"):
+            return "detach", None
+        if name in ("requires_grad_", "requires_grad.__set__"):
+            return "requires_grad_false", None
+        if name in NONDIFF_OPS:
+            return "non_differentiable", None
+        if not (out.is_floating_point() or out.is_complex()):
+            if name in CAST_OPS:
+                return "int_cast", f"to {str(out.dtype).replace('torch.', '')}"
+            return "non_differentiable", f"output dtype {str(out.dtype).replace('torch.', '')}"
+        return "unknown", None
+
+    # -- the mode -------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = _name(func)
+        grad_on, inf_on = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+        try:
+            flat = tensors_in((args, kwargs))
+            if name in SHAPE_ONLY:
+                flat = flat[:1]
+            pre = [(t, self.dep(t), self.gconn(t), self.get(t)) for t in flat]
+        except Exception as exc:  # noqa: BLE001 - the locator must never break the user's code
+            self.failed(name, exc)
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        try:
+            self._after(name, args, pre, out, grad_on, inf_on)
+        except Exception as exc:  # noqa: BLE001 - counted and reported, the user's op ran
+            self.failed(name, exc)
+        return out
+
+    def _after(self, name, args, pre, out, grad_on, inf_on) -> None:
+        base = name
+        if name == "data.__set__":
+            t, v = args[0], args[1]
+            m = self.get(t) or ValueFacts(dep=False, gconn=False, rg=t.requires_grad)
+            if self.dep(v) and t.requires_grad:
+                m.bias = self._event("bias", "data_write", ".data = ...")
+            m.dep = m.dep or self.dep(v)
+            self._set(t, m)
+            return
+        if name in ESCAPE_OPS:
+            if pre and pre[0][1]:
+                t, _, g, m = pre[0]
+                if m is not None and m.ev is not None and m.direct and \
+                        m.ev.cause in ("detach", "data_read"):
+                    m.ev.detail = f"{m.ev.op}() then .{name.strip('_')}()"
+                    m.ev.cause = ESCAPE_OPS[name]
+                elif g:
+                    self._event("escape", ESCAPE_OPS[name], name)
+            return
+        outs = tensors_in(out)
+        inplace = bool(args) and isinstance(args[0], torch.Tensor) and (
+            (name.endswith("_") and not name.endswith("__")) or name == "requires_grad.__set__")
+        if inplace and all(o is not args[0] for o in outs):
+            outs = [args[0], *outs]
+        if not outs:
+            return
+        if name in RANDOM_OPS:
+            loc, fn = user_frame()
+            step, _ = self._step()
+            draw = {"op": name, "location": loc, "function": fn, "step": step, "reported": False,
+                    "via": caller_of_user_frame()}
+            for o in outs:
+                self._set(o, ValueFacts(dep=False, gconn=False, rg=o.requires_grad, rand=draw))
+            return
+        any_dep = any(d for _, d, _, _ in pre) and name not in VALUE_FREE
+        if any_dep:
+            for o in outs:
+                if o.is_floating_point() and (
+                        self.lowest_dtype is None
+                        or torch.finfo(o.dtype).eps > torch.finfo(self.lowest_dtype).eps):
+                    self.lowest_dtype = o.dtype
+        dep_gconn = any(d and g for _, d, g, _ in pre)
+        any_gconn = any(g for _, _, g, _ in pre)
+        evs = [m.ev for _, d, g, m in pre if d and not g and m is not None and m.ev is not None]
+        ev_in = min(evs, key=lambda e: e.index) if evs else None
+        biases = [m.bias for _, _, _, m in pre if m is not None and m.bias is not None]
+        bias_in = min(biases, key=lambda e: e.index) if biases else None
+        direct_in = any(m.direct for _, d, g, m in pre if m is not None and m.ev is ev_in) \
+            if ev_in is not None else False
+        draws = [m.rand for _, d, _, m in pre if not d and m is not None and m.rand is not None]
+        # fresh randomness entering a z0-dependent value additively: disconnected noise
+        if any_dep and draws and name in ADDITIVE:
+            for draw in draws:
+                if not draw["reported"]:
+                    draw["reported"] = True
+                    via = f" (in {draw['function']}, called from {draw['via']})" \
+                        if draw["via"] else ""
+                    ev = self._event("randomness", "disconnected_randomness", draw["op"],
+                                     detail=f"drawn by {draw['op']} at {draw['location']}{via}, "
+                                            f"added to the state by {name}",
+                                     location=(draw["location"], draw["function"]))
+                    ev.via = draw["via"]
+                    self.events.pop()
+                    ev.index = -1 - len(self.randomness)
+                    self.randomness.append(ev)
+        step, last = self._step()
+        if step is None and last + 1 < len(self.trace._entries):
+            step = self.trace._entries[last + 1].step
+        loc = user_frame()[0]
+        in_ids = {id(t) for t, _, _, _ in pre}
+        for o in outs:
+            g_o = bool(o.requires_grad and any_gconn and base not in ZERO_GRAD_OPS
+                       and name not in ("data.__get__",))
+            m = ValueFacts(dep=any_dep, gconn=g_o, rg=o.requires_grad, bias=bias_in)
+            if any_dep and not g_o:
+                if dep_gconn:
+                    if name == "data.__get__":
+                        cause, detail = "data_read", None
+                    else:
+                        cause, detail = self._cause(base, o, grad_on, inf_on)
+                    m.ev = self._event("hard", cause, "x.data" if name == "data.__get__" else base,
+                                       detail)
+                    m.direct = True
+                else:
+                    m.ev = ev_in
+                    m.direct = direct_in and base in COPY_OPS
+            if inplace and o is args[0] and not grad_on and o.requires_grad and any_dep:
+                m.bias = m.bias or self._event("bias", "inplace_no_grad", base)
+                m.gconn = pre[0][2] if pre else m.gconn
+            if not any_dep and draws:
+                m.rand = draws[0]
+            m.made_at = (base, loc, step, last)
+            self._set(o, m)
+            # the node this op made (not one an input already had: x.to(same dtype) is x)
+            if o.grad_fn is not None and id(o) not in in_ids and \
+                    id(o.grad_fn) not in self.grad_fn_info:
+                self.grad_fn_info[id(o.grad_fn)] = (base, loc, step, last)
+                self._keep.append(o.grad_fn)
+
+
+def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: Trace) -> None:
+    """Name the probes each event happened between (``before`` / ``after``), and give an event
+    made before the first stepped probe the step of the probe after it."""
+    entries = tr._entries
+    for ev in events:
+        i = probe_before.get(id(ev))
+        if i is None:
+            continue
+        if 0 <= i < len(entries):
+            ev.before, ev.before_kind = entries[i].name, entries[i].kind
+        if i + 1 < len(entries):
+            ev.after, ev.after_kind = entries[i + 1].name, entries[i + 1].kind
+            if ev.step is None:  # before the first stepped probe: it belongs to the next one
+                ev.step = entries[i + 1].step

@@ -1,0 +1,149 @@
+"""Every place gradcheck reads torch's (or Python's) internals, in one small module, so a torch
+release that moves one of them breaks one function here, with a test, and not the locator, the
+adapters and the probes in three different ways.
+
+- how ``@torch.no_grad()`` / ``@torch.inference_mode()`` decorators are built (torch's
+  ``utils/_contextlib.py``: a ``decorate_context`` closure over ``ctx_factory`` and ``func``);
+- how a reentrant ``torch.utils.checkpoint`` runs its function (``CheckpointFunction.forward``);
+- a removable hook handle's ``hooks_dict_ref`` (is the hook still registered?);
+- pytree flattening of arbitrary call arguments;
+- which stack frames are the user's (not torch's, not gradcheck's own machinery).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from types import FrameType
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: gradcheck's built-in sampler is sampler code like any user's: its frames are reported
+_SAMPLER_DIR = os.path.join(_OWN_DIR, "sampling") + os.sep
+_SKIP_FILES = ("contextlib.py", "functools.py")
+_GRAD_OFF = (torch.no_grad, torch.inference_mode)
+
+
+# -- call arguments -------------------------------------------------------------------------------
+
+def tensors_in(x: Any) -> list[torch.Tensor]:
+    """Every tensor inside ``x`` (nested tuples, lists, dicts), in order."""
+    return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+
+
+# -- hooks ----------------------------------------------------------------------------------------
+
+def hook_registered(handle: Any) -> bool:
+    """Whether a ``RemovableHandle`` still has its hook registered."""
+    d = handle.hooks_dict_ref()
+    return d is not None and handle.id in d
+
+
+# -- grad-disabling decorators ----------------------------------------------------------------------
+
+def _decorator_cells(fn: Any) -> dict[str, Any] | None:
+    """The closure of torch's ``decorate_context`` wrapper, if ``fn`` is one."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_name != "decorate_context" or not fn.__closure__:
+        return None
+    return dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
+
+
+def grad_decorator(fn: Any) -> str | None:
+    """``"@torch.no_grad()"`` (or inference_mode) if ``fn`` itself is torch's decorator wrapper
+    around a function, else None."""
+    cells = _decorator_cells(fn)
+    ctx = getattr((cells or {}).get("ctx_factory"), "__self__", None)
+    if isinstance(ctx, _GRAD_OFF):
+        return f"@torch.{type(ctx).__name__}()"
+    return None
+
+
+def qualname(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def grad_decorators(fn: Any) -> list[tuple[str, str]]:
+    """Every grad-disabling decorator in ``fn``'s ``__wrapped__`` chain, outermost first, as
+    (decorator, the qualified name of the function it wraps)."""
+    out, seen = [], set()
+    f = fn
+    while f is not None and id(f) not in seen:
+        seen.add(id(f))
+        dec = grad_decorator(f)
+        if dec is not None:
+            out.append((dec, qualname(getattr(f, "__wrapped__", f))))
+        f = getattr(f, "__wrapped__", None)
+    return out
+
+
+def decorated_on_stack(kind: type, frame: FrameType | None = None) -> str | None:
+    """The innermost function on the stack wrapped by a ``@kind()`` decorator (no_grad, ...),
+    with where it is defined: ``'pkg.mod.fn (defined at path.py:12)'``."""
+    f = frame or sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "decorate_context" and \
+                f.f_code.co_filename.endswith("_contextlib.py"):
+            ctx = getattr(f.f_locals.get("ctx_factory"), "__self__", None)
+            fn = f.f_locals.get("func")
+            if isinstance(ctx, kind) and fn is not None:
+                code = getattr(fn, "__code__", None)
+                where = (f" (defined at {os.path.relpath(code.co_filename)}:{code.co_firstlineno})"
+                         if code else "")
+                return f"{qualname(fn)}{where}"
+        f = f.f_back
+    return None
+
+
+def in_reentrant_checkpoint(frame: FrameType | None = None) -> bool:
+    """Whether the stack is inside a reentrant ``torch.utils.checkpoint`` forward."""
+    f = frame or sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_filename.endswith(os.path.join("utils", "checkpoint.py")) and \
+                f.f_code.co_name == "forward":
+            return True
+        f = f.f_back
+    return False
+
+
+# -- the user's frames ----------------------------------------------------------------------------
+
+def is_user_file(filename: str) -> bool:
+    """A frame of the user's code: not torch, not gradcheck's own machinery (its built-in
+    sampler counts as sampler code), not contextlib/functools plumbing."""
+    own = filename.startswith(_OWN_DIR) and not filename.startswith(_SAMPLER_DIR)
+    return not (filename.startswith(_TORCH_DIR) or own or filename.endswith(_SKIP_FILES)
+                or filename.startswith("<frozen"))
+
+
+def _rel(filename: str) -> str:
+    return os.path.relpath(filename) if not filename.startswith("<") else filename
+
+
+def _first_user_frame(f: FrameType | None) -> FrameType | None:
+    while f is not None and not is_user_file(f.f_code.co_filename):
+        f = f.f_back
+    return f
+
+
+def user_frame() -> tuple[str | None, str | None]:
+    """(``path:line``, function) of the first stack frame outside torch and gradcheck's own
+    machinery."""
+    f = _first_user_frame(sys._getframe(1))
+    if f is None:
+        return None, None
+    return f"{_rel(f.f_code.co_filename)}:{f.f_lineno}", f.f_code.co_name
+
+
+def caller_of_user_frame() -> str | None:
+    """``path:line (function)`` of the frame that called the first user frame, if it is also
+    outside torch and gradcheck: where a library helper such as diffusers' ``randn_tensor`` was
+    called from."""
+    f = _first_user_frame(sys._getframe(1))
+    caller = f.f_back if f is not None else None
+    if caller is None or not is_user_file(caller.f_code.co_filename):
+        return None
+    return f"{_rel(caller.f_code.co_filename)}:{caller.f_lineno} ({caller.f_code.co_name})"

@@ -287,6 +287,24 @@ class _InitialNoise(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def _quiet_progress(pipe: Any) -> Iterator[None]:
+    """The pipeline's progress bar off for the diagnosed call, the user's setting back after."""
+    if not hasattr(pipe, "set_progress_bar_config"):
+        yield
+        return
+    saved = dict(getattr(pipe, "_progress_bar_config", None) or {})
+    had = hasattr(pipe, "_progress_bar_config")
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        if had:
+            pipe._progress_bar_config = saved
+        else:
+            del pipe._progress_bar_config
+
+
 def diffusers_pipeline(pipe: Any, *, unwrap: bool = False, seed: int | None = None,
                        check_shape: bool = True, **call_kwargs: Any) -> AdaptedSampler:
     """A diffusers pipeline call as ``z0 -> output``.
@@ -318,8 +336,6 @@ def diffusers_pipeline(pipe: Any, *, unwrap: bool = False, seed: int | None = No
     sig_fn = inspect.unwrap(call)
     takes_latents, takes_output_type, takes_batch_size = (
         _accepts(sig_fn, a) for a in ("latents", "output_type", "batch_size"))
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
 
     def sample(z0: torch.Tensor) -> torch.Tensor:
         kw = dict(call_kwargs)
@@ -338,7 +354,7 @@ def diffusers_pipeline(pipe: Any, *, unwrap: bool = False, seed: int | None = No
         # the pipeline's config with the wrapper's class
         pipe.__dict__[attr] = wrapped
         try:
-            with feed:
+            with feed, _quiet_progress(pipe):
                 res = target(pipe, **kw)
         finally:
             pipe.__dict__[attr] = inner

@@ -170,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     op.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    rp = sub.add_parser("report", help="re-render the HTML and PNGs of a saved report.json "
-                        "(no model is run; torch is not imported)")
-    rp.add_argument("json_path", metavar="REPORT_JSON", help="a report.json written by gradcheck run")
+    rp = sub.add_parser("report", help="re-render the HTML and PNGs of a saved report.json or "
+                        "optimize.json (no model is run; torch is not imported)")
+    rp.add_argument("json_path", metavar="REPORT_JSON", help="a report.json written by gradcheck "
+                    "run, or an optimize.json written by gradcheck optimize")
     rp.add_argument("--out", default=None, help="output directory (default: the JSON's directory)")
     _render_args(rp)
     rp.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -401,12 +402,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .records import OptimizeRecord
     from .report import load_record
-    from .report.render import render
+    from .report.render import render, render_optimize
 
     record = load_record(args.json_path)
     out = args.out or str(Path(args.json_path).resolve().parent)
-    rendered = render(record, out, graphs=args.graph)
+    if isinstance(record, OptimizeRecord):
+        rendered = render_optimize(record, out)
+    else:
+        rendered = render(record, out, graphs=args.graph)
     _print_rendered(None, rendered)
     return EXIT_OK if record.passed else EXIT_FAILED
 

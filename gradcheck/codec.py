@@ -209,8 +209,9 @@ def _record_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
         props[name] = {"type": "boolean", "description": "computed: "
                        + ((getattr(cls, name).__doc__ or name).strip().split("\n")[0])}
         required.append(name)
-    out = {"type": "object", "description": (cls.__doc__ or "").strip().split("\n\n")[0]
-           .replace("\n", " "), "properties": props, "required": required,
+    out = {"type": "object",
+           "description": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()),
+           "properties": props, "required": required,
            "additionalProperties": False}
     return out
 

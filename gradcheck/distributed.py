@@ -164,9 +164,15 @@ def parallel_sampler(den: torch.nn.Module, config: Any, mode: str, seed: int, pa
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        # DDP refuses a module with no trainable parameter; the weights never get gradients
-        # here (only z0 and the step noises are differentiated)
-        net = DistributedDataParallel(den.requires_grad_(True))
+        # DDP refuses a module with no trainable parameter: the flags are raised for its
+        # constructor only and put back as the user had them (a weight that did not require
+        # grad never gets one: only z0 and the step noises are differentiated)
+        flags = [(p, p.requires_grad) for p in den.parameters()]
+        try:
+            net = DistributedDataParallel(den.requires_grad_(True))
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
         dim = 0
     elif parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard

@@ -1,26 +1,30 @@
-"""Who wants to see every diagnosis as it is made (the pytest plugin's ``--gradcheck-report``).
+"""Who wants to see every diagnosis as it is made (the pytest plugin's recorder).
 
-No torch here: the plugin imports this module when pytest starts.
+Observers are scoped, not global: ``with observing(fn):`` calls ``fn(report)`` for every
+:class:`~gradcheck.records.FlowReport` that :func:`gradcheck.diagnose` returns inside the block
+(in this thread / async context), and nothing after it. No torch here: the plugin imports this
+module when pytest starts.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
-_OBSERVERS: list[Callable[[Any], None]] = []
-
-
-def add(fn: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Call ``fn(report)`` with every :class:`~gradcheck.records.FlowReport` that
-    :func:`gradcheck.diagnose` returns from now on; returns ``fn`` (for :func:`remove`)."""
-    _OBSERVERS.append(fn)
-    return fn
+_OBSERVERS: ContextVar[tuple[Callable[[Any], None], ...]] = ContextVar(
+    "gradcheck_observers", default=())
 
 
-def remove(fn: Callable[[Any], None]) -> None:
-    if fn in _OBSERVERS:
-        _OBSERVERS.remove(fn)
+@contextlib.contextmanager
+def observing(fn: Callable[[Any], None]) -> Iterator[Callable[[Any], None]]:
+    """Call ``fn(report)`` with every diagnosis made inside the block; nestable."""
+    token = _OBSERVERS.set(_OBSERVERS.get() + (fn,))
+    try:
+        yield fn
+    finally:
+        _OBSERVERS.reset(token)
 
 
 def notify(report: Any) -> None:
-    for fn in list(_OBSERVERS):
+    for fn in _OBSERVERS.get():
         fn(report)

@@ -72,11 +72,19 @@ def gradcheck_trace(request: pytest.FixtureRequest) -> GradcheckRecorder:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     reports = item.stash.setdefault(_KEY, [])
-    fn = observers.add(reports.append)
     try:
-        yield
+        with observers.observing(reports.append):
+            yield
     finally:
-        observers.remove(fn)
+        # keep only what the summary and --gradcheck-report need: the plain record, not the
+        # live handles (z0, its gradient, the output, the loss closure: on a GPU, memory that
+        # would otherwise stay alive until the whole session ends)
+        reports[:] = [_plain(r) for r in reports]
+
+
+def _plain(report: Any) -> Any:
+    """The report as plain data (a copy without ``handles``)."""
+    return type(report).from_dict(report.to_dict())
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -27,22 +27,22 @@ class ProbeStats(Record):
     ``requires_grad`` tells whether it was in an autograd graph at all when it was probed.
     """
 
-    name: str
-    kind: str
-    order: int
-    step: int | None = None
-    call: int | None = None
-    sigma: float | None = None
+    name: str  # e.g. x[3], D_out[2], eps[1]
+    kind: str  # z0, x_T, state, step_noise, denoiser_in, denoiser_out, output, loss, or custom
+    order: int  # position in forward (recording) order
+    step: int | None = None  # the sampler step it belongs to
+    call: int | None = None  # the denoiser call index (denoiser probes)
+    sigma: float | None = None  # the noise level there
     dtype: str = ""
     shape: list[int] = field(default_factory=list)
-    requires_grad: bool = False
-    grad_fn: str | None = None
-    connected_to_z0: bool | None = None
-    reached: bool = False
-    norm: float | None = None
-    mean_abs: float | None = None
-    max_abs: float | None = None
-    nonfinite: int | None = None
+    requires_grad: bool = False  # in an autograd graph when probed
+    grad_fn: str | None = None  # its autograd node's type
+    connected_to_z0: bool | None = None  # its graph reaches z0 (z0, x_T and step noise only)
+    reached: bool = False  # any gradient arrived
+    norm: float | None = None  # L2 norm of the gradient that arrived
+    mean_abs: float | None = None  # mean |g|
+    max_abs: float | None = None  # max |g|
+    nonfinite: int | None = None  # how many elements of the gradient are NaN/Inf
 
     @property
     def status(self) -> str:
@@ -67,30 +67,30 @@ class Finding(Record):
     """The verdict of one check. ``level`` is ``error`` (counts towards pass/fail), ``warning``
     (a problem that does not block the gradient: reported, not failed) or ``info``."""
 
-    name: str
+    name: str  # the check, e.g. grad_reaches_z0
     passed: bool
-    message: str
-    value: Any = None
-    threshold: Any = None
-    step: int | None = None
-    level: str = "error"
+    message: str  # what was found, where, and a hint
+    value: Any = None  # the measured value
+    threshold: Any = None  # what it was judged against
+    step: int | None = None  # the sampler step concerned, if one
+    level: str = "error"  # error, warning or info
 
 
 @dataclass
 class NumericResult(Record):
     """Central finite differences of the loss along a unit direction v against <v, dL/dz0>."""
 
-    dtype: str
-    direction_seed: int
-    eps: float | None
-    fd: float | None
-    reverse: float | None
+    dtype: str  # z0's dtype
+    direction_seed: int  # seeds the unit direction v
+    eps: float | None  # the step size judged (the best of the sweep)
+    fd: float | None  # (L(z0 + eps v) - L(z0 - eps v)) / 2 eps
+    reverse: float | None  # <v, dL/dz0> from reverse mode
     abs_error: float | None
     rel_error: float | None
-    rtol: float
-    atol: float
-    sweep: list[dict[str, float]] = field(default_factory=list)
-    skipped: str | None = None
+    rtol: float  # the relative tolerance for the dtype
+    atol: float  # the round-off floor of the finite difference
+    sweep: list[dict[str, float]] = field(default_factory=list)  # every step size tried
+    skipped: str | None = None  # why the check did not run
     working_dtype: str | None = None  # lower than dtype: the sampler casts down inside
 
 
@@ -99,11 +99,11 @@ class OptimResult(Record):
     """A few Adam steps on a copy of z0: did z0 change, did the loss move the intended way?"""
 
     lr: float
-    steps: int
-    objective: str
-    z0_changed: bool
-    max_abs_change: float
-    losses: list[float] = field(default_factory=list)
+    steps: int  # Adam steps taken
+    objective: str  # minimize or maximize
+    z0_changed: bool  # the first step changed z0
+    max_abs_change: float  # max |dz0| of the first step
+    losses: list[float] = field(default_factory=list)  # the loss before and after each step
     skipped: str | None = None
 
 
@@ -112,11 +112,11 @@ class Hygiene(Record):
     """What the trace left behind: hooks still registered, the grad mode before and after, and
     whether the user's sampler itself changed the global grad mode and left it changed."""
 
-    hooks_registered: int
-    hooks_left: int
+    hooks_registered: int  # gradient hooks the trace registered
+    hooks_left: int  # of them still registered after it closed (0 is clean)
     grad_mode_before: bool
     grad_mode_after: bool
-    sampler_changed_grad_mode: bool
+    sampler_changed_grad_mode: bool  # the sampler left the global grad mode changed
 
 
 @dataclass
@@ -129,18 +129,18 @@ class BreakEvent(Record):
     draw not derived from z0 enters the state), ``zero`` / ``nonfinite`` (found in backward).
     """
 
-    kind: str
-    cause: str
-    op: str
-    index: int = 0
-    step: int | None = None
-    before: str | None = None
+    kind: str  # hard, bias, escape, randomness, zero or nonfinite
+    cause: str  # e.g. detach, no_grad, int_cast (gradcheck.text.CAUSES says each in words)
+    op: str  # the op that did it
+    index: int = 0  # order among the locator's events
+    step: int | None = None  # the sampler step
+    before: str | None = None  # the last probe recorded before it
     before_kind: str | None = None
-    after: str | None = None
+    after: str | None = None  # the first probe recorded after it
     after_kind: str | None = None
-    location: str | None = None
-    function: str | None = None
-    detail: str | None = None
+    location: str | None = None  # path:line of the user's code
+    function: str | None = None  # the function there
+    detail: str | None = None  # more on the cause
     via: str | None = None  # where the function at ``location`` was called from (a helper's caller)
     rank: int | None = None  # the process it happened in (distributed runs)
 
@@ -163,16 +163,16 @@ class LocatorResult(Record):
     relevant break; ``randomness`` every disconnected random draw that enters the state."""
 
     ran: bool
-    reason: str
-    primary: BreakEvent | None = None
-    events: list[BreakEvent] = field(default_factory=list)
-    randomness: list[BreakEvent] = field(default_factory=list)
-    note: str | None = None
+    reason: str  # why it ran (the symptoms, or asked)
+    primary: BreakEvent | None = None  # what explains the failing checks
+    events: list[BreakEvent] = field(default_factory=list)  # every relevant break (up to 50)
+    randomness: list[BreakEvent] = field(default_factory=list)  # fresh draws entering the state
+    note: str | None = None  # what it says when no event explains the failure
     lowest_dtype: str | None = None  # the least precise float dtype of any value computed from z0
-    #: ops whose provenance bookkeeping raised (the locator's own failure, never the user's):
-    #: counted, with the first few op names, so an incomplete answer says so
-    internal_failures: int = 0
-    failed_ops: list[str] = field(default_factory=list)
+    # ops whose provenance bookkeeping raised (the locator's own failure, never the user's):
+    # counted, with the first few named, so an incomplete answer says so
+    internal_failures: int = 0  # ops the locator could not follow
+    failed_ops: list[str] = field(default_factory=list)  # the first of them, with the error
 
 
 @dataclass
@@ -180,8 +180,8 @@ class OpGraph(Record):
     """The op-level autograd graph: node ``i`` is ``labels[i]`` (a backward op such as
     ``MulBackward0``, or ``leaf (2, 1, 8, 8)``); an edge ``[a, b]`` means b was computed from a."""
 
-    labels: list[str] = field(default_factory=list)
-    edges: list[list[int]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # node i's op (or leaf and shape)
+    edges: list[list[int]] = field(default_factory=list)  # [a, b]: b computed from a
 
 
 @dataclass
@@ -195,13 +195,13 @@ class StepGraph(Record):
     ``raw_skipped`` says why.
     """
 
-    nodes: list[int] = field(default_factory=list)
-    edges: list[list[int]] = field(default_factory=list)
-    region_ops: dict[str, dict[str, int]] = field(default_factory=dict)
-    total_nodes: int = 0
-    raw_cap: int = 0
-    raw: OpGraph | None = None
-    raw_skipped: str | None = None
+    nodes: list[int] = field(default_factory=list)  # probe orders in the graph
+    edges: list[list[int]] = field(default_factory=list)  # [src, dst] probe orders
+    region_ops: dict[str, dict[str, int]] = field(default_factory=dict)  # unprobed ops by type
+    total_nodes: int = 0  # autograd nodes walked
+    raw_cap: int = 0  # the op-level graph is kept up to this many nodes
+    raw: OpGraph | None = None  # the op-level graph (small runs)
+    raw_skipped: str | None = None  # why it was not kept
 
 
 @dataclass
@@ -212,30 +212,30 @@ class FlowReport(Record):
     noise leaves, the output); it is never serialised.
     """
 
-    mode: str
-    objective: str
+    mode: str  # the noise mode (gradcheck.modes)
+    objective: str  # minimize or maximize
     loss_description: str
     loss: float | None
     output_requires_grad: bool
     loss_requires_grad: bool
-    output_grad_max_abs: float | None
-    probes: list[ProbeStats]
-    numeric: NumericResult | None
-    optim: OptimResult | None
+    output_grad_max_abs: float | None  # max |dL/d(output)|: 0 means a stationary loss
+    probes: list[ProbeStats]  # in forward (recording) order
+    numeric: NumericResult | None  # the finite-difference check (None: not run)
+    optim: OptimResult | None  # the optimizer probe (None: not run)
     hygiene: Hygiene
-    expect: dict[str, Any] = field(default_factory=dict)
-    graph: StepGraph | None = None
-    locator: LocatorResult | None = None
-    thresholds: dict[str, float] = field(default_factory=dict)
-    samples: list[list[float]] | None = None  # the sampler outputs (small images only), for the report's grid
+    expect: dict[str, Any] = field(default_factory=dict)  # step_noise, sample_shape
+    graph: StepGraph | None = None  # the step graph (None: not captured)
+    locator: LocatorResult | None = None  # None: the locator did not run
+    thresholds: dict[str, float] = field(default_factory=dict)  # vanishing_rel, exploding_ratio
+    samples: list[list[float]] | None = None  # the outputs, flattened (small images only)
     truncation: dict[str, Any] | None = None  # truncated backprop against full: what z0 gets
     sampler: str | None = None  # what was diagnosed, e.g. "k-diffusion sample_euler (unwrapped)"
     notes: list[str] = field(default_factory=list)  # advice from the sampler's adapter
     world_size: int = 1  # processes that diagnosed one shard of z0 each (torch.distributed)
     parallel: str | None = None  # the layout: ddp, fsdp, cp (or None: the user's own)
     ranks: list[dict[str, Any]] | None = None  # per-rank detail (distributed runs)
-    checks: list[Finding] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,
                                     metadata={"transient": True})
 
@@ -269,11 +269,11 @@ class FlowReport(Record):
 class RunRecord(Record):
     """The whole of ``report.json``: one FlowReport per mode plus config and environment."""
 
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    modes: dict[str, FlowReport]
-    schema_version: int = SCHEMA_VERSION
-    tool: str = "gradcheck"
+    config: dict[str, Any]  # what was run (see the list above)
+    environment: dict[str, Any]  # versions, platform, device, threads
+    modes: dict[str, FlowReport]  # mode name -> its diagnosis
+    schema_version: int = SCHEMA_VERSION  # of this file format
+    tool: str = "gradcheck"  # which command wrote it
 
     COMPUTED = ("passed",)
     TOOL = "gradcheck"
@@ -288,23 +288,23 @@ class OptimizeResult(Record):
     """What ``gradcheck optimize`` did: the objective's value, loss, gradient norm and mean
     per-sample norm of z0 at every iteration, and its checks."""
 
-    objective: str
-    description: str
-    direction: str
+    objective: str  # diverge, class:K or target
+    description: str  # the objective in words
+    direction: str  # up or down: which way the value should move
     iters: int
     lr: float
-    clip: float | None
-    norm_reg: str
-    mode: str
-    values: list[float]
-    losses: list[float]
-    grad_norms: list[float]
-    z_norms: list[float]  # mean per-sample ||z0||
-    sqrt_d: float
-    z_finite: bool
+    clip: float | None  # gradient-norm clipping
+    norm_reg: str  # none, chi or renorm
+    mode: str  # the noise mode
+    values: list[float]  # the objective's value, per iteration
+    losses: list[float]  # the minimised loss (with the regulariser), per iteration
+    grad_norms: list[float]  # |dloss/dz0|, per iteration
+    z_norms: list[float]  # mean per-sample ||z0||, per iteration
+    sqrt_d: float  # where a Gaussian z0's norm concentrates
+    z_finite: bool  # z0 stayed finite
     seconds: float
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # name, passed, message
+    extra: dict[str, Any] = field(default_factory=dict)  # the objective's parameters
 
     @property
     def passed(self) -> bool:
@@ -316,18 +316,18 @@ class OptimizeRecord(Record):
     """The whole of ``optimize.json``: configuration, environment, the result, and the samples
     (flattened per sample) before and after, with the classifier's labels where there is one."""
 
-    config: dict[str, Any]
-    environment: dict[str, Any]
+    config: dict[str, Any]  # the command's options
+    environment: dict[str, Any]  # versions, platform, device, threads
     result: OptimizeResult
-    sample_shape: list[int]
-    samples_before: list[list[float]]
-    samples_after: list[list[float]]
+    sample_shape: list[int]  # one sample's shape
+    samples_before: list[list[float]]  # the outputs before, flattened per sample
+    samples_after: list[list[float]]  # and after
     labels_before: list[list[float]] | None = None  # [class, confidence] per sample
-    labels_after: list[list[float]] | None = None
+    labels_after: list[list[float]] | None = None  # [class, confidence] per sample, after
     class_hits: int | None = None  # samples classified as the objective's class, after
-    class_hits_before: int | None = None
-    schema_version: int = SCHEMA_VERSION
-    tool: str = "gradcheck optimize"
+    class_hits_before: int | None = None  # the same, before
+    schema_version: int = SCHEMA_VERSION  # of this file format
+    tool: str = "gradcheck optimize"  # which command wrote it
 
     TOOL = "gradcheck optimize"
 

@@ -113,14 +113,19 @@ def import_object(spec: str, what: str, error: type[Exception] = ConfigError) ->
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise error(f"{what} {spec!r} is not of the form package.module:name")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:  # for this import only: the process's sys.path is the user's
+        sys.path.insert(0, cwd)
     try:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
         obj = importlib.import_module(mod_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's bad input
         raise error(f"cannot import {what} {spec!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     return obj
 
 

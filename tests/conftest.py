@@ -13,6 +13,32 @@ pytest_plugins = ["pytester"]
 SHAPE = (2, 1, 8, 8)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _every_written_report_matches_the_schema(tmp_path_factory):
+    """At the end of the session, every report.json / optimize.json the suite wrote (all under
+    pytest's temporary root: CLI runs, pytester runs, API calls) validates against the JSON
+    Schema checked in under docs/ (generated from the records)."""
+    yield
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    validators = {name: jsonschema.Draft202012Validator(
+        json.loads((docs / f"{kind}.schema.json").read_text()))
+        for name, kind in (("report.json", "report"), ("optimize.json", "optimize"))}
+    bad, seen = [], 0
+    for name, validator in validators.items():
+        for path in tmp_path_factory.getbasetemp().rglob(name):
+            seen += 1
+            for err in validator.iter_errors(json.loads(path.read_text())):
+                bad.append(f"{path}: {'/'.join(map(str, err.absolute_path))}: "
+                           f"{err.message[-300:]}")
+                break
+    assert not bad, f"{len(bad)} of {seen} written reports break the schema:\n" + "\n".join(bad[:10])
+
+
 @pytest.fixture(autouse=True)
 def _grad_mode_guard():
     """Every test must leave the global grad mode as it found it."""

@@ -86,3 +86,23 @@ def test_decorated_pipeline_fails_naming_the_decorator_and_unwrap_passes(unet, z
         ref = (loop(z0) / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(ok.handles["output"], ref, rtol=1e-5, atol=1e-6)
     assert pipe.unet is unet and dict(pipe.config) == config_before  # restored, config intact
+
+
+def test_the_pipelines_progress_bar_setting_is_the_users_again_after_a_diagnosis(unet, z0):
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(desc="mine", leave=False)
+    seen = []
+    real = type(pipe).progress_bar
+
+    def spy(self, *a, **kw):  # what the pipeline's own progress bar is configured with, in-call
+        seen.append(dict(self._progress_bar_config))
+        return real(self, *a, **kw)
+
+    fn = adapters.diffusers_pipeline(pipe, unwrap=True, num_inference_steps=2)
+    type(pipe).progress_bar = spy
+    try:
+        gradcheck.diagnose(fn, z0, numeric=False, optim_steps=0)
+    finally:
+        type(pipe).progress_bar = real
+    assert seen and all(c.get("disable") is True for c in seen)  # quiet during the diagnosis
+    assert pipe._progress_bar_config == {"desc": "mine", "leave": False}  # the user's, after

@@ -82,3 +82,30 @@ def test_no_torch(request):
 ''')
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
+
+
+def test_the_plugin_keeps_no_tensor_of_a_finished_test_alive(pytester):
+    # a CUDA z0, its gradient, the output and the loss closure would otherwise stay alive for
+    # the whole session: after the test, only the plain record is kept
+    pytester.makepyfile(test_leak='''
+import gc, weakref
+import torch
+from gradcheck.sampling import ResSampler, SamplerConfig, build_denoiser
+
+den = build_denoiser("gaussian", dtype=torch.float64)
+REFS = []
+
+
+def test_diagnose(gradcheck_trace):
+    rep = gradcheck_trace.diagnose(ResSampler(den, SamplerConfig(steps=2)),
+                                   torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    REFS.extend(weakref.ref(rep.handles[k]) for k in ("z0", "z0_grad", "output"))
+    assert rep.passed
+
+
+def test_nothing_of_it_is_alive(request):
+    gc.collect()
+    assert REFS and all(r() is None for r in REFS)
+''')
+    res = pytester.runpytest("-p", "no:cacheprovider")
+    res.assert_outcomes(passed=2)

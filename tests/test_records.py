@@ -11,7 +11,7 @@ import pytest
 
 from gradcheck.checks import run_checks
 from gradcheck.errors import GradcheckError
-from gradcheck.records import FlowReport, ProbeStats, RunRecord
+from gradcheck.records import BreakEvent, Finding, FlowReport, ProbeStats, RunRecord
 from gradcheck.report import load_record, summary, write_json_atomic
 from gradcheck.runner import RunConfig, run
 from gradcheck.sampling import SamplerConfig
@@ -33,7 +33,7 @@ def test_round_trip_is_lossless(record, tmp_path):
 
 def test_json_is_strict_and_documents_its_schema(record, tmp_path):
     d = record.to_dict()
-    assert d["schema_version"] == 1 and d["tool"] == "gradcheck" and d["passed"] is True
+    assert d["schema_version"] == 2 and d["tool"] == "gradcheck" and d["passed"] is True
     text = json.dumps(d, allow_nan=False)  # raises on NaN/Infinity
     mode = d["modes"]["default"]
     assert {"checks", "probes", "timings", "numeric", "optim", "hygiene", "loss"} <= set(mode)
@@ -42,14 +42,71 @@ def test_json_is_strict_and_documents_its_schema(record, tmp_path):
     assert "handles" not in text
 
 
-def test_non_finite_numbers_survive_as_strings():
+def test_non_finite_numbers_are_tagged_and_survive():
     p = ProbeStats(name="x", kind="state", order=0, reached=True, norm=math.nan,
                    max_abs=math.inf, nonfinite=3)
     d = p.to_dict()
-    assert d["norm"] == "NaN" and d["max_abs"] == "Infinity"
+    assert d["norm"] == {"$float": "NaN"} and d["max_abs"] == {"$float": "Infinity"}
     json.dumps(d, allow_nan=False)
     back = ProbeStats.from_dict(d)
     assert math.isnan(back.norm) and back.max_abs == math.inf and back.status == "nonfinite"
+
+
+def test_a_string_that_reads_nan_stays_a_string():
+    # schema 1 turned any string field equal to "NaN"/"Infinity" into a float
+    f = Finding(name="NaN", passed=False, message="Infinity", value="-Infinity",
+                threshold=-math.inf)
+    back = Finding.from_dict(json.loads(json.dumps(f.to_dict(), allow_nan=False)))
+    assert back.name == "NaN" and back.message == "Infinity" and back.value == "-Infinity"
+    assert back.threshold == -math.inf
+    ev = BreakEvent(kind="hard", cause="detach", op="NaN", detail="Infinity")
+    assert BreakEvent.from_dict(ev.to_dict()) == ev
+
+
+def test_schema_1_files_are_still_read():
+    from pathlib import Path
+
+    gold = Path(__file__).parent / "golden" / "run_2ab_4.json"
+    assert json.loads(gold.read_text())["schema_version"] == 1
+    rec = load_record(gold)
+    assert rec.config["sampler"]["s_max"] == math.inf and rec.schema_version == 2
+    assert rec.to_dict()["config"]["sampler"]["s_max"] == {"$float": "Infinity"}
+
+
+def test_a_record_that_lacks_a_field_is_named():
+    with pytest.raises(GradcheckError, match="FlowReport lacks the field 'hygiene'"):
+        RunRecord.from_dict({"schema_version": 2, "tool": "gradcheck", "config": {},
+                             "environment": {}, "modes": {"default": {
+                                 "mode": "default", "objective": "minimize",
+                                 "loss_description": "", "loss": 1.0,
+                                 "output_requires_grad": True, "loss_requires_grad": True,
+                                 "output_grad_max_abs": 1.0, "probes": [], "numeric": None,
+                                 "optim": None}}})
+
+
+def test_schema_and_docs_are_generated_from_the_records():
+    from gradcheck import schema
+
+    assert schema.main(["--check"]) == 0, "run python -m gradcheck.schema --write"
+    s = schema.schemas()["report.schema.json"]
+    probe = s["$defs"]["ProbeStats"]
+    assert probe["additionalProperties"] is False and "norm" in probe["properties"]
+    assert set(s["required"]) >= {"config", "environment", "modes", "passed"}
+
+
+def test_the_schema_rejects_what_the_records_would_not_write(record):
+    import jsonschema
+
+    from gradcheck import schema
+
+    validator = jsonschema.Draft202012Validator(schema.schemas()["report.schema.json"])
+    d = record.to_dict()
+    assert not list(validator.iter_errors(d))
+    d["modes"]["default"]["probes"][0]["norm"] = "NaN"  # schema 1's ambiguous encoding
+    assert list(validator.iter_errors(d))
+    d = record.to_dict()
+    d["modes"]["default"]["surprise"] = 1
+    assert list(validator.iter_errors(d))
 
 
 def test_unknown_schema_version_is_refused(record):

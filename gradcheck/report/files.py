@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradcheckError, OutputError
-from ..records import RunRecord
+from ..codec import RecordError
+from ..records import OptimizeRecord, RunRecord
 
 
 def check_writable(out_dir: str | os.PathLike[str]) -> Path:
@@ -28,14 +29,30 @@ def check_writable(out_dir: str | os.PathLike[str]) -> Path:
     return p
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``. The
+    file gets the permissions any new file would (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -55,11 +72,20 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text_atomic(path, text)
 
 
-def load_record(path: str | os.PathLike[str]) -> RunRecord:
-    """Read a ``report.json`` back into a :class:`RunRecord` (no torch needed)."""
+def load_record(path: str | os.PathLike[str]) -> RunRecord | OptimizeRecord:
+    """Read a ``report.json`` (:class:`RunRecord`) or an ``optimize.json``
+    (:class:`OptimizeRecord`) back (no torch needed); anything else is a one-line error."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GradcheckError(f"cannot read report {str(path)!r}: {exc}") from None
-    return RunRecord.from_dict(data)
+    tool = data.get("tool") if isinstance(data, dict) else None
+    cls = {RunRecord.TOOL: RunRecord, OptimizeRecord.TOOL: OptimizeRecord}.get(tool)
+    if cls is None:
+        raise GradcheckError(f"cannot render {str(path)!r}: not a report.json or optimize.json "
+                             f"written by gradcheck (its 'tool' is {tool!r})")
+    try:
+        return cls.from_dict(data)
+    except RecordError as exc:
+        raise GradcheckError(f"cannot render {str(path)!r}: {exc}") from None

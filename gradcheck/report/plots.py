@@ -10,13 +10,10 @@ import io
 import math
 from dataclasses import dataclass, field
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..checks import break_point  # noqa: E402
-from ..records import FlowReport, RunRecord  # noqa: E402
+from ..checks import break_point
+from ..records import FlowReport, RunRecord
 
 #: The kinds plotted, with their legend names and styles.
 KINDS = {
@@ -83,7 +80,7 @@ def grad_figure(record: RunRecord):
     """The matplotlib Figure: one panel per mode, shared log y-axis."""
     series = [plot_series(r) for r in record.modes.values()]
     n = len(series)
-    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.4), sharey=True, squeeze=False)
+    fig, axes = _subplots(1, n, figsize=(6.2 * n, 4.4), sharey=True, squeeze=False)
     values = [y for s in series for pts in s.lines.values() for _, y in pts if y > 0]
     lo = min(values) if values else 1e-6
     hi = max(values) if values else 1.0
@@ -122,10 +119,17 @@ def grad_figure(record: RunRecord):
     return fig
 
 
-def figure_png(fig) -> bytes:
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float],
+              **kw) -> tuple[Figure, object]:
+    """A Figure and its axes through matplotlib's object API: no pyplot, no global backend
+    switch, no figure registry that keeps figures alive."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def figure_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -138,8 +142,8 @@ def samples_figure(record: RunRecord):
     import numpy as np
 
     cols = max(len(r.samples) for _, r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols + 1.2, 1.4 * len(rows) + 0.3),
-                             squeeze=False)
+    fig, axes = _subplots(len(rows), cols, figsize=(1.3 * cols + 1.2, 1.4 * len(rows) + 0.3),
+                          squeeze=False)
     for i, (mode, r) in enumerate(rows):
         c, h, w = r.expect.get("sample_shape", [1, 8, 8])
         for j in range(cols):
@@ -161,7 +165,7 @@ def samples_figure(record: RunRecord):
 
 def loss_curve_figure(data: dict):
     r = data["result"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = _subplots(figsize=(6.4, 3.6))
     ax.plot(range(len(r["values"])), r["values"], color="#08519c", marker="o", markersize=2.5,
             label=r["objective"])
     ax.set_xlabel("iteration")
@@ -176,7 +180,7 @@ def loss_curve_figure(data: dict):
 
 def z_norm_figure(data: dict):
     r = data["result"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    fig, ax = _subplots(figsize=(6.4, 3.2))
     ax.plot(range(len(r["z_norms"])), r["z_norms"], color="#238b45", label="mean ||z0||")
     ax.axhline(r["sqrt_d"], color="#cb181d", linestyle="--", label=f"sqrt(d) = {r['sqrt_d']:.3g}")
     ax.axhspan(0.95 * r["sqrt_d"], 1.05 * r["sqrt_d"], color="#cb181d", alpha=0.08,
@@ -198,7 +202,7 @@ def before_after_figure(data: dict):
         return None
     c, h, w = shape
     cols = len(before)
-    fig, axes = plt.subplots(2, cols, figsize=(1.3 * cols + 1.2, 3.2), squeeze=False)
+    fig, axes = _subplots(2, cols, figsize=(1.3 * cols + 1.2, 3.2), squeeze=False)
     labels = data.get("labels_before"), data.get("labels_after")
     for i, (row, name) in enumerate(((before, "before"), (after, "after"))):
         for j in range(cols):

@@ -1,0 +1,70 @@
+"""Run the locator: the provenance pass, the backward analysis where needed, and the choice of
+the primary event (see :mod:`gradcheck.locate`)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..probes import probe, trace
+from ..records import PATH_KINDS, BreakEvent, FlowReport, LocatorResult
+from .backward import backward_analysis
+from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
+from .provenance import Collectives, Provenance, resolve_probes
+
+
+def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
+           loss_of: Callable[[torch.Tensor], torch.Tensor], report: FlowReport, *,
+           run_ctx: Callable[[], Any], reason: str) -> LocatorResult:
+    """Re-run ``sample_fn`` under provenance tracking and explain ``report``'s failures.
+
+    Args:
+        sample_fn: the sampler, ``z0 -> output``.
+        z0: the point to re-run at (a fresh leaf copy is made).
+        loss_of: ``output -> loss``, as in the diagnosis.
+        report: the diagnosis to explain (its probe statuses select what to look for).
+        run_ctx: a context-manager factory reproducing the diagnosis's RNG state per call.
+        reason: why the locator runs (recorded).
+    """
+    z = z0.detach().clone().requires_grad_(True)
+    grad_mode = torch.is_grad_enabled()
+    loss = None
+    with trace() as tr:
+        prov = Provenance(tr, [z])
+        tr.observer = prov.observe
+        probe(z, "z0", kind="z0")
+        try:
+            with run_ctx(), prov, Collectives(prov):
+                out = sample_fn(z)
+                torch.set_grad_enabled(grad_mode)
+                if isinstance(out, torch.Tensor):
+                    probe(out, "output", kind="output")
+                    loss = loss_of(out)
+                    probe(loss, "loss", kind="loss")
+        finally:
+            torch.set_grad_enabled(grad_mode)
+        loss_facts = prov.get(loss) if isinstance(loss, torch.Tensor) else None
+        want = set()
+        statuses = {p.status for p in report.probes if p.kind in ("z0",) + PATH_KINDS}
+        if "zero" in statuses:
+            want.add("zero")
+        if "nonfinite" in statuses or any(p.nonfinite for p in report.probes):
+            want.add("nonfinite")
+        back: list[BreakEvent] = []
+        if want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
+            back = backward_analysis(loss, z, prov.grad_fn_info, want, tr)
+    resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
+    probe_facts: dict[int, ValueFacts] = prov.probe_meta
+    primary, note = choose_primary(
+        loss=loss_facts, loss_gconn=isinstance(loss, torch.Tensor) and prov.gconn(loss),
+        loss_is_tensor=isinstance(loss, torch.Tensor), events=prov.events,
+        probe_before=prov.probe_before, probes=probe_facts,
+        probe_kinds=[e.kind for e in tr._entries], back=back, randomness=prov.randomness,
+        numeric_failed=numeric_failed(report),
+        expect_connected=report.expect.get("step_noise") == "connected")
+    events = relevant_events(primary, prov.events, back, probe_facts)
+    low = prov.lowest_dtype
+    return LocatorResult(ran=True, reason=reason, primary=primary, events=events[:50],
+                         randomness=prov.randomness[:50], note=note,
+                         lowest_dtype=str(low).replace("torch.", "") if low is not None else None,
+                         internal_failures=prov.failures, failed_ops=list(prov.failed_ops))

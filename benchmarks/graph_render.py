@@ -37,7 +37,12 @@ def main() -> None:
         layout(step_graph_dot(rep), ("svg",), timeout=args.timeout)
         t_step = time.perf_counter() - t0
 
-        from torchviz import make_dot  # the tool people reach for today
+        try:
+            from torchviz import make_dot  # the tool people reach for today (a peer, not ours)
+        except ImportError:
+            print(f"{steps:>6}{rep.graph.total_nodes:>16}{t_step:>10.2f} s"
+                  f"{'(pip install torchviz to compare)':>40}", flush=True)
+            continue
 
         z = z0.clone().requires_grad_(True)
         loss = torch.nn.functional.mse_loss(smp(z), torch.zeros_like(z0))

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 
 from .records import PATH_KINDS, Finding, FlowReport, ProbeStats
-from .text import fmt, located, probe_where, ranges, step_picture, steps_phrase
+from .text import BREAK_POINT_WORDS, fmt, located, probe_where, ranges, step_picture, steps_phrase
 
 
 def break_point(report: FlowReport) -> tuple[ProbeStats, ProbeStats, str] | None:
@@ -33,7 +33,7 @@ def break_between(report: FlowReport) -> str | None:
     if bp is None:
         return None
     a, b, kind = bp
-    what = "the autograd graph ends" if kind == "graph_ends" else "the gradient stops"
+    what = ("the autograd " if kind == "graph_ends" else "the ") + BREAK_POINT_WORDS[kind]
     return f"{what} between {a.name} ({probe_where(a)}) and {b.name} ({probe_where(b)})"
 
 

@@ -287,7 +287,7 @@ def _print_rendered(json_path, rendered) -> None:
 def cmd_optimize(args: argparse.Namespace) -> int:
     import torch
 
-    from .optimize import parse_objective, run_optimize
+    from .optimize import optimize_record, parse_objective, run_optimize
     from .report import check_writable, write_json_atomic
     from .report.render import render_optimize
     from .runner import DTYPES, environment, load_denoiser, resolve_device
@@ -357,32 +357,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if rank != 0:
         return distributed.report_status(EXIT_OK, ctx)
 
-    def labels(x):
-        if clf is None:
-            return None
-        p = clf(x.clamp(-1, 1)).softmax(1)
-        conf, k = p.max(1)
-        return [[int(a), round(float(b), 4)] for a, b in zip(k, conf)]
-
-    def flat(x):
-        return [[round(v, 4) for v in row] for row in
-                x.detach().double().cpu().reshape(x.shape[0], -1).tolist()]
-
-    from .records import OptimizeRecord
-
-    rec = OptimizeRecord(
-        config={"objective": args.objective, "iters": args.iters, "lr": args.lr,
-                "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
-                "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
-                "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
-                "device": args.device, "sampler": cfg.to_dict()},
-        environment=environment(args.dtype, device), result=res, sample_shape=list(shape),
-        samples_before=flat(before), samples_after=flat(after),
-        labels_before=labels(before), labels_after=labels(after))
-    if "class" in res.extra and rec.labels_after:
-        k = res.extra["class"]
-        rec.class_hits = sum(lab == k for lab, _ in rec.labels_after)
-        rec.class_hits_before = sum(lab == k for lab, _ in rec.labels_before)
+    config = {"objective": args.objective, "iters": args.iters, "lr": args.lr,
+              "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
+              "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
+              "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
+              "device": args.device, "sampler": cfg.to_dict()}
+    rec = optimize_record(config, environment(args.dtype, device), res, shape, before, after,
+                          classifier=clf)
     data = rec.to_dict()
     path = write_json_atomic(Path(out) / "optimize.json", data)
     rendered = render_optimize(rec, out)

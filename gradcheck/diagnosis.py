@@ -344,6 +344,7 @@ def diagnose(
     vanishing_rel: float = 1e-8,
     exploding_ratio: float = 1e4,
     scan_randomness: bool | None = None,
+    policy: Local | None = None,
 ) -> FlowReport:
     """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
 
@@ -382,6 +383,8 @@ def diagnose(
         scan_randomness: run the provenance pass (one more forward) to find fresh random draws
             mixed into the state even when every check passes; default: for mode ``custom``.
             ``locate="never"`` turns it off.
+        policy: how the diagnosis behaves across processes (:mod:`gradcheck.policy`); default:
+            that of the process group this process is in (a single process: the trivial one).
 
     Returns:
         A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
@@ -391,7 +394,7 @@ def diagnose(
         raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {locate!r}")
     modes.get(mode)
     z0 = validate_z0(z0)
-    policy = current()
+    policy = policy or current()
     t_start = time.perf_counter()
     run = runner(sample_fn, seed, z0.device)
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ConfigError, InputError
-from .records import OptimizeResult
+from .records import OptimizeRecord, OptimizeResult
 
 NORM_REGS = ("none", "chi", "renorm")
 
@@ -236,3 +236,31 @@ def optimize_checks(r: OptimizeResult) -> list[dict]:
                        "message": f"mean ||z0|| stayed within {dev:.1%} of sqrt(d) = "
                                   f"{r.sqrt_d:.3g} (bound 5%)"})
     return checks
+
+
+def optimize_record(config: dict[str, Any], environment: dict[str, Any], res: OptimizeResult,
+                    shape: tuple[int, ...], before: torch.Tensor, after: torch.Tensor, *,
+                    classifier: Any = None) -> OptimizeRecord:
+    """The record of an optimisation (``optimize.json``): the result, the outputs before and
+    after (flattened per sample), and the classifier's labels and class hits where there is one."""
+
+    def labels(x: torch.Tensor) -> list[list[float]] | None:
+        if classifier is None:
+            return None
+        p = classifier(x.clamp(-1, 1)).softmax(1)
+        conf, k = p.max(1)
+        return [[int(a), round(float(b), 4)] for a, b in zip(k, conf)]
+
+    def flat(x: torch.Tensor) -> list[list[float]]:
+        return [[round(v, 4) for v in row] for row in
+                x.detach().double().cpu().reshape(x.shape[0], -1).tolist()]
+
+    rec = OptimizeRecord(config=config, environment=environment, result=res,
+                         sample_shape=list(shape), samples_before=flat(before),
+                         samples_after=flat(after), labels_before=labels(before),
+                         labels_after=labels(after))
+    if "class" in res.extra and rec.labels_after:
+        k = res.extra["class"]
+        rec.class_hits = sum(lab == k for lab, _ in rec.labels_after)
+        rec.class_hits_before = sum(lab == k for lab, _ in rec.labels_before)
+    return rec

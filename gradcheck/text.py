@@ -137,6 +137,10 @@ def step_picture(report: FlowReport) -> str:
     return "; ".join(parts)
 
 
+#: How the two kinds of break point (:func:`gradcheck.checks.break_point`) read.
+BREAK_POINT_WORDS = {"graph_ends": "graph ends", "gradient_stops": "gradient stops"}
+
+
 def probe_where(p: ProbeStats) -> str:
     return f"step {p.step}" if p.step is not None else p.kind
 

@@ -107,5 +107,7 @@ def test_nothing_of_it_is_alive(request):
     gc.collect()
     assert REFS and all(r() is None for r in REFS)
 ''')
-    res = pytester.runpytest("-p", "no:cacheprovider")
+    # in a subprocess: in-process, this very test's recorder would (rightly) see the inner
+    # diagnoses too, and keep them for this test's own summary
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     res.assert_outcomes(passed=2)

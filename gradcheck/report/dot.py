@@ -20,7 +20,7 @@ from pathlib import Path
 from ..checks import break_point
 from ..errors import GradcheckError
 from ..records import FlowReport, OpGraph, ProbeStats
-from ..text import node_label, steps_of
+from ..text import BREAK_POINT_WORDS, node_label, steps_of
 
 #: Seconds allowed for one Graphviz layout before it is abandoned.
 LAYOUT_TIMEOUT_S = 30.0
@@ -205,9 +205,8 @@ def step_graph_dot(r: FlowReport) -> str:
     bp = break_point(r)
     if bp is not None:
         a, b, kind = bp
-        what = "graph ends" if kind == "graph_ends" else "gradient stops"
         dg.edge(f"p{a.order}", f"p{b.order}", color="#cb181d", style="dashed", penwidth="3",
-                label="BREAK: " + what, fontcolor="#cb181d", fontsize="10")
+                label="BREAK: " + BREAK_POINT_WORDS[kind], fontcolor="#cb181d", fontsize="10")
     return dg.source()
 
 

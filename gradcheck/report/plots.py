@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from ..checks import break_point
 from ..records import FlowReport, RunRecord
+from ..text import BREAK_POINT_WORDS, steps_of
 
 #: The kinds plotted, with their legend names and styles.
 KINDS = {
@@ -45,9 +46,7 @@ def _x(p) -> float:
 
 def plot_series(r: FlowReport) -> ModeSeries:
     s = ModeSeries(mode=r.mode)
-    for p in sorted(r.probes, key=lambda p: p.order):
-        if p.step is None:
-            continue
+    for p in (p for ps in steps_of(r).values() for p in ps):
         if p.sigma is not None and p.step not in s.sigmas:
             s.sigmas[p.step] = p.sigma
         kind = "state" if p.kind == "x_T" else p.kind
@@ -71,8 +70,7 @@ def plot_series(r: FlowReport) -> ModeSeries:
             s.break_x = (_x(a) + _x(b)) / 2 if a.step != b.step else _x(a) + 0.25
         elif a.step is not None or b.step is not None:
             s.break_x = _x(a if a.step is not None else b)
-        what = "graph ends" if kind == "graph_ends" else "gradient stops"
-        s.break_label = f"break ({what}): {a.name} -> {b.name}"
+        s.break_label = f"break ({BREAK_POINT_WORDS[kind]}): {a.name} -> {b.name}"
     return s
 
 

@@ -111,6 +111,55 @@ def run_title(cfg: dict[str, Any]) -> str:
             f"{z}, seed {cfg.get('seed')}{procs}")
 
 
+def _mode_view(name: str, r: FlowReport, out: Path, graphs: str, res: Rendered,
+               big_raw: OpGraph | None) -> dict[str, Any]:
+    """One mode's part of the page: its graphs drawn into ``out``, its texts and tables."""
+    errors = [f for f in r.checks if f.level == "error"]
+    src = dot.step_graph_dot(r)
+    write_text_atomic(out / f"graph_{name}.dot", src)
+    res.files.append(f"graph_{name}.dot")
+    uri, note = _draw(src, f"graph_{name}", out, graphs, res, ("svg", "png"))
+    if note:
+        res.notes.append(f"{name} step graph: {note}")
+    step_graph = {"uri": uri, "file": f"graph_{name}.svg", "note": note, "dot": src,
+                  "dot_file": f"graph_{name}.dot"}
+
+    g = r.graph
+    raw = {"uri": None, "file": f"autograd_{name}.svg", "note": None, "dot_file": None}
+    if g is not None and g.raw is not None:
+        raw_src = dot.op_graph_dot(g.raw, f"autograd_{name}")
+        write_text_atomic(out / f"autograd_{name}.dot", raw_src)
+        res.files.append(f"autograd_{name}.dot")
+        raw["dot_file"] = f"autograd_{name}.dot"
+        raw["uri"], raw["note"] = _draw(raw_src, f"autograd_{name}", out, graphs, res,
+                                        ("svg",))
+    else:
+        why = g.raw_skipped if g is not None else "no autograd graph was recorded"
+        raw["note"] = f"raw graph skipped: {why}" if why else "raw graph not recorded"
+        if big_raw is not None:
+            write_text_atomic(out / f"autograd_{name}.dot",
+                              dot.op_graph_dot(big_raw, f"autograd_{name}"))
+            res.files.append(f"autograd_{name}.dot")
+            raw["dot_file"] = f"autograd_{name}.dot"
+            raw["note"] += "; the DOT source is linked below (lay it out with dot -Tsvg)"
+    if raw["note"]:
+        res.notes.append(f"{name} raw graph: {raw['note']}")
+
+    return {
+        "name": name, "passed": r.passed, "locator": r.locator, "truncation": r.truncation,
+        "notes": r.notes, "sampler": r.sampler, "ranks": r.ranks,
+        "ranks_differ": bool(r.ranks) and len({(x["passed"], x["z0_status"],
+                                                tuple(x["failed"])) for x in r.ranks}) > 1,
+        "located": located(r) if r.locator and r.locator.primary else None,
+        "locator_failures": locator_failures(r), "n_ok": sum(f.passed for f in errors),
+        "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
+        "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
+        "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
+                        f"{g.total_nodes} autograd nodes") if g else "",
+        "timings": {k: f"{v:.3f}" for k, v in r.timings.items()}, "probes": r.probes,
+    }
+
+
 def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = "auto",
            raw_graphs: dict[str, OpGraph | None] | None = None,
            generated: str | None = None) -> Rendered:
@@ -145,52 +194,8 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
         res.files.append("samples.png")
         samples_uri = _uri("image/png", spng)
 
-    modes = []
-    for name, r in record.modes.items():
-        errors = [f for f in r.checks if f.level == "error"]
-        src = dot.step_graph_dot(r)
-        write_text_atomic(out / f"graph_{name}.dot", src)
-        res.files.append(f"graph_{name}.dot")
-        uri, note = _draw(src, f"graph_{name}", out, graphs, res, ("svg", "png"))
-        if note:
-            res.notes.append(f"{name} step graph: {note}")
-        step_graph = {"uri": uri, "file": f"graph_{name}.svg", "note": note, "dot": src,
-                      "dot_file": f"graph_{name}.dot"}
-
-        g = r.graph
-        raw = {"uri": None, "file": f"autograd_{name}.svg", "note": None, "dot_file": None}
-        if g is not None and g.raw is not None:
-            raw_src = dot.op_graph_dot(g.raw, f"autograd_{name}")
-            write_text_atomic(out / f"autograd_{name}.dot", raw_src)
-            res.files.append(f"autograd_{name}.dot")
-            raw["dot_file"] = f"autograd_{name}.dot"
-            raw["uri"], raw["note"] = _draw(raw_src, f"autograd_{name}", out, graphs, res,
-                                            ("svg",))
-        else:
-            why = g.raw_skipped if g is not None else "no autograd graph was recorded"
-            raw["note"] = f"raw graph skipped: {why}" if why else "raw graph not recorded"
-            if raw_graphs and raw_graphs.get(name) is not None:
-                write_text_atomic(out / f"autograd_{name}.dot",
-                                  dot.op_graph_dot(raw_graphs[name], f"autograd_{name}"))
-                res.files.append(f"autograd_{name}.dot")
-                raw["dot_file"] = f"autograd_{name}.dot"
-                raw["note"] += "; the DOT source is linked below (lay it out with dot -Tsvg)"
-        if raw["note"]:
-            res.notes.append(f"{name} raw graph: {raw['note']}")
-
-        modes.append({
-            "name": name, "passed": r.passed, "locator": r.locator, "truncation": r.truncation,
-            "notes": r.notes, "sampler": r.sampler, "ranks": r.ranks,
-            "ranks_differ": bool(r.ranks) and len({(x["passed"], x["z0_status"],
-                                                    tuple(x["failed"])) for x in r.ranks}) > 1,
-            "located": located(r) if r.locator and r.locator.primary else None,
-            "locator_failures": locator_failures(r), "n_ok": sum(f.passed for f in errors),
-            "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
-            "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
-            "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
-                            f"{g.total_nodes} autograd nodes") if g else "",
-            "timings": {k: f"{v:.3f}" for k, v in r.timings.items()}, "probes": r.probes,
-        })
+    modes = [_mode_view(name, r, out, graphs, res, (raw_graphs or {}).get(name))
+             for name, r in record.modes.items()]
 
     names = []
     for r in record.modes.values():

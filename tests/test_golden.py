@@ -1,0 +1,18 @@
+"""Golden reports: the 4-step subset of scripts/golden.py (every solver, --mode all, an adapter run,
+one fault per kind) regenerated and compared with tests/golden/ (timings and environment ignored;
+the differences it forgives are listed, with their reason, in the script). A change that means to
+alter a report updates the goldens with ``scripts/golden.py --update`` and says why."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_golden_reports_are_unchanged():
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "golden.py"), "--quick"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert "25 of 25 golden reports equal" in res.stdout

@@ -57,6 +57,7 @@ def _float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # long, but flat: one declarative add_argument per option, grouped as --help shows them
     p = _Parser(prog="gradcheck", description="Gradient-flow diagnostics for diffusion samplers: "
                 "does the gradient of a loss reach the initial noise z0, and where does it stop?")
     p.add_argument("--version", action="version", version=f"gradcheck {__version__}")
@@ -285,6 +286,8 @@ def _print_rendered(json_path, rendered) -> None:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    # composition only, in the order it runs: check options, launch ranks, build the sampler and
+    # objective (one process or sharded), optimise, record (optimize.optimize_record), render
     import torch
 
     from .optimize import optimize_record, parse_objective, run_optimize

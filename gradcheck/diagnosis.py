@@ -4,7 +4,8 @@ A diagnosis is a few stages, each a function with explicit inputs and outputs (s
 :func:`diagnose`, which reads as their sequence):
 
     build_loss -> record (forward + backward under the trace) -> numeric_check -> optimizer_probe
-      -> judge (pure: gradcheck.checks) -> locate (only when needed) -> policy.merge (ranks)
+      -> assemble + judge (pure: gradcheck.checks) -> locate_stage (only when needed; it runs
+      remeasure_at_working_precision) -> policy.merge (ranks)
 
 The stages record (torch); :mod:`gradcheck.checks` judges the record (pure); renderers draw it.
 How a diagnosis behaves across processes is one object, :mod:`gradcheck.policy`, handed to the
@@ -145,6 +146,8 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
            policy: Local) -> Recording:
     """One forward pass of the sampler under the trace, the loss, and one backward pass (with
     ``torch.autograd.grad``: the user's ``.grad`` fields are untouched)."""
+    # one trace context holds the forward, the graph capture and the backward: the probes'
+    # hooks must be registered while the graph is alive and removed when the trace closes
     z = z0.detach().clone().requires_grad_(True)
     z_grad = None
     raw_full = None
@@ -288,9 +291,8 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
                  policy: Local) -> None:
     """Name where and why the gradient breaks (one more forward pass under provenance tracking,
     and a backward pass where a gradient became zero or non-finite), only when a check failed,
-    when asked, or to scan a custom sampler for fresh randomness; then, where the sampler computes
-    in lower precision than z0's inside, measure the numeric check again at that precision.
-    Updates ``report`` in place."""
+    when asked, or to scan a custom sampler for fresh randomness; then
+    :func:`remeasure_at_working_precision`. Updates ``report`` in place and judges it again."""
     from .locate import locate as run_locator, symptoms
 
     why = symptoms(report) if report.failed or locate != "never" else []
@@ -303,9 +305,17 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
     report.locator = run_locator(sample_fn, z0, loss.of, report,
                                  run_ctx=lambda: seeded(seed, z0.device), reason=reason)
     report.timings["locate_s"] = time.perf_counter() - t0
-    # a sampler that computes in lower precision inside than z0's dtype (diffusers' schedulers
-    # step in float32) gets the numeric check at that precision: measured again with that
-    # dtype's step sizes, never judged looser on the old measurements
+    remeasure_at_working_precision(run, loss, rec, report, seed=seed, policy=policy)
+    report.checks = run_checks(report)
+
+
+def remeasure_at_working_precision(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss,
+                                   rec: Recording, report: FlowReport, *, seed: int,
+                                   policy: Local) -> None:
+    """A sampler that computes in lower precision inside than z0's dtype (diffusers' schedulers
+    step in float32), as the provenance pass saw, gets the numeric check at that precision:
+    measured again with that dtype's step sizes (2 forward passes per step size), never judged
+    looser on the old measurements. Updates ``report.numeric`` in place."""
     z = rec.z
     low = report.locator.lowest_dtype
     eps = policy.max(torch.finfo(getattr(torch, low) if low else z.dtype).eps)  # every rank alike
@@ -320,7 +330,6 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
         if was_failing and numeric_directional(report).passed and \
                 report.locator.primary is None:
             report.locator.note = None  # it explained a mismatch that was round-off
-    report.checks = run_checks(report)
 
 
 # -- the diagnosis ----------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
         numeric_failed: the numeric check failed (a wrong gradient, not a missing one).
         expect_connected: the mode promises step noise derived from z0.
     """
+    # long because it is an ordered list of rules (numbered below), the first that applies wins
     primary: BreakEvent | None = None
     note = None
     # 1. the loss itself does not carry gradient to z0: its own cut

@@ -280,6 +280,9 @@ class Provenance(TorchFunctionMode):
         return out
 
     def _after(self, name, args, pre, out, grad_on, inf_on) -> None:
+        # one op's bookkeeping, in the order the cases are decided: a .data write, an escape
+        # from torch, a random draw, then any other op (dependence, cut, bias, randomness mixed
+        # in); kept as one function so the precedence between the cases stays visible
         base = name
         if name == "data.__set__":
             t, v = args[0], args[1]

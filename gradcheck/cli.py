@@ -6,6 +6,7 @@ Exit codes (as coverage.py): 0 every check passed, 2 a check failed, 1 bad input
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -199,7 +200,7 @@ def _render_args(group) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import check_writable, summary, write_json_atomic
+    from .report import output_dir, summary, write_json_atomic
     from .runner import RunConfig, run
     from .sampling import SamplerConfig
 
@@ -224,11 +225,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import distributed
 
     if cfg.nproc > 1 and not distributed.launched():
-        check_writable(args.out)  # fail before launching, not after
-        return distributed.launch(_without_nproc(args.argv), cfg.nproc)
+        with output_dir(args.out, "report.json"):  # fail before launching, not after
+            return distributed.launch(_without_nproc(args.argv), cfg.nproc)
     rank = int(os.environ.get("RANK", "0")) if cfg.nproc > 1 else 0
-    out = check_writable(args.out) if rank == 0 else None  # rank 0 alone writes
-    if rank != 0:
+    if rank != 0:  # rank 0 alone writes
         run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=False)
         return distributed.report_status(EXIT_OK, distributed.context())
     if args.graph == "always" and not args.no_html:
@@ -237,15 +237,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         if find_dot() is None:
             raise GraphvizMissing(f"--graph always, but the Graphviz 'dot' binary is not on "
                                   f"PATH: {INSTALL_HINT}")
-    record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=not args.no_html)
-    data = record.to_dict()
-    path = write_json_atomic(Path(out) / "report.json", data)
-    rendered = None
-    if not args.no_html:
-        from .report.render import render
+    # the record is written last: a run that fails part-way leaves no report (and no new
+    # directory) behind
+    with output_dir(args.out, "report.json") as out:
+        record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=not args.no_html)
+        data = record.to_dict()
+        rendered = None
+        if not args.no_html:
+            from .report.render import render
 
-        raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
-        rendered = render(record, out, graphs=args.graph, raw_graphs=raw)
+            raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
+            rendered = render(record, out, graphs=args.graph, raw_graphs=raw)
+        path = write_json_atomic(out / "report.json", data)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
@@ -290,8 +293,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     # objective (one process or sharded), optimise, record (optimize.optimize_record), render
     import torch
 
-    from .optimize import optimize_record, parse_objective, run_optimize
-    from .report import check_writable, write_json_atomic
+    from .optimize import check_options, optimize_record, parse_objective, run_optimize
+    from .report import output_dir, write_json_atomic
     from .report.render import render_optimize
     from .runner import DTYPES, environment, load_denoiser, resolve_device
     from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig
@@ -299,6 +302,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from . import distributed
 
     mode = args.mode
+    check_options(iters=args.iters, lr=args.lr, clip=args.clip, norm_reg=args.norm_reg,
+                  chi_weight=args.chi_weight, perturb=args.perturb)
     if args.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     if args.batch < 1:
@@ -310,66 +315,70 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     cfg = SamplerConfig(solver=args.solver, steps=args.steps, checkpoint=args.checkpoint).validate()
     dtype, device = DTYPES[args.dtype], resolve_device(args.device)
     if nproc > 1 and not distributed.launched():
-        check_writable(args.out)  # fail before launching, not after
-        return distributed.launch(_without_nproc(args.argv), nproc)
+        with output_dir(args.out, "optimize.json"):  # fail before launching, not after
+            return distributed.launch(_without_nproc(args.argv), nproc)
     ctx = distributed.init_from_env(args.dist_timeout, device) if nproc > 1 else None
     rank = ctx.rank if ctx is not None else 0
-    out = check_writable(args.out) if rank == 0 else None  # rank 0 alone writes
-    den, shape = load_denoiser(args.denoiser, seed=args.seed, dtype=dtype, device=device)
-    shape = shape or BUILTIN_SHAPES["digits"]
-    clf = None
-    if args.denoiser in ("digits", "conv") or args.objective.startswith("class:"):
-        from .models import load_classifier
+    # rank 0's directory (others write nothing): removed again if the optimisation fails
+    guard = output_dir(args.out, "optimize.json") if rank == 0 else contextlib.nullcontext()
+    with guard as out:
+        den, shape = load_denoiser(args.denoiser, seed=args.seed, dtype=dtype, device=device)
+        shape = shape or BUILTIN_SHAPES["digits"]
+        clf = None
+        if args.denoiser in ("digits", "conv") or args.objective.startswith("class:"):
+            from .models import load_classifier
 
-        clf = load_classifier(dtype=dtype, device=device)
-    g = torch.Generator().manual_seed(args.seed)
-    z0 = torch.randn((args.batch, *shape), generator=g, dtype=torch.float64).to(device, dtype)
-    sharding = None
-    if ctx is None:
-        sampler = ResSampler(den, cfg, mode=mode, seed=args.seed)
-        objective, start = parse_objective(args.objective, sampler=sampler, z0=z0,
-                                           classifier=clf, perturb=args.perturb, seed=args.seed)
-        full_out = sampler
-    else:
-        # every rank optimises its shard; the objective and the step are the global ones
-        sampler = distributed.parallel_sampler(den, cfg, mode, args.seed, args.parallel, ctx)
-        sharding = distributed.Sharding(ctx, sampler.shard_dim)
-        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(args.seed + 7919),
-                            dtype=torch.float64).to(z0)
-        objective, start = parse_objective(
-            args.objective, sampler=lambda z: sharding.full(sampler(z)),
-            z0=distributed.shard(z0, sampler.shard_dim, ctx), classifier=clf,
-            perturb=args.perturb, seed=args.seed,
-            start_noise=distributed.shard(noise, sampler.shard_dim, ctx),
-            like=z0 if sharding.replicated else None)
+            clf = load_classifier(dtype=dtype, device=device)
+        g = torch.Generator().manual_seed(args.seed)
+        z0 = torch.randn((args.batch, *shape), generator=g, dtype=torch.float64)
+        z0 = z0.to(device, dtype)
+        sharding = None
+        if ctx is None:
+            sampler = ResSampler(den, cfg, mode=mode, seed=args.seed)
+            objective, start = parse_objective(args.objective, sampler=sampler, z0=z0,
+                                               classifier=clf, perturb=args.perturb,
+                                               seed=args.seed)
+            full_out = sampler
+        else:
+            # every rank optimises its shard; the objective and the step are the global ones
+            sampler = distributed.parallel_sampler(den, cfg, mode, args.seed, args.parallel, ctx)
+            sharding = distributed.Sharding(ctx, sampler.shard_dim)
+            gen = torch.Generator().manual_seed(args.seed + 7919)
+            noise = torch.randn(z0.shape, generator=gen, dtype=torch.float64).to(z0)
+            objective, start = parse_objective(
+                args.objective, sampler=lambda z: sharding.full(sampler(z)),
+                z0=distributed.shard(z0, sampler.shard_dim, ctx), classifier=clf,
+                perturb=args.perturb, seed=args.seed,
+                start_noise=distributed.shard(noise, sampler.shard_dim, ctx),
+                like=z0 if sharding.replicated else None)
 
-        def full_out(z):
-            out_ = sharding.full(sampler(z))
-            if sharding.replicated:
-                return out_
-            parts = ctx.gather(out_.detach().cpu())  # rank 0: the whole batch
-            return torch.cat(parts) if parts is not None else out_
-    with torch.no_grad():
-        before = full_out(start)
-    res, z_final = run_optimize(sampler, start, objective, iters=args.iters, lr=args.lr,
-                                clip=args.clip, norm_reg=args.norm_reg,
-                                chi_weight=args.chi_weight,
-                                progress=not args.no_progress and rank == 0, sharding=sharding)
-    with torch.no_grad():
-        after = full_out(z_final)
-    if rank != 0:
-        return distributed.report_status(EXIT_OK, ctx)
+            def full_out(z):
+                out_ = sharding.full(sampler(z))
+                if sharding.replicated:
+                    return out_
+                parts = ctx.gather(out_.detach().cpu())  # rank 0: the whole batch
+                return torch.cat(parts) if parts is not None else out_
+        with torch.no_grad():
+            before = full_out(start)
+        res, z_final = run_optimize(sampler, start, objective, iters=args.iters, lr=args.lr,
+                                    clip=args.clip, norm_reg=args.norm_reg,
+                                    chi_weight=args.chi_weight,
+                                    progress=not args.no_progress and rank == 0,
+                                    sharding=sharding)
+        with torch.no_grad():
+            after = full_out(z_final)
+        if rank != 0:  # rank 0 alone writes
+            return distributed.report_status(EXIT_OK, ctx)
 
-    config = {"objective": args.objective, "iters": args.iters, "lr": args.lr,
-              "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
-              "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
-              "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
-              "device": args.device, "sampler": cfg.to_dict()}
-    rec = optimize_record(config, environment(args.dtype, device), res, shape, before, after,
-                          classifier=clf)
-    data = rec.to_dict()
-    path = write_json_atomic(Path(out) / "optimize.json", data)
-    rendered = render_optimize(rec, out)
+        config = {"objective": args.objective, "iters": args.iters, "lr": args.lr,
+                  "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
+                  "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
+                  "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
+                  "device": args.device, "sampler": cfg.to_dict()}
+        rec = optimize_record(config, environment(args.dtype, device), res, shape, before, after,
+                              classifier=clf)
+        rendered = render_optimize(rec, out)
+        path = write_json_atomic(out / "optimize.json", rec.to_dict())  # last: no half report
     print(f"optimize {res.objective} ({objective.description})")
     print(f"  {res.objective}: {res.values[0]:.6g} -> {res.values[-1]:.6g} in {res.iters} "
           f"iterations ({res.seconds:.1f} s), mode {mode}, lr {res.lr:g}"

@@ -120,6 +120,25 @@ def chi_nll(z: torch.Tensor) -> torch.Tensor:
     return (0.5 * n**2 - (d - 1) * n.log()).sum()
 
 
+def check_options(*, iters: int, lr: float, clip: float | None, norm_reg: str,
+                  chi_weight: float, perturb: float = 0.0) -> None:
+    """Raise :class:`ConfigError` naming the first bad optimisation option (before any work)."""
+    if norm_reg not in NORM_REGS:
+        raise ConfigError(f"unknown norm regulariser {norm_reg!r}; choose one of "
+                          f"{', '.join(NORM_REGS)}")
+    if iters < 1:
+        raise ConfigError(f"iters must be >= 1, got {iters}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be > 0 (and finite), got {lr}")
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise ConfigError(f"clip must be > 0 (and finite), got {clip}")
+    if not (math.isfinite(chi_weight) and chi_weight >= 0):
+        raise ConfigError(f"chi-weight must be >= 0 (and finite: the weight of the chi "
+                          f"penalty), got {chi_weight}")
+    if not (math.isfinite(perturb) and perturb >= 0):
+        raise ConfigError(f"perturb must be >= 0 (and finite), got {perturb}")
+
+
 def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int = 50,
                  lr: float = 0.05, clip: float | None = None, norm_reg: str = "none",
                  chi_weight: float = 1.0, progress: bool = False,
@@ -131,14 +150,7 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
     ``sharding`` (a :class:`gradcheck.distributed.Sharding`): z0 is this rank's shard; the
     objective, the clipping norm, the chi term and the reported numbers are global, so every rank
     takes the step the single-process optimisation of the whole z0 would take."""
-    if norm_reg not in NORM_REGS:
-        raise ConfigError(f"unknown norm regulariser {norm_reg!r}; choose one of {', '.join(NORM_REGS)}")
-    if iters < 1:
-        raise ConfigError(f"iters must be >= 1, got {iters}")
-    if not lr > 0:
-        raise ConfigError(f"lr must be > 0, got {lr}")
-    if clip is not None and not clip > 0:
-        raise ConfigError(f"clip must be > 0, got {clip}")
+    check_options(iters=iters, lr=lr, clip=clip, norm_reg=norm_reg, chi_weight=chi_weight)
     z = z0.detach().clone().requires_grad_(True)
     sh = sharding
     d = z[0].numel() if sh is None or not sh.replicated else int(sh.sum(float(z[0].numel())))

@@ -15,6 +15,7 @@ module-level tensor global.
 from __future__ import annotations
 
 import math
+import re
 import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from . import graph
-from .errors import DenoiserError
+from .errors import DenoiserError, GradcheckError
 from .records import ProbeStats
 from .torch_internals import hook_registered
 
@@ -264,7 +265,20 @@ def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: An
         x = alias(x)
         tr.add(x, f"{label}_in[{step}]{suffix}", step=step, kind="denoiser_in",
                sigma=sigma, call=call)
-    out = fn(x, sigma, *args, **kwargs)
+    try:
+        out = fn(x, sigma, *args, **kwargs)
+    except GradcheckError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        if not _SHAPE_WORDS.search(first):
+            raise  # not about the input's layout (out of memory, a bug): the error as it came
+        # the input does not fit the network: say which shape came, and which it takes
+        raise DenoiserError(
+            f"denoiser {_fn_name(fn)} raised {type(exc).__name__} on an input of shape "
+            f"{tuple(x.shape)} ({str(x.dtype).replace('torch.', '')}): {first}"
+            + (f"; it takes samples of shape {tuple(want)}" if (want := _sample_shape(fn))
+               else "")) from exc
     pred = output_tensor(out)
     if pred is None:
         raise DenoiserError(
@@ -280,6 +294,16 @@ def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: An
         tr.add(pred, f"{label}_out[{step}]{suffix}", step=step, kind="denoiser_out",
                sigma=sigma, call=call)
     return out
+
+
+#: Words of torch's messages about an input that does not fit a layer (conv, linear, view, ...).
+_SHAPE_WORDS = re.compile(r"shape|size|dimension|channel|mat1|mat2", re.IGNORECASE)
+
+
+def _sample_shape(fn: Any) -> tuple[int, ...] | None:
+    """The per-sample shape a denoiser says it takes (a ``sample_shape`` attribute), if any."""
+    shape = getattr(getattr(fn, "inner", fn), "sample_shape", None)
+    return tuple(shape) if shape else None
 
 
 def _fn_name(fn: Any) -> str:

@@ -191,9 +191,32 @@ def load_denoiser(spec: str, *, seed: int, dtype: torch.dtype,
     return den, tuple(shape) if shape else None
 
 
+#: Built-in denoisers whose network fixes the layout of a sample (channels first, 2-d images);
+#: the Gaussian one takes any shape.
+_FIXED_LAYOUT = {"digits", "conv"}
+
+
+def check_sample_shape(cfg: RunConfig, shape: tuple[int, ...],
+                       expected: tuple[int, ...] | None) -> None:
+    """z0's per-sample ``shape`` against what the denoiser takes (a built-in network's layout, or
+    a factory result's ``sample_shape``): the same number of dimensions and channels, or a
+    one-line error naming both, before anything runs."""
+    if expected is None or (":" not in cfg.denoiser and cfg.denoiser not in _FIXED_LAYOUT):
+        return
+    if len(shape) == len(expected) and shape[0] == expected[0]:
+        return
+    given = (f"--z0 {cfg.z0_path}" if cfg.z0_path else
+             f"--shape {','.join(map(str, cfg.shape))}" if cfg.shape else "z0")
+    layout = "C,H,W" if len(expected) == 3 else ("C,T,H,W" if len(expected) == 4 else "")
+    raise ConfigError(f"{given} gives samples of shape {shape}, but denoiser {cfg.denoiser!r} "
+                      f"takes samples of shape {expected}" + (f" ({layout})" if layout else ""))
+
+
 def load_z0(path: str, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """z0 from a ``.pt`` (a tensor, loaded with weights_only) or ``.npy`` file."""
     p = Path(path)
+    if not p.is_file():
+        raise InputError(f"cannot load z0 from {path!r}: no such file")
     try:
         if p.suffix == ".npy":
             import numpy as np
@@ -202,7 +225,10 @@ def load_z0(path: str, *, dtype: torch.dtype, device: torch.device) -> torch.Ten
         else:
             z = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot load z0 from {path!r}: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise InputError(f"cannot load z0 from {path!r}: it is not a tensor saved with "
+                         f"torch.save (.pt) or numpy.save (.npy) "
+                         f"({type(exc).__name__}: {first})") from exc
     if not isinstance(z, torch.Tensor):
         raise InputError(f"z0 file {path!r} holds {type(z).__name__}, expected a tensor")
     return validate_z0(z).to(device=device, dtype=dtype)
@@ -281,6 +307,7 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = Fals
         g = torch.Generator().manual_seed(cfg.seed)
         z0 = torch.randn((cfg.batch, *shape), generator=g, dtype=torch.float64)
         z0 = z0.to(device=device, dtype=dtype)  # [B, C, H, W]
+    check_sample_shape(cfg, tuple(z0.shape[1:]), default_shape)
     modes = {}
     user_fn = load_sampler(cfg.sampler_spec) if cfg.sampler_spec else None
     run_modes = user_modes(cfg, user_fn) if user_fn else cfg.modes

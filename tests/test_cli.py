@@ -91,7 +91,10 @@ def test_same_seed_gives_the_same_numbers(tmp_path, capsys):
     (["--denoiser", "no_such_pkg.mod:make"], "cannot import denoiser 'no_such_pkg.mod:make'"),
     (["--steps", "many"], "invalid int value: 'many'"),
     (["--shape", "1,x,0"], "--shape"),
-    (["--z0", "/nonexistent/z0.pt"], "cannot load z0 from '/nonexistent/z0.pt'"),
+    (["--z0", "/nonexistent/z0.pt"], "cannot load z0 from '/nonexistent/z0.pt': no such file"),
+    (["--shape", "8x8"], "gives samples of shape (8, 8), but denoiser 'digits' takes samples of "
+                         "shape (1, 8, 8) (C,H,W)"),
+    (["--shape", "3,8,8", "--denoiser", "conv"], "shape (3, 8, 8), but denoiser 'conv' takes"),
 ])
 def test_bad_input_is_one_line_exit_1_and_writes_nothing(args, needle, tmp_path, capsys):
     out_dir = tmp_path / "out"
@@ -99,7 +102,97 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(args, needle, tmp_path,
     assert code == 1
     assert needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (out_dir / "report.json").exists()
+    assert not out_dir.exists()  # not even an empty directory
+
+
+def test_a_z0_file_that_is_garbage_or_of_the_wrong_shape_is_named(tmp_path, capsys):
+    import numpy as np
+
+    (tmp_path / "garbage.pt").write_bytes(b"not a pickle at all")
+    np.save(tmp_path / "flat.npy", np.zeros((2, 64)))
+    for name, needle in (("garbage.pt", "is not a tensor saved with torch.save (.pt) or "
+                                        "numpy.save (.npy)"),
+                         ("flat.npy", "gives samples of shape (64,), but denoiser 'digits' "
+                                      "takes samples of shape (1, 8, 8)")):
+        out_dir = tmp_path / f"out_{name}"
+        code, out, err = run_cli(["run", "--z0", str(tmp_path / name), "--out", str(out_dir)],
+                                 capsys)
+        assert code == 1 and needle in err and str(tmp_path / name) in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not out_dir.exists()
+
+
+def test_a_denoiser_that_cannot_take_the_input_says_which_shape_came(tmp_path, capsys):
+    (tmp_path / "den_mod.py").write_text(textwrap.dedent("""
+        import torch
+
+        class Den(torch.nn.Module):
+            sample_shape = (3, 8, 8)
+
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+            def forward(self, x, sigma):
+                return self.conv(x)
+
+        def make():
+            return Den()
+    """))
+    out_dir = tmp_path / "out"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code, out, err = run_cli(["run", "--denoiser", "den_mod:make", "--shape", "3,4",
+                                  "--out", str(out_dir)], capsys)
+    finally:
+        os.chdir(cwd)
+    # a factory's sample_shape is checked before anything runs
+    assert code == 1 and "--shape 3,4 gives samples of shape (3, 4)" in err, err
+    assert not out_dir.exists()
+    import gradcheck
+    from gradcheck.errors import DenoiserError
+    from gradcheck.sampling import ResSampler, SamplerConfig
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import den_mod
+    finally:
+        sys.path.remove(str(tmp_path))
+    import torch
+
+    smp = ResSampler(den_mod.make().double(), SamplerConfig(steps=2))
+    with pytest.raises(DenoiserError, match=r"raised RuntimeError on an input of shape "
+                                            r"\(2, 1, 8, 8\) \(float64\): .*takes samples of "
+                                            r"shape \(3, 8, 8\)"):
+        gradcheck.diagnose(smp, torch.zeros(2, 1, 8, 8, dtype=torch.float64))
+
+
+def test_a_rerun_with_other_modes_leaves_no_graph_of_the_old_ones(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert run_cli(["run", *FAST, "--mode", "all", "--out", str(out_dir)], capsys)[0] == 0
+    assert (out_dir / "graph_fresh_noise.dot").exists()
+    assert run_cli(["run", *FAST, "--mode", "default", "--out", str(out_dir)], capsys)[0] == 0
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert not [n for n in names if "learnable" in n or "fresh" in n or "leaves" in n], names
+    assert "graph_default.dot" in names and "report.json" in names
+    (out_dir / "notes.txt").write_text("mine")  # not gradcheck's: never touched
+    assert run_cli(["run", *FAST, "--mode", "default", "--out", str(out_dir)], capsys)[0] == 0
+    assert (out_dir / "notes.txt").read_text() == "mine"
+
+
+def test_an_error_in_the_middle_of_a_run_leaves_no_new_directory(tmp_path, capsys):
+    (tmp_path / "bad_den.py").write_text("def make():\n    return lambda x, s: x[:, :1]\n")
+    out_dir = tmp_path / "new" / "out"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code, out, err = run_cli(["run", "--denoiser", "bad_den:make", "--shape", "2,8,8",
+                                  "--out", str(out_dir)], capsys)
+    finally:
+        os.chdir(cwd)
+    assert code == 1 and "returned shape (2, 1, 8, 8), expected the input's shape" in err, err
+    assert not (tmp_path / "new").exists()
 
 
 def test_unwritable_out_fails_before_the_run(tmp_path, capsys):

@@ -117,9 +117,16 @@ def test_chi_nll_is_minimal_on_the_shell():
     (["--iters", "0"], "iters must be >= 1, got 0"),
     (["--clip", "-1"], "clip must be > 0"),
     (["--norm-reg", "l2"], "invalid choice: 'l2'"),
+    (["--chi-weight", "-3"], "chi-weight must be >= 0 (and finite: the weight of the chi "
+                             "penalty), got -3.0"),
+    (["--lr", "nan"], "lr must be > 0 (and finite), got nan"),
+    (["--perturb", "-1"], "perturb must be >= 0 (and finite), got -1.0"),
+    (["--denoiser", "no_such_mod:make"], "cannot import denoiser 'no_such_mod:make'"),
+    (["--dtype", "int4"], "unknown dtype 'int4'"),
 ])
 def test_bad_input_is_one_line(args, needle, tmp_path, capsys):
-    assert main(["optimize", *FAST, *args, "--out", str(tmp_path)]) == 1
+    out_dir = tmp_path / "out"
+    assert main(["optimize", *FAST, *args, "--out", str(out_dir)]) == 1
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "optimize.json").exists()
+    assert not out_dir.exists()  # nothing created, not even an empty directory

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from .files import (
-    check_writable, load_record, write_bytes_atomic, write_json_atomic, write_text_atomic,
+    check_writable, load_record, output_dir, prune, write_bytes_atomic, write_json_atomic,
+    write_text_atomic,
 )
 from .terminal import summary
 
-__all__ = ["check_writable", "load_record", "write_bytes_atomic", "write_json_atomic",
+__all__ = ["check_writable", "load_record", "output_dir", "prune", "write_bytes_atomic",
+           "write_json_atomic",
            "write_text_atomic", "summary"]

@@ -2,11 +2,14 @@
 target, so a reader (or a crash) never sees a half-written report."""
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import GradcheckError, OutputError
 from ..codec import RecordError
@@ -27,6 +30,41 @@ def check_writable(out_dir: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise OutputError(f"cannot write to output directory {str(p)!r}: {exc.strerror or exc}") from None
     return p
+
+
+@contextlib.contextmanager
+def output_dir(out_dir: str | os.PathLike[str], record: str) -> Iterator[Path]:
+    """``out_dir`` made ready for one command's files: proved writable now (before any work),
+    created if needed, and, if the command ends without writing its ``record`` file (it raised,
+    or returned an error), removed again together with every directory this call created, so a
+    failed command leaves no empty or half-filled new directory behind. A directory that existed
+    before is never removed (its old files stay until a successful run replaces them)."""
+    p = Path(out_dir)
+    first_new = None
+    for q in [p, *p.parents]:
+        if q.exists():
+            break
+        first_new = q
+    p = check_writable(p)
+    try:
+        yield p
+    finally:
+        if first_new is not None and not (p / record).exists():
+            shutil.rmtree(first_new, ignore_errors=True)
+
+
+def prune(out_dir: Path, written: list[str], patterns: tuple[str, ...]) -> list[str]:
+    """Remove the files in ``out_dir`` that match ``patterns`` (gradcheck's own file names) but
+    were not ``written`` by this run: a report of other modes left from an earlier run into the
+    same directory. Returns the names removed."""
+    keep = set(written)
+    gone = []
+    for f in sorted(out_dir.iterdir()):
+        if f.is_file() and f.name not in keep and any(fnmatch.fnmatch(f.name, pat)
+                                                      for pat in patterns):
+            f.unlink()
+            gone.append(f.name)
+    return gone
 
 
 def _umask() -> int:

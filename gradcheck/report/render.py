@@ -19,10 +19,15 @@ from ..errors import ConfigError
 from ..records import FlowReport, OpGraph, OptimizeRecord, RunRecord
 from ..text import CAUSES, fmt, locator_failures, located, value
 from . import dot, plots
-from .files import check_writable, write_bytes_atomic, write_text_atomic
+from .files import check_writable, prune, write_bytes_atomic, write_text_atomic
 from ..text import step_rows
 
 GRAPH_POLICIES = ("auto", "always", "never")
+#: The files a run's report is made of (what an earlier run into the same directory may have
+#: left that this one did not write is removed, so no graph of another mode stays beside it)
+RUN_FILES = ("graph_*.dot", "graph_*.svg", "graph_*.png", "autograd_*.dot", "autograd_*.svg",
+             "samples.png", "grad_per_step.png")
+OPTIMIZE_FILES = ("loss_curve.png", "z0_norm.png", "samples_before_after.png")
 
 
 @dataclass
@@ -228,6 +233,7 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
     )
     write_text_atomic(out / "index.html", html)
     res.files.append("index.html")
+    prune(out, res.files, RUN_FILES)
     return res
 
 
@@ -257,4 +263,5 @@ def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
     )
     write_text_atomic(out / "index.html", html)
     res.files.append("index.html")
+    prune(out, res.files, OPTIMIZE_FILES)
     return res

@@ -152,6 +152,26 @@ def grad_reaches_every_rank(r: FlowReport) -> Finding:
                    "loss, or a rank-dependent detach / no_grad / non-autograd collective")
 
 
+def every_rank_passes(r: FlowReport) -> Finding:
+    """Distributed runs: every rank's own diagnosis of its shard passes. The merged statistics
+    are any-reached, so a cut on one rank only (its ``D_out[2]``, say) would not show in them;
+    the run fails when any rank fails any check, naming the rank, the checks and the place."""
+    name = "every_rank_passes"
+    if not r.ranks or r.world_size < 2:
+        return Finding(name, True, level="info", value=r.world_size, threshold=None,
+                       message="one process")
+    bad = [x for x in r.ranks if x.get("failed")]
+    if not bad:
+        return Finding(name, True, value=len(r.ranks), threshold=len(r.ranks),
+                       message=f"each of the {len(r.ranks)} ranks passes every check on its "
+                       f"shard")
+    parts = [f"rank {x['rank']} fails {', '.join(x['failed'])}"
+             + (f" (located: {x['located']})" if x.get("located") else "") for x in bad[:4]]
+    return Finding(name, False, value=len(r.ranks) - len(bad), threshold=len(r.ranks),
+                   message="; ".join(parts) + ". hint: a rank-dependent detach / no_grad / "
+                   "non-autograd collective, or a shard left out of the loss")
+
+
 def step_noise(r: FlowReport) -> Finding:
     expect = r.expect.get("step_noise", "none")
     eps = r.of_kind("step_noise")
@@ -350,6 +370,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     grad_reaches_every_step,
     grad_reaches_z0,
     grad_reaches_every_rank,
+    every_rank_passes,
     step_noise,
     grad_scale,
     fresh_randomness,
@@ -362,5 +383,6 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
 
 def run_checks(report: FlowReport) -> list[Finding]:
     """Every check, in a fixed order (the per-rank one only for distributed runs)."""
+    per_rank = (grad_reaches_every_rank, every_rank_passes)
     return [check(report) for check in CHECKS
-            if check is not grad_reaches_every_rank or report.world_size > 1]
+            if check not in per_rank or report.world_size > 1]

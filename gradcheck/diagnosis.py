@@ -102,11 +102,7 @@ def build_loss(run: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
         tgt = target.detach()
         loss = Loss(lambda out: policy.mse(out, tgt), "MSE(output, target)", "minimize")
     else:
-        from .sampling.noise import sub_seed
-
-        # its own stream: never the user's randn(seed) draw (and each rank's shard its own)
-        g = torch.Generator().manual_seed(sub_seed(seed, 4, policy.rank))
-        z_base = torch.randn(z0.shape, generator=g, dtype=torch.float64).to(z0)
+        z_base = policy.baseline_noise(z0, seed)
         t0 = time.perf_counter()
         with torch.no_grad():
             baseline = run(z_base).detach()
@@ -403,7 +399,7 @@ def diagnose(
         raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {locate!r}")
     modes.get(mode)
     z0 = validate_z0(z0)
-    policy = policy or current()
+    policy = policy or current(getattr(sample_fn, "shard_dim", 0))
     t_start = time.perf_counter()
     run = runner(sample_fn, seed, z0.device)
 

@@ -56,6 +56,13 @@ class Context:
     def any(self, flag: bool) -> bool:
         return self.max(1.0 if flag else 0.0) > 0
 
+    def all_gather_int(self, x: int) -> list[int]:
+        """Every rank's integer ``x`` on every rank (rank order)."""
+        mine = torch.tensor([float(x)], dtype=torch.float64, device=self.device)
+        parts = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(parts, mine)
+        return [int(p.item()) for p in parts]
+
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` on rank 0 (None elsewhere)."""
         out = [None] * self.world if self.rank == 0 else None
@@ -202,10 +209,20 @@ def parallel_sampler(den: torch.nn.Module, config: Any, mode: str, seed: int, pa
 
 # -- merging the ranks' records on rank 0 ----------------------------------------------------------
 
+#: Probes of a value every rank holds whole (the global loss: each rank's part of it gets the
+#: gradient 1, as the single-process loss does): merged by taking one rank's, not by adding up.
+REPLICATED_KINDS = ("loss",)
+
+
 def _merge_probe(ps: list, dim: int) -> Any:
     """One probe from every rank's: sum of squares for norms, element-weighted means, max of
     maxima, any-reached; the shape is the global one (the shard dimension summed)."""
     from dataclasses import replace
+
+    if ps[0].kind in REPLICATED_KINDS:
+        return replace(ps[0], reached=any(p.reached for p in ps),
+                       max_abs=max((p.max_abs for p in ps if p.max_abs is not None),
+                                   default=ps[0].max_abs))
 
     shape = list(ps[0].shape)
     if dim < len(shape) and all(len(p.shape) == len(shape) for p in ps):

@@ -29,13 +29,16 @@ ROUNDOFF_FACTOR = 8.0
 
 def unit_direction(like: torch.Tensor, seed: int,
                    reduce: Callable[[float], float] | None = None,
-                   stream: int = 0) -> torch.Tensor:
+                   shard_of: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """A seeded random unit vector shaped like ``like`` (drawn on the CPU, so device-independent).
-    With ``reduce`` (a sum over processes), ``like`` is one shard and the vector is this shard of
-    a global unit vector, each shard drawn from its own ``stream``."""
-    s = int(seed) if reduce is None else int(seed) * 1000003 + int(stream)
-    g = torch.Generator().manual_seed(s)
-    v = torch.randn(like.shape, generator=g, dtype=torch.float64)
+    With ``reduce`` (a sum over processes) and ``shard_of`` (this rank's part of a tensor drawn
+    whole, :meth:`gradcheck.policy.Sharded.shard_of`), ``like`` is one shard and the vector is
+    this shard of the very unit vector one process would draw."""
+    g = torch.Generator().manual_seed(int(seed))
+    if shard_of is None:
+        v = torch.randn(like.shape, generator=g, dtype=torch.float64)
+    else:
+        v = shard_of(like, lambda shape: torch.randn(shape, generator=g, dtype=torch.float64))
     norm = float(torch.linalg.vector_norm(v)) if reduce is None else \
         reduce(float(v.square().sum())) ** 0.5
     return (v / norm).to(device=like.device, dtype=like.dtype)
@@ -45,7 +48,7 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
                       grad: torch.Tensor | None, *, seed: int = 0,
                       working: torch.dtype | None = None,
                       reduce: Callable[[float], float] | None = None,
-                      direction_stream: int = 0) -> NumericResult:
+                      shard_of: Callable[..., torch.Tensor] | None = None) -> NumericResult:
     """Compare finite differences of ``loss_at`` along a seeded unit direction with ``grad``.
 
     Args:
@@ -57,14 +60,15 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
             step inside a float64 run): its step sizes, tolerance and machine epsilon are used.
         reduce: sums a float over processes when z0 is one shard of a distributed batch (the
             direction is then a unit vector of the whole z0 and ``loss_at`` the global loss).
-        direction_stream: decorrelates the direction of each shard (its rank).
+        shard_of: with ``reduce``, cuts this rank's part out of a tensor drawn whole, so the
+            direction is the single-process one.
     """
     prec = working or z0.dtype
     hs, rtol = SETTINGS.get(prec, SETTINGS[torch.float32])
     eps_mach = torch.finfo(prec).eps
     z = z0.detach()
     red = reduce or (lambda x: x)
-    v = unit_direction(z, seed, reduce, direction_stream)
+    v = unit_direction(z, seed, reduce, shard_of)
     reverse = red(0.0 if grad is None else
                   float((grad.detach().to(torch.float64) * v.double()).sum()))
     scale = max(1.0, (red(float(z.double().square().sum())) / red(float(z.numel()))) ** 0.5)

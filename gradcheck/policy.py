@@ -10,7 +10,7 @@ The stages never ask "am I distributed?": they call the policy.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -41,6 +41,12 @@ class Local:
         """Extra arguments of :func:`gradcheck.numeric.directional_check`."""
         return {}
 
+    def baseline_noise(self, z0: torch.Tensor, seed: int) -> torch.Tensor:
+        """The noise the default baseline is sampled from (its own stream: never the user's
+        ``randn(seed)`` draw), shaped like z0."""
+        return torch.randn(z0.shape, generator=_baseline_generator(seed),
+                           dtype=torch.float64).to(z0)
+
     def merge(self, report: FlowReport, sample_fn: Any) -> FlowReport:
         """The report the caller gets (rank 0: every rank's, merged)."""
         return report
@@ -49,11 +55,32 @@ class Local:
 class Sharded(Local):
     """Each of ``ctx.world`` ranks diagnoses its shard of z0 (see the module docs)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, shard_dim: int = 0) -> None:
         self.ctx = ctx
         self.rank = ctx.rank
         self.world = ctx.world
+        self.shard_dim = shard_dim  # the dimension z0 is split along
         self._numel: float | None = None
+        self._sizes: list[int] | None = None
+
+    def shard_of(self, like: torch.Tensor,
+                 draw: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+        """This rank's part of ``draw(whole_shape)``: the tensor one process would draw for the
+        whole z0, cut where this rank's shard ``like`` lies (shards may differ in size)."""
+        dim = self.shard_dim
+        if self._sizes is None:
+            self._sizes = self.ctx.all_gather_int(int(like.shape[dim]))  # a collective, once
+        sizes = self._sizes
+        shape = list(like.shape)
+        shape[dim] = sum(sizes)
+        return draw(shape).narrow(dim, sum(sizes[:self.rank]), sizes[self.rank])
+
+    def baseline_noise(self, z0: torch.Tensor, seed: int) -> torch.Tensor:
+        """This rank's part of the single-process baseline noise, so N processes compute the
+        loss one process does."""
+        g = _baseline_generator(seed)
+        return self.shard_of(z0, lambda shape: torch.randn(shape, generator=g,
+                                                            dtype=torch.float64)).to(z0)
 
     def sum(self, x: float) -> float:
         return self.ctx.sum(x)
@@ -72,7 +99,7 @@ class Sharded(Local):
         return (a - b.to(a.dtype)).square().sum() / self._numel
 
     def numeric_kw(self) -> dict[str, Any]:
-        return {"reduce": self.sum, "direction_stream": self.rank}
+        return {"reduce": self.sum, "shard_of": self.shard_of}
 
     def merge(self, report: FlowReport, sample_fn: Any) -> FlowReport:
         """Rank 0 gets every rank's record and returns the merged report (per-rank detail in
@@ -92,9 +119,16 @@ class Sharded(Local):
         return merged
 
 
-def current() -> Local:
-    """The policy of the process group this process is in (:class:`Local` outside one)."""
+def _baseline_generator(seed: int) -> torch.Generator:
+    from .sampling.noise import sub_seed
+
+    return torch.Generator().manual_seed(sub_seed(seed, 4, 0))
+
+
+def current(shard_dim: int = 0) -> Local:
+    """The policy of the process group this process is in (:class:`Local` outside one);
+    ``shard_dim``: the dimension z0 is split along there."""
     from .distributed import context
 
     ctx = context()
-    return Local() if ctx is None else Sharded(ctx)
+    return Local() if ctx is None else Sharded(ctx, shard_dim)

@@ -1,5 +1,6 @@
 """Run under torchrun by tests/test_distributed.py: gradcheck.diagnose from a user's own torchrun
 script. Rank 0 writes what it found as JSON to argv[1]."""
+import gc
 import json
 import sys
 
@@ -8,6 +9,7 @@ import torch.distributed as dist
 
 import gradcheck
 from gradcheck import distributed as D
+from gradcheck.policy import Local
 from gradcheck.sampling import ResSampler, SamplerConfig, build_denoiser
 
 ctx = D.init_from_env(60)
@@ -15,7 +17,7 @@ cfg = SamplerConfig(steps=3)
 g = torch.Generator().manual_seed(0)
 Z = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=g)
 T = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=g)
-found = {"layouts": {}, "faults": {}}
+found = {"layouts": {}, "faults": {}, "parity": {}}
 
 for layout in ("ddp", "fsdp", "cp"):
     for mode in ("default", "learnable_step_noise"):
@@ -36,6 +38,27 @@ for layout in ("ddp", "fsdp", "cp"):
                 "passed": rep.passed, "failed": [f.name for f in rep.failed], "rel_errors": errs,
                 "world_size": rep.world_size, "ranks": rep.ranks, "parallel": rep.parallel,
                 "z0_shape": rep.probe("z0").shape}
+        # the default loss (the baseline from other noise): N processes = one process, in the
+        # loss, every probe, <v, dL/dz0> and dL/dz0 itself
+        smp = D.parallel_sampler(build_denoiser("digits", dtype=torch.float64), cfg, mode, 0,
+                                 layout, ctx)
+        rep = gradcheck.diagnose(smp, D.shard(Z, dim, ctx), optim_steps=1)
+        one = gradcheck.diagnose(ResSampler(build_denoiser("digits", dtype=torch.float64), cfg,
+                                            mode=mode), Z, optim_steps=1, policy=Local())
+        mine = D.shard(one.handles["z0_grad"], dim, ctx)
+        errs = ctx.gather(float((rep.handles["z0_grad"] - mine).norm() / mine.norm()))
+        if ctx.rank == 0:
+            def rel(a, b):
+                return abs(a - b) / max(abs(b), 1e-300)
+
+            probes = {p.name: p for p in one.probes}
+            worst = max(rel(p.norm, probes[p.name].norm) for p in rep.probes)
+            found["parity"][f"{layout}/{mode}"] = {
+                "grad": max(errs), "loss": rel(rep.loss, one.loss), "probe_norms": worst,
+                "reverse": rel(rep.numeric.reverse, one.numeric.reverse),
+                "fd": rel(rep.numeric.fd, one.numeric.fd),
+                "loss_probe": rep.probe("loss").norm, "passed": rep.passed,
+                "same_probes": sorted(probes) == sorted(p.name for p in rep.probes)}
 
 den = build_denoiser("digits", dtype=torch.float64)
 
@@ -60,9 +83,23 @@ class ExcludeRankOne(torch.nn.Module):
         return out.detach() if ctx.rank == 1 else out  # rank 1's shard left out: the bug
 
 
+class CutCallTwoOnRankOne(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, s):
+        self.calls += 1
+        out = den(x, s)
+        if ctx.rank == 1 and self.calls % 4 == 3:  # D_out[2] of every run, rank 1 only: the bug
+            return out.detach()
+        return out
+
+
 for name, net, dim in (("all_gather", PlainAllGatherCP(), 2),
                        ("broadcast", DetachThenBroadcast(), 0),
-                       ("exclude", ExcludeRankOne(), 0)):
+                       ("exclude", ExcludeRankOne(), 0),
+                       ("one_call_one_rank", CutCallTwoOnRankOne(), 0)):
     rep = gradcheck.diagnose(ResSampler(net, cfg), D.shard(Z, dim, ctx), mode="default",
                              optim_steps=0)
     if ctx.rank == 0:
@@ -73,9 +110,15 @@ for name, net, dim in (("all_gather", PlainAllGatherCP(), 2),
             "location": p.location if p else None, "rank": p.rank if p else None,
             "step": p.step if p else None,
             "every_rank": rep.check("grad_reaches_every_rank").message,
+            "every_rank_passes": rep.check("every_rank_passes").message,
             "ranks": rep.ranks}
 
 if ctx.rank == 0:
     with open(sys.argv[1], "w") as f:
         json.dump(found, f)
+# the DDP / FSDP modules made above hold the process group: free them (and their reducers' work)
+# while it is alive, and let every rank get here, before it is destroyed
+del smp, rep, one, net
+gc.collect()
+dist.barrier()
 dist.destroy_process_group()

@@ -72,6 +72,28 @@ def test_a_rank_whose_shard_is_excluded_fails_the_per_rank_check(found):
     assert [x["z0_status"] for x in f["ranks"]] == ["ok", "unreached"]
 
 
+@pytest.mark.parametrize("layout", ["ddp", "fsdp", "cp"])
+@pytest.mark.parametrize("mode", ["default", "learnable_step_noise"])
+def test_n_processes_compute_what_one_process_does(found, layout, mode):
+    # the default loss (a baseline from other noise) included: the baseline and the numeric
+    # direction are the shards of the single-process ones, not drawn per rank
+    r = found["parity"][f"{layout}/{mode}"]
+    assert r["passed"] and r["same_probes"]
+    assert r["loss"] <= 1e-12 and r["grad"] <= 1e-12, r
+    assert r["probe_norms"] <= 1e-12, r  # every probe's merged |g| is the single-process one
+    assert r["reverse"] <= 1e-12 and r["fd"] <= 1e-9, r
+    assert r["loss_probe"] == 1.0  # dL/dL, not sqrt(world)
+
+
+def test_a_cut_on_one_rank_only_fails_the_run_naming_the_rank(found):
+    f = found["faults"]["one_call_one_rank"]
+    assert not f["passed"] and "every_rank_passes" in f["failed"]
+    # only rank 1 loses D_out[2]; the numeric check is global (one loss), so it fails on both
+    steps = [x["rank"] for x in f["ranks"] if "grad_reaches_every_step" in x["failed"]]
+    assert steps == [1]
+    assert "rank 1 fails grad_reaches_every_step" in f["every_rank_passes"]
+
+
 def _gradcheck(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gradcheck", *argv], cwd=HERE, env=_env(),
                           capture_output=True, text=True, timeout=timeout)
@@ -93,13 +115,28 @@ def test_cli_nproc_writes_one_report_from_rank_0(tmp_path):
     assert "2 processes (ddp)" in (out / "index.html").read_text()
 
 
+def test_cli_nproc_report_equals_the_one_process_report(tmp_path):
+    common = ["run", "--mode", "default", "--graph", "never", "--optim-steps", "1",
+              "--batch", "4", "--no-html"]
+    one = _gradcheck(*common, "--out", str(tmp_path / "one"))
+    two = _gradcheck(*common, "--nproc", "2", "--parallel", "ddp", "--out", str(tmp_path / "two"))
+    assert one.returncode == 0 and two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    a = json.loads((tmp_path / "two" / "report.json").read_text())["modes"]["default"]
+    b = json.loads((tmp_path / "one" / "report.json").read_text())["modes"]["default"]
+    assert abs(a["loss"] - b["loss"]) <= 1e-12 * abs(b["loss"])
+    assert abs(a["numeric"]["reverse"] - b["numeric"]["reverse"]) <= 1e-12 * \
+        abs(b["numeric"]["reverse"])
+    for p, q in zip(a["probes"], b["probes"]):
+        assert p["name"] == q["name"] and abs(p["norm"] - q["norm"]) <= 1e-12 * q["norm"], p
+
+
 def test_cli_failing_rank_exits_1_with_one_line_not_a_hang(tmp_path):
     res = _gradcheck("run", "--nproc", "2", "--denoiser", "dist_models:fails_on_rank_one",
                      "--out", str(tmp_path / "r"), "--dist-timeout", "30", timeout=240)
     assert res.returncode == 1
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "rank 1:" in err[0] and "weights missing on this node" in err[0]
-    assert not (tmp_path / "r" / "report.json").exists()
+    assert not (tmp_path / "r").exists()  # no report, and no directory left behind
 
 
 @pytest.mark.parametrize("argv, needle", [

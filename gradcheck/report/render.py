@@ -74,7 +74,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 def _headline(r: FlowReport) -> str:
     """The z0 verdict; in a distributed run whose ranks do not all get gradient, that one."""
-    for name in ("grad_reaches_every_rank", "grad_reaches_z0"):
+    for name in ("grad_reaches_every_rank", "every_rank_passes", "grad_reaches_z0"):
         f = next((c for c in r.checks if c.name == name), None)
         if f is not None and (not f.passed or name == "grad_reaches_z0"):
             return f.message.split(";")[0].split(" (located")[0]

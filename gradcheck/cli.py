@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--iters", type=int, default=50)
     op.add_argument("--lr", type=_float, default=0.1)
     op.add_argument("--clip", type=_float, default=None, help="gradient-norm clipping")
-    op.add_argument("--norm-reg", default="none", choices=("none", "chi", "renorm"),
+    op.add_argument("--norm-reg", default="chi", choices=("none", "chi", "renorm"),
                     help="keep z0 on the Gaussian shell: chi (its negative log-likelihood as a "
-                    "penalty), renorm (rescale to the starting norm after every step)")
+                    "penalty; the default), renorm (rescale to the starting norm after every "
+                    "step), none (z0 may leave the shell: the z0_plausible check then fails)")
     op.add_argument("--chi-weight", type=_float, default=1.0)
     op.add_argument("--perturb", type=_float, default=1e-2, help="diverge starts from z0 + "
                     "perturb * seeded noise (default 0.01)")
@@ -387,7 +388,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         print(f"  classified as {res.extra['class']}: {rec.class_hits_before} -> "
               f"{rec.class_hits} of {args.batch}")
     for c in res.checks:
-        print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
+        tag = "WARN" if c.get("level") == "warning" else ("PASS" if c["passed"] else "FAIL")
+        print(f"  {tag}  {c['name']}: {c['message']}")
     print(f"record: {path}")
     print(f"report: {rendered.index}", flush=True)
     code = EXIT_OK if res.passed else EXIT_FAILED

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ConfigError, InputError
+from .checks import optimize_checks
 from .records import OptimizeRecord, OptimizeResult
 
 NORM_REGS = ("none", "chi", "renorm")
@@ -225,29 +226,10 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
         mode=getattr(sampler, "mode", "default"), values=values, losses=losses,
         grad_norms=gnorms, z_norms=znorms, sqrt_d=math.sqrt(d), z_finite=finite,
         seconds=seconds, extra=dict(objective.extra),
+        batch=z.shape[0] if sh is None or sh.replicated else int(sh.sum(float(z.shape[0]))),
     )
     res.checks = optimize_checks(res)
     return res, z.detach()
-
-
-def optimize_checks(r: OptimizeResult) -> list[dict]:
-    """The optimisation's checks: the value moved the intended way; z0 stayed finite; with a norm
-    regulariser, ||z0|| stayed within 5% of sqrt(d)."""
-    first, last = r.values[0], r.values[-1]
-    moved = (last > first) if r.direction == "up" else (last < first)
-    checks = [
-        {"name": "objective_moves", "passed": bool(moved and math.isfinite(last)),
-         "message": f"{r.objective}: {first:.6g} -> {last:.6g} ({'up' if last > first else 'down'}"
-                    f", intended {r.direction})"},
-        {"name": "z0_finite", "passed": r.z_finite,
-         "message": "z0 stayed finite" if r.z_finite else "z0 has NaN/Inf values"},
-    ]
-    if r.norm_reg != "none":
-        dev = max(abs(n / r.sqrt_d - 1) for n in r.z_norms)
-        checks.append({"name": "z0_on_shell", "passed": dev <= 0.05,
-                       "message": f"mean ||z0|| stayed within {dev:.1%} of sqrt(d) = "
-                                  f"{r.sqrt_d:.3g} (bound 5%)"})
-    return checks
 
 
 def optimize_record(config: dict[str, Any], environment: dict[str, Any], res: OptimizeResult,

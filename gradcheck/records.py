@@ -305,10 +305,11 @@ class OptimizeResult(Record):
     seconds: float
     checks: list[dict[str, Any]] = field(default_factory=list)  # name, passed, message
     extra: dict[str, Any] = field(default_factory=dict)  # the objective's parameters
+    batch: int = 0  # samples in z0 (the whole batch across processes; 0: not recorded)
 
     @property
     def passed(self) -> bool:
-        return all(c["passed"] for c in self.checks)
+        return all(c["passed"] for c in self.checks if c.get("level", "error") == "error")
 
 
 @dataclass

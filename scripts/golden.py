@@ -92,6 +92,7 @@ def generate(out: Path, quick: bool = False) -> list[str]:
             d = Path(tmp, "optimize")
             with _quiet():
                 code = main(["optimize", "--iters", "5", "--steps", "6", "--batch", "4",
+                             "--norm-reg", "none",
                              "--no-progress", "--out", str(d)])
             if code not in (0, 2):
                 raise SystemExit(f"golden case optimize exited {code}")

@@ -47,7 +47,7 @@ def test_norm_regularisers_keep_z0_on_the_shell(reg, den):
     z0 = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     obj, start = parse_objective("diverge", sampler=smp, z0=z0)
     res, z = run_optimize(smp, start, obj, iters=15, lr=0.1, norm_reg=reg)
-    shell = next(c for c in res.checks if c["name"] == "z0_on_shell")
+    shell = next(c for c in res.checks if c["name"] == "z0_plausible")
     assert shell["passed"], shell["message"]
     assert res.passed and res.values[-1] > res.values[0]
 
@@ -99,6 +99,55 @@ def test_independent_leaves_optimises_the_step_noises_too(den):
     res, _ = run_optimize(smp, start, obj, iters=5, lr=0.1)
     assert res.passed
     assert all(not torch.equal(b, leaf.detach()) for b, leaf in zip(before, smp.leaves))
+
+
+def test_garbage_z0_cannot_pass(tmp_path, capsys):
+    # lr 1e6 "reaches" log p = 0 on saturated noise: the objective moved, the samples are garbage
+    code = main(["optimize", "--objective", "class:3", "--iters", "5", "--lr", "1e6", "--steps",
+                 "4", "--no-progress", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert code == 2, out
+    assert "FAIL  z0_plausible: mean ||z0||" in out and "sd from a Gaussian draw's" in out
+    rec = json.loads((tmp_path / "o" / "optimize.json").read_text())
+    assert rec["result"]["batch"] == 8
+    assert not next(c for c in rec["result"]["checks"] if c["name"] == "z0_plausible")["passed"]
+
+
+def test_the_plausibility_band_is_computed_and_raises_no_false_alarm():
+    from gradcheck.checks import PLAUSIBLE_SIGMAS, chi_band, optimize_checks
+    from gradcheck.records import OptimizeResult
+
+    d, batch = 64, 8
+    mu, sd = chi_band(d, batch)
+    g = torch.Generator().manual_seed(0)
+    norms = torch.randn(20000, batch, d, generator=g, dtype=torch.float64).norm(dim=2).mean(1)
+    assert abs(float(norms.mean()) - mu) < 3 * sd / 20000 ** 0.5 + 1e-3  # the chi mean
+    assert abs(float(norms.std()) / sd - 1) < 0.03  # and the spread of a batch's mean norm
+    fixed_5pct = float(((norms / d ** 0.5 - 1).abs() > 0.05).double().mean())
+    assert fixed_5pct > 0.08  # the old fixed band failed ~11% of honest draws (renorm keeps them)
+
+    def result(z_norms):
+        return OptimizeResult(objective="diverge", description="", direction="up", iters=1,
+                              lr=0.1, clip=None, norm_reg="renorm", mode="default",
+                              values=[0.0, 1.0], losses=[0.0, -1.0], grad_norms=[1.0],
+                              z_norms=z_norms, sqrt_d=d ** 0.5, z_finite=True, seconds=0.0,
+                              batch=batch)
+
+    alarms = 0
+    for n in norms[:5000].tolist():  # renorm: every iteration has the honest draw's mean norm
+        checks = optimize_checks(result([n, n]))
+        alarms += not next(c for c in checks if c["name"] == "z0_plausible")["passed"]
+    assert alarms == 0
+    drift = optimize_checks(result([mu, mu + 4 * sd]))
+    warn = next(c for c in drift if c["name"] == "z0_norm_drift")
+    assert warn["level"] == "warning" and warn["passed"]
+    r = result([mu, mu + 4 * sd])
+    r.checks = drift
+    assert r.passed  # a warning never fails the run
+    far = optimize_checks(result([mu, mu + (PLAUSIBLE_SIGMAS + 0.5) * sd]))
+    assert not next(c for c in far if c["name"] == "z0_plausible")["passed"]
+    nan = optimize_checks(result([mu, float("nan")]))
+    assert not next(c for c in nan if c["name"] == "z0_plausible")["passed"]
 
 
 def test_chi_nll_is_minimal_on_the_shell():

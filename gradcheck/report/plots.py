@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from matplotlib.figure import Figure
 
-from ..checks import break_point
+from ..checks import PLAUSIBLE_SIGMAS, break_point, chi_band
 from ..records import FlowReport, RunRecord
 from ..text import BREAK_POINT_WORDS, steps_of
 
@@ -180,11 +180,14 @@ def z_norm_figure(data: dict):
     r = data["result"]
     fig, ax = _subplots(figsize=(6.4, 3.2))
     ax.plot(range(len(r["z_norms"])), r["z_norms"], color="#238b45", label="mean ||z0||")
-    ax.axhline(r["sqrt_d"], color="#cb181d", linestyle="--", label=f"sqrt(d) = {r['sqrt_d']:.3g}")
-    ax.axhspan(0.95 * r["sqrt_d"], 1.05 * r["sqrt_d"], color="#cb181d", alpha=0.08,
-               label="+-5%")
+    d, batch = round(r["sqrt_d"] ** 2), r.get("batch") or 0
+    if batch and d:  # the band the z0_plausible check holds the mean norm to
+        mu, sd = chi_band(d, batch)
+        ax.axhline(mu, color="#cb181d", linestyle="--", label=f"E||z|| = {mu:.3g} (chi, d={d})")
+        ax.axhspan(mu - PLAUSIBLE_SIGMAS * sd, mu + PLAUSIBLE_SIGMAS * sd, color="#cb181d",
+                   alpha=0.08, label=f"+-{PLAUSIBLE_SIGMAS:g} sd of a batch of {batch}")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("||z0||")
+    ax.set_ylabel("mean per-sample ||z0||")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

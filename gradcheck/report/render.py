@@ -256,7 +256,7 @@ def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
         images[name] = _uri("image/png", png)
     r = data["result"]
     html = _env().get_template("optimize.html.j2").render(
-        d=data, r=r, images=images, passed=all(c["passed"] for c in r["checks"]),
+        d=data, r=r, images=images, passed=rec.passed,
         config=[(k, v) for k, v in _flatten(data["config"])],
         environment=_flatten(data.get("environment", {})), grid_cols=2,
         version=data.get("environment", {}).get("gradcheck", ""), generated=generated or _now(),

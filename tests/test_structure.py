@@ -320,7 +320,7 @@ def test_plots_leave_matplotlib_alone(tmp_path):
     """)
     from pathlib import Path
 
-    gold = Path(__file__).parent / "golden" / "run_2ab_4.json"
+    gold = Path(__file__).parent / "data" / "report_schema1.json"  # as schema 1 wrote it
     (tmp_path / "schema1.json").write_text(gold.read_text())
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "MPLBACKEND": "svg"})

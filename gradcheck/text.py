@@ -152,6 +152,7 @@ CAUSES = {
     "non_autograd_collective": "a torch.distributed collective, which autograd does not see "
                                "(the autograd-aware ones are in torch.distributed.nn.functional)",
     "no_grad": "no_grad region",
+    "grad_mode_off": "grad mode switched off by a call (not a with-block)",
     "inference_mode": "inference_mode region",
     "detach": ".detach()",
     "data_read": ".data read",

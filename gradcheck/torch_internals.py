@@ -11,6 +11,7 @@ adapters and the probes in three different ways.
 """
 from __future__ import annotations
 
+import dis
 import os
 import sys
 from types import FrameType
@@ -107,6 +108,44 @@ def in_reentrant_checkpoint(frame: FrameType | None = None) -> bool:
             return True
         f = f.f_back
     return False
+
+
+# -- grad mode switches -----------------------------------------------------------------------------
+
+_GRAD_MODE_FILE = os.path.join("autograd", "grad_mode.py")
+_WITH_OPS = ("BEFORE_WITH", "SETUP_WITH")  # 3.11-3.13, 3.10
+
+
+def _opens_a_with_block(frame: FrameType) -> bool:
+    """Whether ``frame`` is executing (or about to execute) the start of a ``with`` statement:
+    its current instruction, or the next one, opens the block."""
+    ins = [i for i in dis.get_instructions(frame.f_code)]
+    for k, i in enumerate(ins):
+        if i.offset >= frame.f_lasti:
+            nxt = ins[k + 1].opname if k + 1 < len(ins) else ""
+            return i.opname in _WITH_OPS or nxt in _WITH_OPS
+    return False
+
+
+def grad_switch_site() -> tuple[str | None, str | None, str, bool]:
+    """Who is switching grad mode now: (the user's ``path:line``, function, the API as written,
+    whether it opens a ``with`` block that will restore the mode). Called from inside torch's
+    ``_set_grad_enabled``."""
+    f = sys._getframe(1)
+    api = "torch.set_grad_enabled(False)"
+    while f is not None and not is_user_file(f.f_code.co_filename):
+        if f.f_code.co_filename.endswith(_GRAD_MODE_FILE):
+            owner = type(f.f_locals.get("self", None)).__name__
+            if owner in ("no_grad", "set_grad_enabled"):
+                api = "torch.no_grad()" if owner == "no_grad" else "torch.set_grad_enabled(False)"
+        f = f.f_back
+    if f is None:
+        return None, None, api, False
+    where = f"{_rel(f.f_code.co_filename)}:{f.f_lineno}"
+    block = _opens_a_with_block(f)
+    if api == "torch.no_grad()" and not block:
+        api = "torch.no_grad().__enter__()"
+    return where, f.f_code.co_name, api, block
 
 
 # -- the user's frames ----------------------------------------------------------------------------

@@ -103,3 +103,74 @@ def test_capture_graph_off_skips_the_walk_but_not_the_checks():
     assert on.graph.edges
     torch.testing.assert_close(off.handles["z0_grad"], on.handles["z0_grad"])
     assert [p.norm for p in off.probes] == pytest.approx([p.norm for p in on.probes])
+
+
+# -- grad mode switched off by a call -------------------------------------------------------------
+
+def _line_of(needle: str) -> int:
+    import pathlib
+
+    lines = pathlib.Path(__file__).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if needle in text and "_line_of" not in text)
+
+
+class _SwitchesGradOff:
+    """A sampler whose denoiser switches grad mode off at its call ``at`` (step ``at`` of 1euler)
+    in one of three ways, and switches it back on after the run (so only the locator sees it)."""
+
+    mode = "default"
+
+    def __init__(self, how: str, at: int = 2) -> None:
+        self.how, self.at = how, at
+
+    def __call__(self, z):
+        calls = {"n": 0}
+
+        def den(x, sigma):
+            k = calls["n"]
+            calls["n"] += 1
+            if k == self.at:
+                if self.how == "call":
+                    torch.set_grad_enabled(False)  # GRAD-OFF-CALL
+                elif self.how == "enter":
+                    torch.no_grad().__enter__()  # GRAD-OFF-ENTER
+                else:
+                    with torch.no_grad():  # GRAD-OFF-WITH
+                        return DEN(x, sigma)
+            return DEN(x, sigma)
+
+        try:
+            return sampler(den, solver="1euler", steps=4)(z)
+        finally:
+            torch.set_grad_enabled(True)
+
+
+@pytest.mark.parametrize("how, needle, api", [
+    ("call", "# GRAD-OFF-CALL", "torch.set_grad_enabled(False)"),
+    ("enter", "# GRAD-OFF-ENTER", "torch.no_grad().__enter__()"),
+])
+def test_a_call_that_switches_grad_mode_off_is_named_with_its_line_and_step(how, needle, api):
+    rep = gradcheck.diagnose(_SwitchesGradOff(how), z0_like(), numeric=False, optim_steps=0)
+    p = rep.locator.primary
+    assert not rep.passed and p.cause == "grad_mode_off" and p.step == 2
+    assert f"switched off by {api} at " in p.detail
+    assert p.detail.split(" at ")[1].startswith(f"tests/test_locate.py:{_line_of(needle)}")
+    assert "(step 2)" in p.detail and "stays off" in p.detail
+    assert p.location is not None  # and the first op that lost the gradient, with its own line
+    assert "grad mode switched off by a call" in p.describe()
+
+
+def test_a_no_grad_block_is_a_region_named_by_its_with_line():
+    rep = gradcheck.diagnose(_SwitchesGradOff("with"), z0_like(), numeric=False, optim_steps=0)
+    p = rep.locator.primary
+    assert p.cause == "no_grad" and p.step == 2
+    assert p.detail == f"inside `with torch.no_grad():` at tests/test_locate.py:" \
+                       f"{_line_of('# GRAD-OFF-WITH')}"
+
+
+def test_grad_mode_already_off_when_the_diagnosis_starts_is_said():
+    with torch.no_grad():  # as a module that calls torch.set_grad_enabled(False) at import
+        rep = gradcheck.diagnose(sampler(DEN, steps=2), z0_like(), numeric=False, optim_steps=0)
+    p = rep.locator.primary
+    assert not rep.passed and p.cause == "no_grad"
+    assert "already off when the sampler was called" in p.detail

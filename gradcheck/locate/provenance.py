@@ -31,7 +31,8 @@ from .. import graph
 from ..probes import Trace
 from ..records import BreakEvent
 from ..torch_internals import (
-    caller_of_user_frame, decorated_on_stack, in_reentrant_checkpoint, tensors_in, user_frame,
+    caller_of_user_frame, decorated_on_stack, grad_switch_site, in_reentrant_checkpoint,
+    tensors_in, user_frame,
 )
 from .primary import ValueFacts
 
@@ -148,6 +149,39 @@ class Collectives:
         return wrapped
 
 
+class GradSwitches:
+    """While the provenance pass runs, wraps ``torch._C._set_grad_enabled`` (what ``no_grad``,
+    ``set_grad_enabled`` and their decorators call): the switch that turned grad mode off, and is
+    in effect now, is remembered with the user's file:line, the step and whether it was a ``with``
+    block (restored at its end) or a call whose effect stays."""
+
+    def __init__(self, prov: Provenance) -> None:
+        self.prov = prov
+        self.saved: Any = None
+
+    def __enter__(self) -> GradSwitches:
+        self.saved = torch._C._set_grad_enabled
+        prov, real = self.prov, self.saved
+
+        def set_grad_enabled(mode: bool) -> Any:
+            try:
+                if not mode and torch.is_grad_enabled():
+                    loc, fn, api, block = grad_switch_site()
+                    prov.grad_off = {"location": loc, "function": fn, "api": api,
+                                     "block": block, "step": prov._step()[0]}
+                elif mode:
+                    prov.grad_off = None
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the switch happens
+                prov.failed("torch.set_grad_enabled", exc)
+            return real(mode)
+
+        torch._C._set_grad_enabled = set_grad_enabled
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        torch._C._set_grad_enabled = self.saved
+
+
 class Provenance(TorchFunctionMode):
     """Follows z0-dependence and gradient connection through every torch call (see module doc)."""
 
@@ -168,6 +202,10 @@ class Provenance(TorchFunctionMode):
         #: ops whose bookkeeping raised: counted and named, reported, never silently dropped
         self.failures = 0
         self.failed_ops: list[str] = []
+        #: the switch that turned grad mode off, while it is off (see GradSwitches)
+        self.grad_off: dict[str, Any] | None = None
+        #: grad mode was already off when the sampler was called
+        self.grad_off_at_start = not torch.is_grad_enabled()
         for r in self.roots:
             self._set(r, ValueFacts(dep=True, gconn=r.requires_grad, rg=r.requires_grad))
 
@@ -246,6 +284,18 @@ class Provenance(TorchFunctionMode):
             fn = decorated_on_stack(torch.no_grad)
             if fn:
                 return "decorated_no_grad", f"function {fn}"
+            off = self.grad_off
+            if off is not None and not off["block"]:
+                return "grad_mode_off", (
+                    f"grad mode was switched off by {off['api']} at {off['location']}"
+                    + (f" (step {off['step']})" if off["step"] is not None else "")
+                    + " and stays off: no with-block restores it")
+            if off is not None:
+                return "no_grad", f"inside `with {off['api']}:` at {off['location']}"
+            if self.grad_off_at_start:
+                return "no_grad", ("grad mode was already off when the sampler was called: "
+                                   "something switched it off before (torch.set_grad_enabled("
+                                   "False) at import, say), or diagnose ran inside no_grad")
             return "no_grad", None
         if name in ("detach", "detach_"):
             return "detach", None

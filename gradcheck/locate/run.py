@@ -10,7 +10,7 @@ from ..probes import probe, trace
 from ..records import PATH_KINDS, BreakEvent, FlowReport, LocatorResult
 from .backward import backward_analysis
 from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
-from .provenance import Collectives, Provenance, resolve_probes
+from .provenance import Collectives, GradSwitches, Provenance, resolve_probes
 
 
 def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
@@ -34,7 +34,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         tr.observer = prov.observe
         probe(z, "z0", kind="z0")
         try:
-            with run_ctx(), prov, Collectives(prov):
+            with run_ctx(), prov, Collectives(prov), GradSwitches(prov):
                 out = sample_fn(z)
                 torch.set_grad_enabled(grad_mode)
                 if isinstance(out, torch.Tensor):

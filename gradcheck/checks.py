@@ -73,11 +73,22 @@ def loss_not_stationary(r: FlowReport) -> Finding:
         return Finding("loss_not_stationary", True, level="info", value=None, threshold="> 0",
                        message="no gradient at the output to judge stationarity by")
     ok = v > 0.0
-    msg = (f"dL/d(output) is non-zero (max |g| {fmt(v)})" if ok else
-           f"dL/d(output) is exactly zero (loss {fmt(r.loss)}): the loss sits at a stationary "
-           f"point, so dL/dz0 is zero and an optimizer cannot move. hint: a baseline or target "
-           f"made from the same z0 equals the output; draw the baseline from different noise "
-           f"or start from a small perturbation of z0")
+    pp = r.path_probe
+    if ok:
+        msg = f"dL/d(output) is non-zero (max |g| {fmt(v)})"
+    elif pp is not None and pp.dead:
+        msg = _with_location(
+            f"dL/d(output) is exactly zero (loss {fmt(r.loss)}) because the output does not "
+            f"depend on z0: sent back along a seeded random output direction, the gradient at "
+            f"z0 is exactly zero too (the path itself is dead, not only the loss stationary)", r,
+            "hint: a saturated clamp, a round or a masked where makes the output constant in z0")
+    else:
+        alive = (f"; the path itself is alive (along a seeded random output direction "
+                 f"|dz0| = {fmt(pp.z0_norm)})" if pp is not None else "")
+        msg = (f"dL/d(output) is exactly zero (loss {fmt(r.loss)}): the loss sits at a "
+               f"stationary point, so dL/dz0 is zero and an optimizer cannot move{alive}. hint: "
+               f"a baseline or target made from the same z0 equals the output; draw the baseline "
+               f"from different noise or start from a small perturbation of z0")
     return Finding("loss_not_stationary", ok, value=v, threshold="> 0", message=msg)
 
 

@@ -26,7 +26,9 @@ from .errors import ConfigError, GradcheckError, InputError
 from .numeric import directional_check
 from .policy import Local, current
 from .probes import probe, trace
-from .records import FlowReport, Hygiene, NumericResult, OptimResult, ProbeStats, StepGraph
+from .records import (
+    FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, StepGraph,
+)
 
 #: machine epsilon -> floating dtype (the precision a sampler computes in, agreed across ranks)
 _DTYPE_OF_EPS = {torch.finfo(d).eps: d for d in (torch.float64, torch.float32, torch.bfloat16,
@@ -279,6 +281,32 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
     return report
 
 
+# -- stage 5b: a stationary loss or a dead path? -----------------------------------------------------
+
+def path_cotangent(out: torch.Tensor, seed: int, rank: int = 0) -> torch.Tensor:
+    """The seeded random output direction the path probe (and the locator) send back."""
+    from .sampling.noise import sub_seed
+
+    g = torch.Generator().manual_seed(sub_seed(seed, 5, rank))
+    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+
+
+def probe_path(run: Callable[[torch.Tensor], torch.Tensor], rec: Recording, *, seed: int,
+               policy: Local) -> PathProbe:
+    """dL/d(output) was exactly zero, so no gradient came back to tell a healthy path from a
+    dead one: one forward pass and one backward pass from the output along a seeded random
+    direction. A dead path (z0's gradient still exactly zero) means the output does not depend
+    on z0; a live one, that only the loss is stationary."""
+    z = rec.z.detach().clone().requires_grad_(True)
+    out = run(z)
+    g = None
+    if out.requires_grad:
+        (g,) = torch.autograd.grad(out, [z], grad_outputs=path_cotangent(out, seed, policy.rank),
+                                   allow_unused=True)
+    sq = policy.sum(0.0 if g is None else float(g.detach().double().square().sum()))
+    return PathProbe(seed=int(seed), z0_norm=sq ** 0.5, dead=sq == 0.0)
+
+
 # -- stage 6: locate --------------------------------------------------------------------------------
 
 def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
@@ -422,6 +450,12 @@ def diagnose(
                       thresholds={"vanishing_rel": vanishing_rel,
                                   "exploding_ratio": exploding_ratio})
     report.timings = timings
+    # a stationary loss (on any rank: every rank takes part): is the path itself alive?
+    if policy.any(report.output_requires_grad and report.output_grad_max_abs == 0.0):
+        t0 = time.perf_counter()
+        report.path_probe = probe_path(run, rec, seed=seed, policy=policy)
+        timings["path_probe_s"] = time.perf_counter() - t0
+        report.checks = run_checks(report)
     if scan_randomness is None:
         scan_randomness = modes.MODES[mode].step_noise == "unknown"
     locate_stage(sample_fn, z0, run, loss, rec, report, locate=locate,

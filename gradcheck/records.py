@@ -108,6 +108,18 @@ class OptimResult(Record):
 
 
 @dataclass
+class PathProbe(Record):
+    """Run when dL/d(output) is exactly zero (a stationary loss sends no gradient back, so the
+    probes cannot tell a healthy path from a dead one): one more forward and a backward from the
+    output along a seeded random direction. ``dead``: even then z0 gets an exactly zero gradient,
+    so the output does not depend on z0."""
+
+    seed: int  # seeds the output direction
+    z0_norm: float  # |dz0| along it
+    dead: bool  # z0's gradient is exactly zero along it: the output does not depend on z0
+
+
+@dataclass
 class Hygiene(Record):
     """What the trace left behind: hooks still registered, the grad mode before and after, and
     whether the user's sampler itself changed the global grad mode and left it changed."""
@@ -234,6 +246,7 @@ class FlowReport(Record):
     world_size: int = 1  # processes that diagnosed one shard of z0 each (torch.distributed)
     parallel: str | None = None  # the layout: ddp, fsdp, cp (or None: the user's own)
     ranks: list[dict[str, Any]] | None = None  # per-rank detail (distributed runs)
+    path_probe: PathProbe | None = None  # the path itself, probed when the loss is stationary
     checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

@@ -174,3 +174,42 @@ def test_grad_mode_already_off_when_the_diagnosis_starts_is_said():
     p = rep.locator.primary
     assert not rep.passed and p.cause == "no_grad"
     assert "already off when the sampler was called" in p.detail
+
+
+# -- a stationary loss, or a dead path? ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kill", [
+    lambda x: x.clamp(min=1e9),  # saturated: the output no longer depends on z0
+    lambda x: torch.where(x > 1e12, x, torch.full_like(x, 3.0)),  # the z0 branch masked out
+], ids=["saturated_clamp", "masked_where"])
+def test_a_dead_path_is_located_where_the_gradient_becomes_zero_not_at_the_loss(kill):
+    def cb(d):
+        if d["i"] == 0:
+            return kill(d["x"])  # step 0
+
+    # the default loss: the output equals the baseline (both constant), so dL/d(output) = 0
+    rep = gradcheck.diagnose(_with_callback(cb), z0_like())
+    assert rep.path_probe is not None and rep.path_probe.dead
+    p = rep.locator.primary
+    assert p.kind == "zero" and p.step == 0 and "mse_loss" not in p.op, p.describe()
+    assert p.op.startswith(("clamp", "where")), p.op
+    f = rep.check("loss_not_stationary")
+    assert not f.passed and "the output does not depend on z0" in f.message
+    assert "timings" and "path_probe_s" in rep.timings
+
+
+def test_a_stationary_loss_on_a_live_path_says_the_path_is_alive():
+    smp = _with_callback(lambda d: None)
+    out = smp(z0_like()).detach()  # the target is the output itself: the loss is at its minimum
+    rep = gradcheck.diagnose(smp, z0_like(), target=out, numeric=False, optim_steps=0)
+    pp = rep.path_probe
+    assert pp is not None and not pp.dead and pp.z0_norm > 0
+    f = rep.check("loss_not_stationary")
+    assert not f.passed and "the path itself is alive" in f.message
+    assert "draw the baseline from different noise" in f.message
+
+
+def test_a_healthy_run_pays_no_path_probe():
+    rep = gradcheck.diagnose(_with_callback(lambda d: None), z0_like())
+    assert rep.path_probe is None and "path_probe_s" not in rep.timings

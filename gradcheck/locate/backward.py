@@ -16,10 +16,12 @@ from ..records import BreakEvent
 
 
 def backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: set[str],
-                       tr: Trace) -> list[BreakEvent]:
+                       tr: Trace, cotangent: torch.Tensor | None = None) -> list[BreakEvent]:
     """Node hooks over one backward pass: the first node (in execution order from the loss) on a
     path to z0 whose incoming gradient is non-zero but whose gradient towards z0 is exactly zero
-    (``zero``), or finite but whose gradient towards z0 is not (``nonfinite``)."""
+    (``zero``), or finite but whose gradient towards z0 is not (``nonfinite``). With a
+    ``cotangent``, ``loss`` is the output and the pass starts from it along that direction (a
+    stationary loss sends nothing back; a random output direction probes the path itself)."""
     nodes = list(graph.iter_nodes([loss.grad_fn]))
     # reach[n]: the node leads to z0's AccumulateGrad (iterative post-order)
     reach: dict[int, bool] = {}
@@ -57,7 +59,7 @@ def backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: set
         leaves = [v for v in (getattr(n, "variable", None) for n in nodes)
                   if isinstance(v, torch.Tensor) and v.requires_grad]
         if leaves:
-            torch.autograd.grad(loss, leaves, allow_unused=True)
+            torch.autograd.grad(loss, leaves, grad_outputs=cotangent, allow_unused=True)
     finally:
         for h in handles:
             h.remove()

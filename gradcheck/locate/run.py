@@ -13,6 +13,14 @@ from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
 from .provenance import Collectives, GradSwitches, Provenance, resolve_probes
 
 
+def rank_of() -> int:
+    """This process's rank (0 outside a process group)."""
+    from ..distributed import context
+
+    ctx = context()
+    return ctx.rank if ctx is not None else 0
+
+
 def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
            loss_of: Callable[[torch.Tensor], torch.Tensor], report: FlowReport, *,
            run_ctx: Callable[[], Any], reason: str) -> LocatorResult:
@@ -28,7 +36,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     """
     z = z0.detach().clone().requires_grad_(True)
     grad_mode = torch.is_grad_enabled()
-    loss = None
+    loss = out = None
     with trace() as tr:
         prov = Provenance(tr, [z])
         tr.observer = prov.observe
@@ -51,7 +59,16 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         if "nonfinite" in statuses or any(p.nonfinite for p in report.probes):
             want.add("nonfinite")
         back: list[BreakEvent] = []
-        if want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
+        pp = report.path_probe
+        if want and pp is not None and pp.dead and isinstance(out, torch.Tensor) and \
+                out.grad_fn is not None:
+            # the loss is stationary and sends nothing back: probe the path from the output
+            # along the path probe's random direction, where the gradient becomes exactly zero
+            from ..diagnosis import path_cotangent
+
+            back = backward_analysis(out, z, prov.grad_fn_info, want, tr,
+                                     cotangent=path_cotangent(out, pp.seed, rank_of()))
+        elif want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             back = backward_analysis(loss, z, prov.grad_fn_info, want, tr)
     resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
     probe_facts: dict[int, ValueFacts] = prov.probe_meta

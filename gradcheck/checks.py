@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 
 from .records import PATH_KINDS, Finding, FlowReport, OptimizeResult, ProbeStats
-from .text import BREAK_POINT_WORDS, fmt, located, probe_where, ranges, step_picture, steps_phrase
+from .text import BREAK_POINT_WORDS, describe_break, fmt, located, probe_where, ranges, step_picture, steps_phrase
 
 
 def break_point(report: FlowReport) -> tuple[ProbeStats, ProbeStats, str] | None:
@@ -271,6 +271,33 @@ def fresh_randomness(r: FlowReport) -> Finding:
                    f"from z0 (gradcheck.adapters noise='learnable') or make it a learnable leaf")
 
 
+def no_proven_bias(r: FlowReport) -> Finding:
+    """A value computed from z0 that left autograd (``float()``, ``.item()``, ``.tolist()``) and
+    came back into what the loss depends on, or a write behind autograd's back (through
+    ``.data``, in place under ``no_grad``) on a z0-dependent value: the gradient is provably
+    wrong, whatever the numeric check saw along its one direction. Values that left autograd
+    only to steer control flow or logging are reported, not failed."""
+    name = "no_proven_bias"
+    loc = r.locator
+    if loc is None or not loc.ran:
+        return Finding(name, True, level="info", value=None, threshold=None,
+                       message="not scanned (the provenance pass did not run; locate='always' "
+                       "runs it)")
+    if loc.bias is not None:
+        return Finding(name, False, value=loc.bias.op, threshold=None, step=loc.bias.step,
+                       message=f"the gradient is provably wrong: {describe_break(loc.bias)}. "
+                       f"The numeric check, along one direction, need not see it. hint: keep the "
+                       f"value in torch (x.std(), not float(x.std())), or write without .data "
+                       f"and outside no_grad")
+    left = [e for e in loc.events if e.kind == "escape"]
+    said = "; ".join(f"{e.op} at {e.location}" for e in left[:3])
+    return Finding(name, True, value=0, threshold=0,
+                   message="no value computed from z0 left autograd and came back into the loss, "
+                   "and nothing was written behind autograd's back"
+                   + (f"; {len(left)} value(s) left it only to steer control flow or logging "
+                      f"(reported, not failed): {said}" if left else ""))
+
+
 def numeric_directional(r: FlowReport) -> Finding:
     n = r.numeric
     if n is None or n.skipped:
@@ -385,6 +412,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     step_noise,
     grad_scale,
     fresh_randomness,
+    no_proven_bias,
     numeric_directional,
     optimizer_changes_z0,
     loss_moves,

@@ -311,8 +311,8 @@ def probe_path(run: Callable[[torch.Tensor], torch.Tensor], rec: Recording, *, s
 
 def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
                  run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording,
-                 report: FlowReport, *, locate: str, scan_randomness: bool, seed: int,
-                 policy: Local) -> None:
+                 report: FlowReport, *, locate: str, scan_randomness: bool, scan_bias: bool,
+                 seed: int, policy: Local) -> None:
     """Name where and why the gradient breaks (one more forward pass under provenance tracking,
     and a backward pass where a gradient became zero or non-finite), only when a check failed,
     when asked, or to scan a custom sampler for fresh randomness; then
@@ -320,12 +320,16 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
     from .locate import locate as run_locator, symptoms
 
     why = symptoms(report) if report.failed or locate != "never" else []
-    if not (locate == "always" or (locate == "auto" and
-                                   (policy.any(bool(report.failed)) or scan_randomness))):
+    if not (locate == "always" or (locate == "auto" and (policy.any(bool(report.failed))
+                                                         or scan_randomness or scan_bias))):
         return
     t0 = time.perf_counter()
-    reason = "; ".join(why) or ("asked (--locate always)" if locate == "always"
-                                else "a scan for fresh randomness (a custom sampler)")
+    reason = "; ".join(why) or ("asked (--locate always)" if locate == "always" else "; ".join(
+        ["a scan for fresh randomness (a custom sampler)"] * bool(scan_randomness)
+        + [f"a scan for values that leave autograd and come back ("
+           + ("no numeric check" if report.numeric is None else
+              f"{str(rec.z.dtype).replace('torch.', '')}: the numeric check alone cannot prove "
+              f"the gradient right") + ")"] * bool(scan_bias)))
     report.locator = run_locator(sample_fn, z0, loss.of, report,
                                  run_ctx=lambda: seeded(seed, z0.device), reason=reason)
     report.timings["locate_s"] = time.perf_counter() - t0
@@ -458,8 +462,12 @@ def diagnose(
         report.checks = run_checks(report)
     if scan_randomness is None:
         scan_randomness = modes.MODES[mode].step_noise == "unknown"
+    # below float64 (or without it) the numeric check cannot prove the gradient right: the
+    # provenance pass looks for values that leave autograd and come back (a proven bias)
+    scan_bias = not numeric or z0.dtype != torch.float64
     locate_stage(sample_fn, z0, run, loss, rec, report, locate=locate,
-                 scan_randomness=scan_randomness, seed=seed, policy=policy)
+                 scan_randomness=scan_randomness, scan_bias=scan_bias, seed=seed,
+                 policy=policy)
     timings["total_s"] = time.perf_counter() - t_start
     report.sampler = getattr(sample_fn, "description", None)
     report.notes = [str(n) for n in getattr(sample_fn, "notes", ())]

@@ -180,6 +180,7 @@ class LocatorResult(Record):
     events: list[BreakEvent] = field(default_factory=list)  # every relevant break (up to 50)
     randomness: list[BreakEvent] = field(default_factory=list)  # fresh draws entering the state
     note: str | None = None  # what it says when no event explains the failure
+    bias: BreakEvent | None = None  # a proven bias the loss carries (its gradient is wrong)
     lowest_dtype: str | None = None  # the least precise float dtype of any value computed from z0
     # ops whose provenance bookkeeping raised (the locator's own failure, never the user's):
     # counted, with the first few named, so an incomplete answer says so

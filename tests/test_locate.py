@@ -213,3 +213,74 @@ def test_a_stationary_loss_on_a_live_path_says_the_path_is_alive():
 def test_a_healthy_run_pays_no_path_probe():
     rep = gradcheck.diagnose(_with_callback(lambda d: None), z0_like())
     assert rep.path_probe is None and "path_probe_s" not in rep.timings
+
+
+# -- a proven bias is an error ----------------------------------------------------------------------
+
+def _float32_sampler(edit, at: int = 3):
+    """A float32 RES run (where the numeric check is weak) with ``edit`` applied to the state of
+    step ``at``."""
+    from gradcheck.sampling import build_denoiser
+
+    den = build_denoiser("conv", dtype=torch.float32)
+    sig = SamplerConfig(solver="2ab", steps=6).sigmas()
+
+    def sample(z):
+        def cb(d):
+            if d["i"] == at:
+                return edit(d["x"])
+        return sample_res(den, 80.0 * gradcheck.probe(z, "z0", kind="z0"), sig, solver="2ab",
+                          callback=cb)
+    sample.mode = "default"
+    return sample
+
+
+def _mix_data(x):
+    return x + x.data * 0.1  # BIAS-DATA
+
+
+def _write_data(x):
+    y = x * 1.0
+    y.data.clamp_(-1.0, 1.0)  # BIAS-WRITE
+    return y
+
+
+@pytest.mark.parametrize("edit, needle, cause", [
+    (lambda x: x * float(x.std()), "x * float(x.std())", "python_roundtrip"),
+    (lambda x: x / (x.std().item() + 1e-3) * 2.0, "x.std().item() + 1e-3", "python_roundtrip"),
+    (lambda x: x + torch.tensor(x.tolist(), dtype=x.dtype) * 1e-3, "torch.tensor(x.tolist()",
+     "python_roundtrip"),
+    (_mix_data, "# BIAS-DATA", "data_read"),
+    (_write_data, "# BIAS-WRITE", "data_write"),
+], ids=["float", "item_through_arithmetic", "tolist", "data_read_mixed_in", "data_write"])
+def test_a_proven_bias_fails_the_run_with_its_step_and_line(edit, needle, cause):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = gradcheck.diagnose(_float32_sampler(edit), z0_like(dtype=torch.float32))
+    f = rep.check("no_proven_bias")
+    assert not rep.passed and not f.passed and f.step == 3, f.message
+    b = rep.locator.bias
+    assert b.kind == "bias" and b.cause == cause and b.step == 3
+    assert b.location == f"tests/test_locate.py:{_line_of(needle)}", b.location
+    assert rep.locator.primary is b  # and it is what the report says first
+
+
+def test_values_that_only_steer_control_flow_or_logging_are_reported_not_failed(capsys):
+    def steer(x):
+        if float(x.std()) > 1e9:  # never: control flow only
+            return x * 2
+        print(f"std {x.std().item():.3f}")  # logging only
+        return x
+
+    rep = gradcheck.diagnose(_float32_sampler(steer), z0_like(dtype=torch.float32))
+    f = rep.check("no_proven_bias")
+    assert rep.passed and f.passed and f.level == "error"
+    assert "2 value(s) left it only to steer control flow or logging" in f.message
+    assert "reason" and "numeric check alone cannot prove" in rep.locator.reason
+
+
+def test_float64_runs_with_the_numeric_check_pay_no_bias_scan(gaussian):
+    rep = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like())
+    assert rep.locator is None and rep.check("no_proven_bias").level == "info"

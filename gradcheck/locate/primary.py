@@ -25,6 +25,7 @@ class ValueFacts:
     rand: dict | None = None  # the fresh random draw it came from
     direct: bool = False  # the output of the op that recorded ``ev`` (or a plain copy of it)
     made_at: tuple | None = None  # (op, path:line, step, probe index) where the value was made
+    data_of: object = None  # x.data of which tensor (a weak reference): writes to it bypass x
 
 
 def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor: bool,
@@ -91,9 +92,12 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
     # 3./4. exactly zero, non-finite (backward)
     if primary is None and back:
         primary = back[0]
-    # 5. a wrong gradient: bypassed writes, then values that escaped through Python
+    # 5. a wrong gradient: bypassed writes and values that came back from Python into what
+    #    the loss depends on (proven, whatever the numeric check says), then other escapes
+    bias = loss.bias if loss is not None else None
+    if primary is None and bias is not None:
+        primary = bias
     if primary is None and numeric_failed:
-        bias = loss.bias if loss is not None else None
         escapes = [e for e in events if e.kind == "escape"]
         primary = bias or (escapes[0] if escapes else None)
         if primary is None:

@@ -21,6 +21,7 @@ reported (``LocatorResult.internal_failures``), never swallowed silently.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Callable
 
@@ -65,6 +66,86 @@ ADDITIVE = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__
 SHAPE_ONLY = {"view_as", "expand_as", "reshape_as", "type_as"}
 #: Copies/moves: an escape right after one of these upgrades the cause of the cut before it.
 COPY_OPS = {"cpu", "cuda", "to", "contiguous", "clone", "float", "double"}
+
+
+#: Escapes whose Python result is followed (a float that comes back into a torch op is a bias).
+#: ``float(x)`` cannot be: Python turns what ``__float__`` returns into a plain float, so its
+#: value is remembered instead and recognised when it comes back (see ``Provenance.escaped``).
+TAINTED_ESCAPES = {"item", "tolist"}
+#: Cuts whose value, mixed back into a value that carries z0's gradient, makes that gradient
+#: wrong (a .detach() can be meant: stop-gradient and straight-through tricks are not flagged).
+MIXED_BIAS_CAUSES = {"python_roundtrip", "numpy_roundtrip", "data_read"}
+
+
+class Tainted(float):
+    """A Python float computed from z0 behind autograd's back (``float(x)``, ``x.item()``,
+    ``x.tolist()``), carrying the escape event through Python arithmetic, so that its return
+    into a torch op is seen: there the gradient through it is missing (a proven bias). Compares,
+    formats and steers control flow as the float it is."""
+
+    event: BreakEvent
+
+    def __new__(cls, value: float, event: BreakEvent) -> Tainted:
+        self = super().__new__(cls, value)
+        self.event = event
+        return self
+
+    def __reduce__(self) -> Any:  # pickles as a plain float
+        return (float, (float(self),))
+
+
+def _taint_arith(name: str) -> Callable[..., Any]:
+    op = getattr(float, name)
+
+    def method(self: Tainted, *other: Any) -> Any:
+        res = op(self, *other)
+        return Tainted(res, self.event) if isinstance(res, float) else res
+    method.__name__ = name
+    return method
+
+
+for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+            "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pow__",
+            "__rpow__", "__neg__", "__pos__", "__abs__"):
+    setattr(Tainted, _op, _taint_arith(_op))
+
+
+def taint(value: Any, event: BreakEvent) -> Any:
+    """``value`` (a float, or nested lists of them, as ``tolist`` gives) with every float
+    tainted by ``event``."""
+    if isinstance(value, float):
+        return Tainted(value, event)
+    if isinstance(value, list):
+        return [taint(v, event) for v in value]
+    return value
+
+
+def tainted_in(x: Any) -> list[BreakEvent]:
+    """The escape events of the tainted floats among a call's arguments (nested lists too)."""
+    out, stack = [], [x]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Tainted):
+            out.append(v.event)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return out
+
+
+def _plain_floats(x: Any) -> list[float]:
+    """The non-integral Python floats among a call's arguments (nested lists too)."""
+    out, stack = [], [x]
+    while stack:
+        v = stack.pop()
+        if type(v) is float and not v.is_integer():
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return out
 
 
 def _name(func: Any) -> str:
@@ -206,6 +287,8 @@ class Provenance(TorchFunctionMode):
         self.grad_off: dict[str, Any] | None = None
         #: grad mode was already off when the sampler was called
         self.grad_off_at_start = not torch.is_grad_enabled()
+        #: float(x) of a z0-dependent x: its value -> the escape event
+        self.escaped: dict[float, BreakEvent] = {}
         for r in self.roots:
             self._set(r, ValueFacts(dep=True, gconn=r.requires_grad, rg=r.requires_grad))
 
@@ -324,12 +407,17 @@ class Provenance(TorchFunctionMode):
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         try:
-            self._after(name, args, pre, out, grad_on, inf_on)
+            escape = self._after(name, args, kwargs, pre, out, grad_on, inf_on)
+            if escape is not None and name in TAINTED_ESCAPES:
+                out = taint(out, escape)  # followed through Python, back into torch
+            elif escape is not None and name == "__float__" and isinstance(out, float) and \
+                    math.isfinite(out) and not out.is_integer():
+                self.escaped[out] = escape  # recognised by its value when it comes back
         except Exception as exc:  # noqa: BLE001 - counted and reported, the user's op ran
             self.failed(name, exc)
         return out
 
-    def _after(self, name, args, pre, out, grad_on, inf_on) -> None:
+    def _after(self, name, args, kwargs, pre, out, grad_on, inf_on) -> BreakEvent | None:
         # one op's bookkeeping, in the order the cases are decided: a .data write, an escape
         # from torch, a random draw, then any other op (dependence, cut, bias, randomness mixed
         # in); kept as one function so the precedence between the cases stays visible
@@ -349,9 +437,11 @@ class Provenance(TorchFunctionMode):
                         m.ev.cause in ("detach", "data_read"):
                     m.ev.detail = f"{m.ev.op}() then .{name.strip('_')}()"
                     m.ev.cause = ESCAPE_OPS[name]
-                elif g:
-                    self._event("escape", ESCAPE_OPS[name], name)
-            return
+                    return m.ev
+                if g:
+                    return self._event("escape", ESCAPE_OPS[name], name)
+                return m.ev if m is not None else None
+            return None
         outs = tensors_in(out)
         inplace = bool(args) and isinstance(args[0], torch.Tensor) and (
             (name.endswith("_") and not name.endswith("__")) or name == "requires_grad.__set__")
@@ -398,6 +488,17 @@ class Provenance(TorchFunctionMode):
                     self.events.pop()
                     ev.index = -1 - len(self.randomness)
                     self.randomness.append(ev)
+        # values computed from z0 that left autograd, coming back: tainted floats, floats of
+        # an escaped value, and cut tensors of a Python/NumPy round trip or a .data read
+        back_in = tainted_in((args, kwargs))
+        if self.escaped:
+            back_in += [self.escaped[v] for v in _plain_floats((args, kwargs))
+                        if v in self.escaped]
+        back_in += [m.ev for _, d, g, m in pre if d and not g and m is not None
+                    and m.ev is not None and m.ev.cause in MIXED_BIAS_CAUSES]
+        if back_in and not any_dep:  # made from them alone (torch.tensor(x.tolist())): a cut
+            any_dep = True
+            ev_in = ev_in or back_in[0]
         step, last = self._step()
         if step is None and last + 1 < len(self.trace._entries):
             step = self.trace._entries[last + 1].step
@@ -419,11 +520,24 @@ class Provenance(TorchFunctionMode):
                 else:
                     m.ev = ev_in
                     m.direct = direct_in and base in COPY_OPS
+            if back_in and g_o and not m.bias:  # mixed into a value that carries gradient
+                esc = back_in[0]
+                m.bias = self._event(
+                    "bias", esc.cause, base,
+                    f"a value computed from z0 left autograd by {esc.op}"
+                    + (f" at {esc.location}" if esc.location else "")
+                    + (f" (step {esc.step})" if esc.step is not None else "")
+                    + " and comes back here: autograd does not see that dependence, so "
+                      "dL/dz0 misses its part")
             if inplace and o is args[0] and not grad_on and o.requires_grad and any_dep:
                 m.bias = m.bias or self._event("bias", "inplace_no_grad", base)
                 m.gconn = pre[0][2] if pre else m.gconn
+            if inplace and o is args[0]:
+                self._write_through_data(o, base)
             if not any_dep and draws:
                 m.rand = draws[0]
+            if name == "data.__get__" and args and isinstance(args[0], torch.Tensor):
+                m.data_of = weakref.ref(args[0])
             m.made_at = (base, loc, step, last)
             self._set(o, m)
             # the node this op made (not one an input already had: x.to(same dtype) is x)
@@ -431,6 +545,19 @@ class Provenance(TorchFunctionMode):
                     id(o.grad_fn) not in self.grad_fn_info:
                 self.grad_fn_info[id(o.grad_fn)] = (base, loc, step, last)
                 self._keep.append(o.grad_fn)
+
+
+    def _write_through_data(self, t: torch.Tensor, op: str) -> None:
+        """An in-place ``op`` on ``t`` that is ``x.data`` of a z0-dependent ``x`` (``x.data.mul_(0.9)``,
+        ``x.data.clamp_(...)``): x's value changes where autograd does not see it."""
+        m = self.get(t)
+        x = m.data_of() if m is not None and m.data_of is not None else None
+        mx = self.get(x) if x is not None else None
+        if mx is not None and mx.dep and x.requires_grad:
+            mx.bias = mx.bias or self._event(
+                "bias", "data_write", f"x.data.{op}",
+                detail="an in-place write through .data changes a value autograd recorded "
+                       "without telling it: the gradient flows, through the old value")
 
 
 def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: Trace) -> None:

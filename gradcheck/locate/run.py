@@ -84,4 +84,5 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     return LocatorResult(ran=True, reason=reason, primary=primary, events=events[:50],
                          randomness=prov.randomness[:50], note=note,
                          lowest_dtype=str(low).replace("torch.", "") if low is not None else None,
-                         internal_failures=prov.failures, failed_ops=list(prov.failed_ops))
+                         internal_failures=prov.failures, failed_ops=list(prov.failed_ops),
+                         bias=loss_facts.bias if loss_facts is not None else None)

@@ -305,6 +305,14 @@ def numeric_directional(r: FlowReport) -> Finding:
                        message=f"numeric check skipped{': ' + n.skipped if n and n.skipped else ''}")
     tol = n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol
     ok = n.abs_error <= tol
+    if not ok and n.verdict in ("kink", "inconclusive"):
+        # a piecewise-smooth sampler (clamp, clip_sample, relu): the central difference crosses
+        # a kink; judged on one-sided evidence, or said to be inconclusive, never failed
+        head = (f"<v, dL/dz0> = {n.reverse:.6e}; central finite differences {n.fd:.6e} "
+                f"(eps {n.eps:.1e}, {n.dtype}) disagree, but {n.note}")
+        return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
+                       level="error" if n.verdict == "kink" else "warning",
+                       message=("" if n.verdict == "kink" else "inconclusive: ") + head)
     head = (f"<v, dL/dz0> = {n.reverse:.6e} vs finite differences {n.fd:.6e} "
             f"(eps {n.eps:.1e}, {n.dtype}): relative error {fmt(n.rel_error)}, "
             f"tolerance rtol {n.rtol:.0e} + round-off {fmt(n.atol)}")

@@ -92,6 +92,11 @@ class NumericResult(Record):
     sweep: list[dict[str, float]] = field(default_factory=list)  # every step size tried
     skipped: str | None = None  # why the check did not run
     working_dtype: str | None = None  # lower than dtype: the sampler casts down inside
+    # agrees | disagrees (smooth evidence against reverse mode) | kink (the difference straddles
+    # a kink; reverse mode matches a one-sided derivative) | inconclusive (straddled, no smooth
+    # evidence either way)
+    verdict: str | None = None  # see above
+    note: str | None = None  # what the kink test saw
 
 
 @dataclass

@@ -262,3 +262,46 @@ def test_same_seed_same_numbers(conv32):
     da, db = a.to_dict(), b.to_dict()
     da.pop("timings"), db.pop("timings")
     assert da == db
+
+
+# -- the numeric check on piecewise-smooth samplers: a kink is not a wrong gradient ----------------
+
+def _numeric(loss, grad_value):
+    """directional_check on a one-element z0 (the direction is +-1) with the given reverse-mode
+    gradient, and the Finding the check makes of it."""
+    from gradcheck.checks import numeric_directional
+    from gradcheck.numeric import directional_check
+    from gradcheck.records import FlowReport, Hygiene
+
+    z0 = torch.tensor([[0.3]], dtype=torch.float64)
+    n = directional_check(lambda z: float(loss(z.double())), z0,
+                          torch.tensor([[grad_value]], dtype=torch.float64), seed=0)
+    rep = FlowReport(mode="default", objective="minimize", loss_description="", loss=0.0,
+                     output_requires_grad=True, loss_requires_grad=True, output_grad_max_abs=1.0,
+                     probes=[], numeric=n, optim=None,
+                     hygiene=Hygiene(1, 0, True, True, False))
+    return n, numeric_directional(rep)
+
+
+def test_a_kink_straddled_by_the_difference_is_judged_on_the_side_z0_is_on():
+    kink = 0.3 + 1e-8  # |z - kink|: z0 sits just left of it, where the slope is -1
+    n, f = _numeric(lambda z: (z - kink).abs().sum(), -1.0)
+    assert n.verdict == "kink" and f.passed and f.level == "error", f.message
+    assert "backward one-sided derivative" in f.message and "h^1.0" in f.message
+
+
+def test_a_kink_with_a_gradient_matching_neither_side_is_inconclusive_not_passed_quietly():
+    kink = 0.3 + 1e-8
+    n, f = _numeric(lambda z: (z - kink).abs().sum(), 3.0)
+    assert n.verdict == "inconclusive" and f.level == "warning"
+    assert f.message.startswith("inconclusive: ")
+
+
+@pytest.mark.parametrize("loss, grad", [
+    (lambda z: (z ** 2).sum(), 2 * 2 * 0.3),  # smooth, twice the true gradient
+    (lambda z: (torch.round(z * 1e6) / 1e6 * 5).sum(), 0.0),  # a staircase: round has zero grad
+    (lambda z: (z.clamp(min=0.0) * 2).sum(), 1.0),  # a clamp far away, wrong gradient
+])
+def test_a_wrong_gradient_still_fails_on_smooth_or_staircase_evidence(loss, grad):
+    n, f = _numeric(loss, grad)
+    assert n.verdict == "disagrees" and not f.passed, f.message

@@ -326,12 +326,13 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
     t0 = time.perf_counter()
     reason = "; ".join(why) or ("asked (--locate always)" if locate == "always" else "; ".join(
         ["a scan for fresh randomness (a custom sampler)"] * bool(scan_randomness)
-        + [f"a scan for values that leave autograd and come back ("
+        + ["a scan for values that leave autograd and come back ("
            + ("no numeric check" if report.numeric is None else
               f"{str(rec.z.dtype).replace('torch.', '')}: the numeric check alone cannot prove "
               f"the gradient right") + ")"] * bool(scan_bias)))
     report.locator = run_locator(sample_fn, z0, loss.of, report,
-                                 run_ctx=lambda: seeded(seed, z0.device), reason=reason)
+                                 run_ctx=lambda: seeded(seed, z0.device), reason=reason,
+                                 seed=seed)
     report.timings["locate_s"] = time.perf_counter() - t0
     remeasure_at_working_precision(run, loss, rec, report, seed=seed, policy=policy)
     report.checks = run_checks(report)

@@ -186,6 +186,7 @@ class LocatorResult(Record):
     randomness: list[BreakEvent] = field(default_factory=list)  # fresh draws entering the state
     note: str | None = None  # what it says when no event explains the failure
     bias: BreakEvent | None = None  # a proven bias the loss carries (its gradient is wrong)
+    vjp_checks: int = 0  # custom autograd.Functions checked against finite differences
     lowest_dtype: str | None = None  # the least precise float dtype of any value computed from z0
     # ops whose provenance bookkeeping raised (the locator's own failure, never the user's):
     # counted, with the first few named, so an incomplete answer says so

@@ -168,6 +168,7 @@ CAUSES = {
     "disconnected_randomness": "disconnected randomness",
     "zero_grad_op": "op passes exactly zero gradient",
     "nonfinite_backward": "op produces NaN/Inf in backward",
+    "custom_backward": "a custom autograd.Function's backward does not match its forward",
     "unknown": "unclassified op",
 }
 

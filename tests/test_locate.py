@@ -57,10 +57,30 @@ def test_non_finite_backward_names_the_op_and_step(conv32):
     assert "_GradScaleBackward" in p.op and p.location.startswith("tests/conftest.py:")
 
 
-def test_wrong_custom_backward_has_no_forward_cause():
+def test_wrong_custom_backward_has_no_forward_cause_and_is_found_by_its_own_vjp():
     smp = ResetCalls(CallFault(DEN, at=1, fault="scale_grad", factor=3.0), sampler(DEN))
     rep = gradcheck.diagnose(smp, z0_like())
-    assert rep.locator.primary is None
+    p = rep.locator.primary
+    assert p.cause == "custom_backward" and p.step == 1 and p.op == "_GradScale.backward"
+    assert "custom autograd.Function's backward" in rep.check("numeric_directional").message
+
+
+def test_a_wrong_gradient_with_no_forward_cause_and_no_custom_function_says_so():
+    calls = {"n": 0}
+
+    def den(x, sigma):  # a gradient hook that scales what flows back: no Function to check
+        calls["n"] += 1
+        out = DEN(x, sigma)
+        if calls["n"] % 5 == 2 and out.requires_grad:
+            out.register_hook(lambda g: g * 3.0)
+        return out
+
+    def sample(z):
+        calls["n"] = 0
+        return sampler(den)(z)
+    sample.mode = "default"
+    rep = gradcheck.diagnose(sample, z0_like())
+    assert rep.locator.primary is None and rep.locator.vjp_checks == 0
     assert "custom autograd.Function backward" in rep.locator.note
     assert "custom autograd.Function backward" in rep.check("numeric_directional").message
 
@@ -284,3 +304,54 @@ def test_values_that_only_steer_control_flow_or_logging_are_reported_not_failed(
 def test_float64_runs_with_the_numeric_check_pay_no_bias_scan(gaussian):
     rep = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like())
     assert rep.locator is None and rep.check("no_proven_bias").level == "info"
+
+
+# -- a wrong custom backward: located by its own vector-Jacobian product -------------------------
+
+class _Twice(torch.autograd.Function):
+    """A correct custom Function (forward 2x, backward 2g)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2.0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2.0
+
+
+@pytest.mark.parametrize("at, dtype", [(0, torch.float64), (2, torch.float64), (3, torch.float32)])
+def test_a_wrong_custom_backward_is_named_with_its_step_class_and_line(at, dtype):
+    fault = CallFault(DEN, at=at, fault="scale_grad", factor=1.3)
+    smp = ResetCalls(fault, sampler(DEN, steps=4))
+    rep = gradcheck.diagnose(smp, z0_like(dtype=dtype), optim_steps=0)
+    p = rep.locator.primary
+    assert not rep.passed and p.cause == "custom_backward" and p.step == at, p
+    assert p.op == "_GradScale.backward" and p.location.startswith("tests/conftest.py:")
+    import inspect
+
+    from .conftest import _GradScale
+
+    assert p.location.endswith(f":{inspect.getsourcelines(_GradScale.backward)[1]}")
+    assert "relative error 2.3" in p.detail
+    assert rep.locator.vjp_checks >= 1
+    assert "custom autograd.Function's backward does not match its forward" in \
+        rep.check("numeric_directional").message
+
+
+def test_a_correct_custom_function_is_not_blamed_for_another_break():
+    calls = {"n": 0}
+
+    def den(x, sigma):
+        calls["n"] += 1
+        out = _Twice.apply(DEN(x, sigma)) / 2.0
+        return out.detach() if calls["n"] % 5 == 3 else out  # the real break: a detach
+
+    def sample(z):
+        calls["n"] = 0
+        return sampler(den, steps=4)(z)
+    sample.mode = "default"
+    rep = gradcheck.diagnose(sample, z0_like(), optim_steps=0)
+    p = rep.locator.primary
+    assert p.cause == "detach", p.describe()
+    assert not [e for e in rep.locator.events if e.cause == "custom_backward"]

@@ -32,7 +32,8 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
                    events: list[BreakEvent], probe_before: dict[int, int],
                    probes: dict[int, ValueFacts], probe_kinds: list[str],
                    back: list[BreakEvent], randomness: list[BreakEvent],
-                   numeric_failed: bool, expect_connected: bool
+                   numeric_failed: bool, expect_connected: bool,
+                   wrong_backward: list[BreakEvent] = ()
                    ) -> tuple[BreakEvent | None, str | None]:
     """The event that explains the failing checks, and a note when there is none.
 
@@ -48,6 +49,8 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
         randomness: fresh random draws that entered z0-dependent values.
         numeric_failed: the numeric check failed (a wrong gradient, not a missing one).
         expect_connected: the mode promises step noise derived from z0.
+        wrong_backward: custom autograd.Functions whose backward disagrees with finite
+            differences of their forward (found when the numeric check failed), first first.
     """
     # long because it is an ordered list of rules (numbered below), the first that applies wins
     primary: BreakEvent | None = None
@@ -97,6 +100,8 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
     bias = loss.bias if loss is not None else None
     if primary is None and bias is not None:
         primary = bias
+    if primary is None and numeric_failed and wrong_backward:
+        primary = wrong_backward[0]
     if primary is None and numeric_failed:
         escapes = [e for e in events if e.kind == "escape"]
         primary = bias or (escapes[0] if escapes else None)

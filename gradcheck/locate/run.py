@@ -9,6 +9,7 @@ import torch
 from ..probes import probe, trace
 from ..records import PATH_KINDS, BreakEvent, FlowReport, LocatorResult
 from .backward import backward_analysis
+from .functions import FunctionCalls, wrong_backwards
 from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
 from .provenance import Collectives, GradSwitches, Provenance, resolve_probes
 
@@ -23,7 +24,7 @@ def rank_of() -> int:
 
 def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
            loss_of: Callable[[torch.Tensor], torch.Tensor], report: FlowReport, *,
-           run_ctx: Callable[[], Any], reason: str) -> LocatorResult:
+           run_ctx: Callable[[], Any], reason: str, seed: int = 0) -> LocatorResult:
     """Re-run ``sample_fn`` under provenance tracking and explain ``report``'s failures.
 
     Args:
@@ -33,6 +34,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         report: the diagnosis to explain (its probe statuses select what to look for).
         run_ctx: a context-manager factory reproducing the diagnosis's RNG state per call.
         reason: why the locator runs (recorded).
+        seed: seeds the directions of the custom-Function checks.
     """
     z = z0.detach().clone().requires_grad_(True)
     grad_mode = torch.is_grad_enabled()
@@ -42,7 +44,8 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         tr.observer = prov.observe
         probe(z, "z0", kind="z0")
         try:
-            with run_ctx(), prov, Collectives(prov), GradSwitches(prov):
+            with run_ctx(), prov, Collectives(prov), GradSwitches(prov), \
+                    FunctionCalls(prov) as fcalls:
                 out = sample_fn(z)
                 torch.set_grad_enabled(grad_mode)
                 if isinstance(out, torch.Tensor):
@@ -70,6 +73,11 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
                                      cotangent=path_cotangent(out, pp.seed, rank_of()))
         elif want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             back = backward_analysis(loss, z, prov.grad_fn_info, want, tr)
+    # a wrong gradient with the path intact: each custom autograd.Function applied to a
+    # z0-dependent value, its backward against finite differences of its forward alone
+    wrong, checked = ([], 0)
+    if numeric_failed(report):
+        wrong, checked = wrong_backwards(fcalls.calls, seed)
     resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
     probe_facts: dict[int, ValueFacts] = prov.probe_meta
     primary, note = choose_primary(
@@ -78,11 +86,12 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         probe_before=prov.probe_before, probes=probe_facts,
         probe_kinds=[e.kind for e in tr._entries], back=back, randomness=prov.randomness,
         numeric_failed=numeric_failed(report),
-        expect_connected=report.expect.get("step_noise") == "connected")
-    events = relevant_events(primary, prov.events, back, probe_facts)
+        expect_connected=report.expect.get("step_noise") == "connected", wrong_backward=wrong)
+    events = relevant_events(primary, prov.events, back + wrong, probe_facts)
     low = prov.lowest_dtype
     return LocatorResult(ran=True, reason=reason, primary=primary, events=events[:50],
                          randomness=prov.randomness[:50], note=note,
                          lowest_dtype=str(low).replace("torch.", "") if low is not None else None,
                          internal_failures=prov.failures, failed_ops=list(prov.failed_ops),
-                         bias=loss_facts.bias if loss_facts is not None else None)
+                         bias=loss_facts.bias if loss_facts is not None else None,
+                         vjp_checks=checked)

@@ -100,6 +100,22 @@ def grad_reaches_every_step(r: FlowReport) -> Finding:
                        "gradcheck.instrument() to see the gradient at every call")
     missing = [p for p in path if not p.carries]
     ok = not missing
+    prim = r.locator.primary if r.locator else None
+    if missing and prim is not None and prim.cause == "constant_zero" and \
+            all(p.status == "zero" for p in missing):
+        # a structural zero (PNDM's last call is scaled by a zero coefficient): the path to z0
+        # is intact, that call's result just cannot influence the output
+        calls = sorted({p.call if p.call is not None else p.step for p in missing
+                        if p.kind == "denoiser_out"})
+        what = (f"denoiser call{'s' if len(calls) > 1 else ''} {ranges(calls)} "
+                f"{'do' if len(calls) > 1 else 'does'} not influence the output" if calls else
+                f"{len(missing)} step probe(s) cannot influence the output")
+        return Finding("grad_reaches_every_step", True, level="warning",
+                       value=len(path) - len(missing), threshold=len(path),
+                       step=max((p.step for p in missing if p.step is not None), default=None),
+                       message=f"{what} (its result is scaled by a constant 0 at {prim.location}, "
+                       f"step {prim.step}): a wasted evaluation, not a cut; the other "
+                       f"{len(path) - len(missing)} of {len(path)} step probes carry gradient")
     if ok:
         msg = f"non-zero gradient reaches all {len(path)} step probes; {step_picture(r)}"
     else:
@@ -386,6 +402,13 @@ def loss_moves(r: FlowReport) -> Finding:
     sign = 1.0 if o.objective == "maximize" else -1.0
     ok = math.isfinite(last) and sign * (last - first) > 0
     way = "up" if o.objective == "maximize" else "down"
+    moved = [(lr, v) for lr, v in o.backtrack if math.isfinite(v) and sign * (v - first) > 0]
+    if not ok and moved:  # the given step overshoots a curved or kinked loss; a smaller one
+        lr, v = moved[0]  # taken along the same gradient moves it as intended
+        return Finding("loss_moves", True, value=v - first, threshold=f"{way}",
+                       message=f"{o.steps} Adam steps at lr {o.lr:g} went {first:.6g} -> "
+                       f"{last:.6g} (the step overshoots), but one step at lr {lr:g} along the "
+                       f"same gradient moves the loss {way} as intended: {first:.6g} -> {v:.6g}")
     msg = (f"{o.steps} Adam steps move the loss {way} as intended: {first:.6g} -> {last:.6g}"
            if ok else
            f"{o.steps} Adam steps should move the loss {way} ({o.objective}) but it went "

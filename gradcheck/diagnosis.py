@@ -249,8 +249,24 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
         if k + 1 < steps:
             grad = (torch.autograd.grad(value, [p], allow_unused=True)[0]
                     if value.requires_grad else None)
+    sign = 1.0 if loss.objective == "maximize" else -1.0
+    backtrack: list[list[float]] = []
+    if rec.z_grad is not None and not sign * (losses[-1] - losses[0]) > 0:
+        # the loss went the wrong way: is the step too large for a curved or kinked loss, or
+        # the gradient wrong? One step along the same gradient at halved rates (one forward
+        # pass each, only in this case); a wrong gradient does not get better
+        for k in range(1, 4):
+            q = rec.z.detach().clone().requires_grad_(True)
+            small = torch.optim.Adam([q], lr=lr / 2 ** k, maximize=loss.objective == "maximize")
+            q.grad = rec.z_grad.detach().clone()
+            small.step()
+            with torch.no_grad():
+                value = policy.sum(float(loss.of(run(q)).detach()))
+            backtrack.append([lr / 2 ** k, value])
+            if sign * (value - losses[0]) > 0:
+                break
     return OptimResult(lr=lr, steps=steps, objective=loss.objective, z0_changed=changed,
-                       max_abs_change=max_change, losses=losses)
+                       max_abs_change=max_change, losses=losses, backtrack=backtrack)
 
 
 # -- stage 5: judge (the report the checks read) --------------------------------------------------

@@ -110,6 +110,8 @@ class OptimResult(Record):
     max_abs_change: float  # max |dz0| of the first step
     losses: list[float] = field(default_factory=list)  # the loss before and after each step
     skipped: str | None = None
+    # when the loss moved the wrong way: [lr, loss after one step] for halved learning rates
+    backtrack: list[list[float]] = field(default_factory=list)  # see above
 
 
 @dataclass

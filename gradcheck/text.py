@@ -167,6 +167,7 @@ CAUSES = {
     "inplace_no_grad": "in-place write under no_grad",
     "disconnected_randomness": "disconnected randomness",
     "zero_grad_op": "op passes exactly zero gradient",
+    "constant_zero": "multiplied by a constant exact zero (structural)",
     "nonfinite_backward": "op produces NaN/Inf in backward",
     "custom_backward": "a custom autograd.Function's backward does not match its forward",
     "unknown": "unclassified op",

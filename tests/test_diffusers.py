@@ -125,3 +125,36 @@ def test_clip_sample_and_the_final_clamp_are_no_false_alarm_in_float32(unet):
         assert rep.passed, (seed, [f.message for f in rep.failed])
         verdicts.append(rep.numeric.verdict)
     assert "kink" in verdicts and "disagrees" not in verdicts, verdicts
+
+
+STOCHASTIC = {"DDPMScheduler", "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler"}
+SCHEDULERS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+              "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+              "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+              "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+              "UniPCMultistepScheduler", "DEISMultistepScheduler"]
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_stock_scheduler_passes_and_reports_its_randomness(unet, name):
+    # float32, the tiny random UNet, 5 steps, two seeds: deterministic schedulers pass, the
+    # stochastic ones pass and report their fresh noise; no false alarm
+    import copy
+    import warnings
+
+    net = copy.deepcopy(unet).float()
+    for seed in range(2):
+        fn = adapters.diffusers_loop(net, getattr(diffusers, name)(num_train_timesteps=1000),
+                                     steps=5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rep = gradcheck.diagnose(fn, torch.randn(2, 1, 8, 8, generator=torch.Generator()
+                                                     .manual_seed(seed)), optim_steps=1)
+        assert rep.passed, (name, seed, [f.message for f in rep.failed])
+        level = rep.check("fresh_randomness").level
+        assert level == ("warning" if name in STOCHASTIC else "info"), (name, level)
+        if name == "PNDMScheduler":  # its last UNet call is scaled by an exact-zero coefficient
+            f = rep.check("grad_reaches_every_step")
+            assert f.level == "warning" and "does not influence the output" in f.message
+            assert "scheduling_pndm.py:" in f.message and "a wasted evaluation" in f.message
+            assert rep.locator.primary.cause == "constant_zero"

@@ -64,6 +64,9 @@ ADDITIVE = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__
             "__rsub__", "__isub__", "addcmul", "addcmul_", "lerp", "lerp_"}
 #: Ops whose second tensor argument gives only a shape or dtype, not values.
 SHAPE_ONLY = {"view_as", "expand_as", "reshape_as", "type_as"}
+#: Products: a z0-dependent value times a constant that is exactly zero passes no gradient, by
+#: the schedule's design (a structural zero), not because of the data.
+PRODUCTS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
 #: Copies/moves: an escape right after one of these upgrades the cause of the cut before it.
 COPY_OPS = {"cpu", "cuda", "to", "contiguous", "clone", "float", "double"}
 
@@ -287,6 +290,8 @@ class Provenance(TorchFunctionMode):
         self.grad_off: dict[str, Any] | None = None
         #: grad mode was already off when the sampler was called
         self.grad_off_at_start = not torch.is_grad_enabled()
+        #: z0-dependent values multiplied by a constant exact zero (see _constant_zero)
+        self.constant_zeros: list[BreakEvent] = []
         #: float(x) of a z0-dependent x: its value -> the escape event
         self.escaped: dict[float, BreakEvent] = {}
         for r in self.roots:
@@ -490,6 +495,8 @@ class Provenance(TorchFunctionMode):
                     self.randomness.append(ev)
         # values computed from z0 that left autograd, coming back: tainted floats, floats of
         # an escaped value, and cut tensors of a Python/NumPy round trip or a .data read
+        if any_dep and name in PRODUCTS:
+            self._constant_zero(name, args, pre)
         back_in = tainted_in((args, kwargs))
         if self.escaped:
             back_in += [self.escaped[v] for v in _plain_floats((args, kwargs))
@@ -546,6 +553,21 @@ class Provenance(TorchFunctionMode):
                 self.grad_fn_info[id(o.grad_fn)] = (base, loc, step, last)
                 self._keep.append(o.grad_fn)
 
+
+    def _constant_zero(self, name: str, args: tuple, pre: list) -> None:
+        """A z0-dependent factor times a constant (a Python number, or a small tensor that does
+        not depend on z0) that is exactly zero: remembered with its line and step."""
+        consts = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        consts += [t for t, d, _, _ in pre if not d and t.numel() <= 64]
+        zero = any((c == 0) if not isinstance(c, torch.Tensor) else bool((c == 0).all())
+                   for c in consts)
+        if zero and any(d and g for _, d, g, _ in pre) and len(self.constant_zeros) < 50:
+            loc, fn = user_frame()
+            step = self._step()[0]
+            if all((e.location, e.step) != (loc, step) for e in self.constant_zeros):
+                self.constant_zeros.append(BreakEvent(
+                    kind="zero", cause="constant_zero", op=name, index=-100 - len(
+                        self.constant_zeros), step=step, location=loc, function=fn))
 
     def _write_through_data(self, t: torch.Tensor, op: str) -> None:
         """An in-place ``op`` on ``t`` that is ``x.data`` of a z0-dependent ``x`` (``x.data.mul_(0.9)``,

@@ -78,6 +78,13 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     wrong, checked = ([], 0)
     if numeric_failed(report):
         wrong, checked = wrong_backwards(fcalls.calls, seed)
+    structural = {(e.location, e.step): e for e in prov.constant_zeros}
+    for ev in back:  # the gradient became zero at a product with a constant 0: by design
+        if ev.kind == "zero" and (ev.location, ev.step) in structural:
+            ev.cause = "constant_zero"
+            ev.detail = ("the value is multiplied by a constant that is exactly 0 (a schedule "
+                         "coefficient, not the data): whatever it carries cannot influence the "
+                         "output, a wasted evaluation rather than a cut")
     resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
     probe_facts: dict[int, ValueFacts] = prov.probe_meta
     primary, note = choose_primary(

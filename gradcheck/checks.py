@@ -314,6 +314,14 @@ def no_proven_bias(r: FlowReport) -> Finding:
                       f"(reported, not failed): {said}" if left else ""))
 
 
+def power(n) -> str:
+    """'; 7 directions: a gradient 1.9% off is caught with 99% probability'."""
+    if n.detectable is None:
+        return ""
+    many = f"{n.directions} directions" if n.directions > 1 else "1 direction"
+    return f"; {many}: a gradient {n.detectable:.2%} off is caught with 99% probability"
+
+
 def numeric_directional(r: FlowReport) -> Finding:
     n = r.numeric
     if n is None or n.skipped:
@@ -328,13 +336,15 @@ def numeric_directional(r: FlowReport) -> Finding:
                 f"(eps {n.eps:.1e}, {n.dtype}) disagree, but {n.note}")
         return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
                        level="error" if n.verdict == "kink" else "warning",
-                       message=("" if n.verdict == "kink" else "inconclusive: ") + head)
+                       message=("" if n.verdict == "kink" else "inconclusive: ") + head
+                       + power(n))
     head = (f"<v, dL/dz0> = {n.reverse:.6e} vs finite differences {n.fd:.6e} "
             f"(eps {n.eps:.1e}, {n.dtype}): relative error {fmt(n.rel_error)}, "
             f"tolerance rtol {n.rtol:.0e} + round-off {fmt(n.atol)}")
     if n.working_dtype:
         head += (f" (judged at {n.working_dtype}: the sampler computes in {n.working_dtype} "
                  f"inside)")
+    head += power(n)
     if not ok and n.reverse == 0.0:
         head += ". The loss changes along v but reverse mode says it does not: the gradient path " \
                 "is cut (detach / no_grad / a non-differentiable round trip)"

@@ -97,6 +97,10 @@ class NumericResult(Record):
     # evidence either way)
     verdict: str | None = None  # see above
     note: str | None = None  # what the kink test saw
+    directions: int = 1  # random directions checked
+    # the smallest relative gradient error |e|/|g| caught with >= 99% probability
+    detectable: float | None = None  # see above
+    others: list[dict[str, Any]] = field(default_factory=list)  # the other directions
 
 
 @dataclass

@@ -86,6 +86,39 @@ def main() -> None:
                     total += 1
                     alarms += (not rep.passed) or rep.locator.primary is not None
     print(f"false alarms on healthy variants: {alarms} of {total} (locator forced on)")
+    vp_family()
+
+
+def vp_family() -> None:
+    """The second family: a VP/DDIM loop around an epsilon-MLP (tests/faults_vp.py)."""
+    from tests.faults_vp import NOT_A_BREAK, EpsMLP, VPSampler, run_vp_case, vp_cases
+
+    model = EpsMLP().double()
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    target = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    t0 = time.perf_counter()
+    n = det = step = cause = checks = 0
+    for fault, pos in vp_cases():
+        rep, d, st, ca = run_vp_case(model, fault, pos, z0, target)
+        n, det, step, cause = n + 1, det + d, step + st, cause + ca
+        checks += rep.locator.vjp_checks if rep.locator else 0
+    elapsed = time.perf_counter() - t0
+    print(f"\nVP/DDIM loop + epsilon-MLP: {n} breaks ({len(NOT_A_BREAK)} placements excluded as "
+          f"no break, see tests/faults_vp.py): detected {det / n:.1%}, right step {step / n:.1%}, "
+          f"right cause {cause / n:.1%}; {checks} custom-Function VJP checks in all; "
+          f"{elapsed:.1f} s")
+    alarms = total = 0
+    for dtype in (torch.float64, torch.float32):
+        m = EpsMLP().to(dtype)
+        for seed in range(16):
+            zz = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed),
+                             dtype=torch.float64).to(dtype)
+            rep = gradcheck.diagnose(VPSampler(m, 6), zz, locate="always", optim_steps=1)
+            total += 1
+            alarms += (not rep.passed) or rep.locator.primary is not None
+    print(f"false alarms on the healthy VP loop: {alarms} of {total} (float32 and float64, 16 "
+          f"seeds each, locator forced on)")
 
 
 if __name__ == "__main__":

@@ -333,8 +333,8 @@ def test_the_numeric_check_catches_a_2_percent_gradient_error_with_the_power_it_
 def test_the_report_states_the_power_of_its_numeric_check(gaussian):
     rep = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like(dtype=torch.float32))
     n = rep.numeric
-    assert n.directions == 7 and len(n.others) == 6 and n.detectable < 0.02
-    assert "7 directions: a gradient 1.89% off is caught with 99% probability" in \
+    assert n.directions == 1 and n.others == [] and n.detectable > 1.0  # float32, honestly
+    assert "1 direction: a gradient 127.31% off is caught with 99% probability" in \
         rep.check("numeric_directional").message
     rep64 = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like())
     assert rep64.numeric.directions == 1 and rep64.numeric.detectable < 1e-3

@@ -14,6 +14,9 @@ from .. import graph
 from ..probes import Trace
 from ..records import BreakEvent
 
+#: how many zeroing nodes one pass names (a structural zero of the schedule may come first)
+MAX_ZEROS = 8
+
 
 def backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: set[str],
                        tr: Trace, cotangent: torch.Tensor | None = None) -> list[BreakEvent]:
@@ -29,6 +32,7 @@ def backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: set
         reach[id(n)] = getattr(n, "variable", None) is z or any(
             reach.get(id(c), False) for c, _ in n.next_functions if c is not None)
     found: dict[str, tuple[int, Any]] = {}
+    zeros: list[tuple[int, Any]] = []  # every node that zeroes the gradient, first first
     counter = [0]
     handles = []
 
@@ -43,9 +47,9 @@ def backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: set
             with torch.no_grad():
                 out_finite = all(bool(torch.isfinite(g).all()) for g in gout)
                 out_nonzero = any(bool((g != 0).any()) for g in gout)
-                if "zero" in want and "zero" not in found and out_nonzero and out_finite:
+                if "zero" in want and len(zeros) < MAX_ZEROS and out_nonzero and out_finite:
                     if all(not bool((g != 0).any()) for g in toward):
-                        found["zero"] = (counter[0], node)
+                        zeros.append((counter[0], node))
                 if "nonfinite" in want and "nonfinite" not in found and out_finite and toward:
                     if any(not bool(torch.isfinite(g).all()) for g in toward):
                         found["nonfinite"] = (counter[0], node)
@@ -64,7 +68,8 @@ def backward_analysis(loss: torch.Tensor, z: torch.Tensor, info: dict, want: set
         for h in handles:
             h.remove()
     out = []
-    for kind, (_, node) in sorted(found.items(), key=lambda kv: kv[1][0]):
+    hits = [("zero", z) for z in zeros] + [(k, v) for k, v in found.items()]
+    for kind, (_, node) in sorted(hits, key=lambda kv: kv[1][0]):
         fwd, loc, step, last = info.get(id(node), (None, None, None, -1))
         if step is None:  # recorded before the first stepped probe: it belongs to the next one
             step = next((e.step for e in tr._entries[last + 1:] if e.step is not None), None)

@@ -33,7 +33,8 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
                    probes: dict[int, ValueFacts], probe_kinds: list[str],
                    back: list[BreakEvent], randomness: list[BreakEvent],
                    numeric_failed: bool, expect_connected: bool,
-                   wrong_backward: list[BreakEvent] = ()
+                   wrong_backward: list[BreakEvent] = (),
+                   mixed_cuts: list[BreakEvent] = (), failing: bool | None = None
                    ) -> tuple[BreakEvent | None, str | None]:
     """The event that explains the failing checks, and a note when there is none.
 
@@ -51,7 +52,10 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
         expect_connected: the mode promises step noise derived from z0.
         wrong_backward: custom autograd.Functions whose backward disagrees with finite
             differences of their forward (found when the numeric check failed), first first.
+        mixed_cuts: cuts whose value was mixed back into a value that carries gradient.
+        failing: some check failed (default: the numeric one did).
     """
+    failing = numeric_failed if failing is None else failing
     # long because it is an ordered list of rules (numbered below), the first that applies wins
     primary: BreakEvent | None = None
     note = None
@@ -92,20 +96,33 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
                 if before:
                     primary = before[-1]
                 break
-    # 3./4. exactly zero, non-finite (backward)
-    if primary is None and back:
-        primary = back[0]
-    # 5. a wrong gradient: bypassed writes and values that came back from Python into what
-    #    the loss depends on (proven, whatever the numeric check says), then other escapes
+    # 2c. a proven bias the loss carries: a value that left autograd and came back, a write
+    #     behind autograd's back (whatever the numeric check says)
     bias = loss.bias if loss is not None else None
     if primary is None and bias is not None:
         primary = bias
+    # 2d. a custom autograd.Function whose backward disagrees with its own forward (checked
+    #     numerically, only when the numeric check failed)
     if primary is None and numeric_failed and wrong_backward:
         primary = wrong_backward[0]
-    if primary is None and numeric_failed:
-        escapes = [e for e in events if e.kind == "escape"]
+    # 3. a cut whose value was mixed back into the gradient path (a detached or no_grad term,
+    #    a probed value replaced by a cut one): the gradient misses its part, when a check
+    #    failed for it
+    if primary is None and failing and mixed_cuts:
+        primary = mixed_cuts[0]
+    # 4./5. exactly zero, non-finite (backward); a structural zero only after the rest
+    data_zeros = [e for e in back if e.cause != "constant_zero"]
+    if primary is None and data_zeros:
+        primary = data_zeros[0]
+    if primary is None and back:
+        primary = back[0]
+    # 5. values that escaped through Python or NumPy, when a check failed
+    if primary is None and (numeric_failed or failing):
+        # values that left torch (and may have come back as fresh tensors, out of sight)
+        escapes = [e for e in events if e.kind == "escape" or (
+            e.kind == "hard" and e.cause in ("python_roundtrip", "numpy_roundtrip"))]
         primary = bias or (escapes[0] if escapes else None)
-        if primary is None:
+        if primary is None and numeric_failed:
             note = ("no forward-side cause found: the forward pass keeps the gradient path, so a "
                     "custom autograd.Function backward (or a non-deterministic forward) is the "
                     "likely cause")

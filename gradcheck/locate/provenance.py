@@ -290,6 +290,8 @@ class Provenance(TorchFunctionMode):
         self.grad_off: dict[str, Any] | None = None
         #: grad mode was already off when the sampler was called
         self.grad_off_at_start = not torch.is_grad_enabled()
+        #: cuts whose value was mixed back into a value that carries gradient (partial cuts)
+        self.mixed_cuts: list[BreakEvent] = []
         #: z0-dependent values multiplied by a constant exact zero (see _constant_zero)
         self.constant_zeros: list[BreakEvent] = []
         #: float(x) of a z0-dependent x: its value -> the escape event
@@ -404,8 +406,8 @@ class Provenance(TorchFunctionMode):
         grad_on, inf_on = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
         try:
             flat = tensors_in((args, kwargs))
-            if name in SHAPE_ONLY:
-                flat = flat[:1]
+            if name in SHAPE_ONLY or (name == "to" and len(flat) > 1):
+                flat = flat[:1]  # t.to(other) takes only other's dtype and device
             pre = [(t, self.dep(t), self.gconn(t), self.get(t)) for t in flat]
         except Exception as exc:  # noqa: BLE001 - the locator must never break the user's code
             self.failed(name, exc)
@@ -503,6 +505,15 @@ class Provenance(TorchFunctionMode):
                         if v in self.escaped]
         back_in += [m.ev for _, d, g, m in pre if d and not g and m is not None
                     and m.ev is not None and m.ev.cause in MIXED_BIAS_CAUSES]
+        # a cut float value mixed back into one that carries gradient: a partial cut (the
+        # gradient misses the part through it); a bool or integer one is a mask or an index
+        # (torch.where's condition), which is how healthy code uses them
+        cut_terms = [m.ev for t, d, g, m in pre if d and not g and m is not None
+                     and m.ev is not None and t.is_floating_point()]
+        if dep_gconn and cut_terms:
+            for ev in cut_terms:
+                if ev not in self.mixed_cuts and len(self.mixed_cuts) < 50:
+                    self.mixed_cuts.append(ev)
         if back_in and not any_dep:  # made from them alone (torch.tensor(x.tolist())): a cut
             any_dep = True
             ev_in = ev_in or back_in[0]

@@ -85,6 +85,9 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
             ev.detail = ("the value is multiplied by a constant that is exactly 0 (a schedule "
                          "coefficient, not the data): whatever it carries cannot influence the "
                          "output, a wasted evaluation rather than a cut")
+    # a zero of the data (a saturated clamp) explains before a structural one, which the
+    # schedule puts there whatever the data
+    back.sort(key=lambda e: e.cause == "constant_zero")
     resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
     probe_facts: dict[int, ValueFacts] = prov.probe_meta
     primary, note = choose_primary(
@@ -93,7 +96,8 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         probe_before=prov.probe_before, probes=probe_facts,
         probe_kinds=[e.kind for e in tr._entries], back=back, randomness=prov.randomness,
         numeric_failed=numeric_failed(report),
-        expect_connected=report.expect.get("step_noise") == "connected", wrong_backward=wrong)
+        expect_connected=report.expect.get("step_noise") == "connected", wrong_backward=wrong,
+        mixed_cuts=prov.mixed_cuts, failing=bool(report.failed))
     events = relevant_events(primary, prov.events, back + wrong, probe_facts)
     low = prov.lowest_dtype
     return LocatorResult(ran=True, reason=reason, primary=primary, events=events[:50],

@@ -256,6 +256,13 @@ def step_noise(r: FlowReport) -> Finding:
                    step=bad[0].step if bad else None)
 
 
+def _not_scanned(name: str) -> Finding:
+    """The finding of a check that reads the provenance pass, when it did not run."""
+    return Finding(name, True, level="info", value=None, threshold=None,
+                   message="not scanned (the provenance pass did not run; locate='always' runs "
+                   "it)")
+
+
 def fresh_randomness(r: FlowReport) -> Finding:
     """Fresh random draws (not derived from z0) mixed into values that depend on z0, as found by
     the locator's provenance pass: a warning (they do not block dL/dz0, they make the objective
@@ -264,9 +271,7 @@ def fresh_randomness(r: FlowReport) -> Finding:
     name = "fresh_randomness"
     loc = r.locator
     if loc is None or not loc.ran:
-        return Finding(name, True, level="info", value=None, threshold=None,
-                       message="not scanned (the provenance pass did not run; "
-                       "locate='always' runs it)")
+        return _not_scanned(name)
     rand = loc.randomness
     if not rand:
         return Finding(name, True, level="info", value=0, threshold=None,
@@ -296,9 +301,7 @@ def no_proven_bias(r: FlowReport) -> Finding:
     name = "no_proven_bias"
     loc = r.locator
     if loc is None or not loc.ran:
-        return Finding(name, True, level="info", value=None, threshold=None,
-                       message="not scanned (the provenance pass did not run; locate='always' "
-                       "runs it)")
+        return _not_scanned(name)
     if loc.bias is not None:
         return Finding(name, False, value=loc.bias.op, threshold=None, step=loc.bias.step,
                        message=f"the gradient is provably wrong: {describe_break(loc.bias)}. "

@@ -122,7 +122,8 @@ def test_a_z0_file_that_is_garbage_or_of_the_wrong_shape_is_named(tmp_path, caps
         assert not out_dir.exists()
 
 
-def test_a_denoiser_that_cannot_take_the_input_says_which_shape_came(tmp_path, capsys):
+def test_a_denoiser_that_cannot_take_the_input_says_which_shape_came(tmp_path, capsys,
+                                                                     monkeypatch):
     (tmp_path / "den_mod.py").write_text(textwrap.dedent("""
         import torch
 
@@ -140,13 +141,9 @@ def test_a_denoiser_that_cannot_take_the_input_says_which_shape_came(tmp_path, c
             return Den()
     """))
     out_dir = tmp_path / "out"
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        code, out, err = run_cli(["run", "--denoiser", "den_mod:make", "--shape", "3,4",
-                                  "--out", str(out_dir)], capsys)
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["run", "--denoiser", "den_mod:make", "--shape", "3,4",
+                              "--out", str(out_dir)], capsys)
     # a factory's sample_shape is checked before anything runs
     assert code == 1 and "--shape 3,4 gives samples of shape (3, 4)" in err, err
     assert not out_dir.exists()
@@ -181,16 +178,13 @@ def test_a_rerun_with_other_modes_leaves_no_graph_of_the_old_ones(tmp_path, caps
     assert (out_dir / "notes.txt").read_text() == "mine"
 
 
-def test_an_error_in_the_middle_of_a_run_leaves_no_new_directory(tmp_path, capsys):
+def test_an_error_in_the_middle_of_a_run_leaves_no_new_directory(tmp_path, capsys,
+                                                                  monkeypatch):
     (tmp_path / "bad_den.py").write_text("def make():\n    return lambda x, s: x[:, :1]\n")
     out_dir = tmp_path / "new" / "out"
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        code, out, err = run_cli(["run", "--denoiser", "bad_den:make", "--shape", "2,8,8",
-                                  "--out", str(out_dir)], capsys)
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["run", "--denoiser", "bad_den:make", "--shape", "2,8,8",
+                              "--out", str(out_dir)], capsys)
     assert code == 1 and "returned shape (2, 1, 8, 8), expected the input's shape" in err, err
     assert not (tmp_path / "new").exists()
 

@@ -326,6 +326,24 @@ def power(n) -> str:
 
 
 def numeric_directional(r: FlowReport) -> Finding:
+    f = _numeric_directional(r)
+    sh = r.numeric_shadow
+    if sh is None or sh.skipped:
+        return f
+    tol = sh.rtol * max(abs(sh.fd), abs(sh.reverse)) + sh.atol
+    ok = sh.abs_error <= tol or sh.verdict == "kink"
+    said = (f"; a float64 shadow run of the same sampler: <v, dL/dz0> = {sh.reverse:.6e} vs "
+            f"finite differences {sh.fd:.6e}, relative error {fmt(sh.rel_error)}{power(sh)}")
+    if ok:
+        return Finding(f.name, f.passed, value=f.value, threshold=f.threshold, level=f.level,
+                       message=f.message + said)
+    return Finding(f.name, False, value=sh.rel_error, threshold=sh.rtol,
+                   message=f.message + said + ". reverse mode disagrees with the loss in float64: "
+                   "a wrong custom backward or a biased shortcut"
+                   + (f"; located: {located(r)}" if located(r) else ""))
+
+
+def _numeric_directional(r: FlowReport) -> Finding:
     n = r.numeric
     if n is None or n.skipped:
         return Finding("numeric_directional", True, level="info", value=None, threshold=None,

@@ -260,6 +260,9 @@ class FlowReport(Record):
     parallel: str | None = None  # the layout: ddp, fsdp, cp (or None: the user's own)
     ranks: list[dict[str, Any]] | None = None  # per-rank detail (distributed runs)
     path_probe: PathProbe | None = None  # the path itself, probed when the loss is stationary
+    # the numeric check of a float64 shadow run of the same sampler (below float64, where the
+    # denoiser can be cast): the power the check at the working precision lacks
+    numeric_shadow: NumericResult | None = None  # see above
     checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

@@ -338,3 +338,48 @@ def test_the_report_states_the_power_of_its_numeric_check(gaussian):
         rep.check("numeric_directional").message
     rep64 = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like())
     assert rep64.numeric.directions == 1 and rep64.numeric.detectable < 1e-3
+
+
+class _SkewGrad(torch.autograd.Function):
+    """Identity forward; a backward 3% off in a direction orthogonal-ish to the gradient (the
+    hard kind of error for a single random direction)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g + 0.03 * g.norm() / g.numel() ** 0.5 * torch.roll(g, 1, dims=-1).sign()
+
+
+class _SkewedDenoiser(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, sigma):
+        return _SkewGrad.apply(self.inner(x, sigma))
+
+
+def test_a_float64_shadow_run_gives_float32_runs_the_power_to_catch_a_3_percent_error(conv32):
+    smp = sampler(_SkewedDenoiser(conv32), steps=4)
+    rep = gradcheck.diagnose(smp, z0_like(dtype=torch.float32), optim_steps=0)
+    sh = rep.numeric_shadow
+    assert sh is not None and sh.dtype == "float64" and sh.detectable < 1e-3
+    f = rep.check("numeric_directional")
+    assert not rep.passed and not f.passed and "a float64 shadow run of the same sampler" in \
+        f.message, f.message
+    assert rep.locator.primary.cause == "custom_backward"
+    assert rep.locator.primary.op == "_SkewGrad.backward"
+    assert "shadow_s" in rep.timings
+    off = gradcheck.diagnose(smp, z0_like(dtype=torch.float32), optim_steps=0, shadow=False)
+    assert off.numeric_shadow is None  # and the float32 check alone states its weaker power
+    assert off.numeric.detectable > 1.0
+
+
+def test_healthy_float32_runs_pass_their_shadow_check(conv32):
+    for mode in ("default", "learnable_step_noise", "independent_leaves"):
+        rep = gradcheck.diagnose(sampler(conv32, mode, steps=4), z0_like(dtype=torch.float32))
+        assert rep.passed and rep.numeric_shadow is not None, [f.message for f in rep.failed]
+        assert rep.numeric_shadow.verdict in ("agrees", "kink")

@@ -138,6 +138,19 @@ class ResSampler:
     def _noise(self, z0: torch.Tensor):
         return self._noise_source.for_call(z0)
 
+    def at_dtype(self, dtype: torch.dtype) -> ResSampler | None:
+        """The same sampler computing in ``dtype`` (a shadow run for the numeric check): its
+        denoiser copied and cast when it is an ``nn.Module``; None when it cannot be cast."""
+        import copy
+
+        den = self.denoiser
+        if not isinstance(den, torch.nn.Module):
+            return None
+        shadow = copy.copy(self)
+        shadow.denoiser = copy.deepcopy(den).to(dtype)
+        shadow._noise_source = StepNoiseSource(self.mode, self.seed)
+        return shadow
+
     def __call__(self, z0: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         z0 = probe(z0, "z0", kind="z0")

@@ -328,8 +328,11 @@ def power(n) -> str:
 def numeric_directional(r: FlowReport) -> Finding:
     f = _numeric_directional(r)
     sh = r.numeric_shadow
-    if sh is None or sh.skipped:
+    if sh is None:
         return f
+    if sh.skipped:
+        return Finding(f.name, f.passed, value=f.value, threshold=f.threshold, level=f.level,
+                       message=f"{f.message}; no float64 shadow check: {sh.skipped}")
     tol = sh.rtol * max(abs(sh.fd), abs(sh.reverse)) + sh.atol
     ok = sh.abs_error <= tol or sh.verdict == "kink"
     said = (f"; a float64 shadow run of the same sampler: <v, dL/dz0> = {sh.reverse:.6e} vs "

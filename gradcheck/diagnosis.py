@@ -309,13 +309,26 @@ def shadow_check(sample_fn: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
     shadow = sample_fn.at_dtype(torch.float64)
     if shadow is None:
         return None
+    from .locate.provenance import Provenance
+
     run64 = runner(shadow, seed, z0.device)
     z = z0.detach().to(torch.float64).clone().requires_grad_(True)
-    with torch.enable_grad():
-        value = loss.of(run64(z))
-    grad = None
-    if value.requires_grad:
-        (grad,) = torch.autograd.grad(value, [z], allow_unused=True)
+    # its forward under the provenance mode: a sampler that computes in lower precision inside
+    # (a .float() cast, a float32 scheduler step) gives no float64 evidence to judge by
+    with trace() as tr, torch.enable_grad():
+        prov = Provenance(tr, [z])
+        with prov:
+            value = loss.of(run64(z))
+        grad = None
+        if value.requires_grad:
+            (grad,) = torch.autograd.grad(value, [z], allow_unused=True)
+    low = prov.lowest_dtype
+    if low is not None and low != torch.float64:
+        name = str(low).replace("torch.", "")
+        return NumericResult(dtype="float64", direction_seed=int(seed), eps=None, fd=None,
+                             reverse=None, abs_error=None, rel_error=None, rtol=0.0, atol=0.0,
+                             skipped=f"the float64 shadow run computes in {name} inside, so it "
+                             f"cannot judge at float64's tolerance")
     return directional_check(loss_at(run64, loss, policy), z, grad, seed=seed,
                              **policy.numeric_kw())
 

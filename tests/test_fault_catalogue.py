@@ -106,3 +106,41 @@ def test_no_false_alarm_on_healthy_variants(solver, mode, dtype):
 def test_healthy_runs_pay_nothing_for_the_locator():
     rep = gradcheck.diagnose(ResSampler(DEN, SamplerConfig(steps=4)), Z0)
     assert rep.passed and rep.locator is None and "locate_s" not in rep.timings
+
+
+class _Thresholded(torch.nn.Module):
+    """A denoiser whose x0 prediction is clipped the way samplers do it: dynamic thresholding
+    (the 0.9 quantile of |x0| per sample, at least 1) and a final clamp to [-1, 1]."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, sigma):
+        x0 = self.inner(x, sigma)
+        s = torch.quantile(x0.abs().flatten(1).float(), 0.9, dim=1).clamp(min=1.0).to(x0.dtype)
+        return (x0.clamp(-s.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1)) / s.view(-1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("thresholded", [False, True], ids=["plain", "thresholded"])
+def test_healthy_low_precision_and_clipped_variants_raise_no_alarm(dtype, thresholded):
+    from gradcheck.sampling import build_denoiser
+
+    den = build_denoiser("conv", dtype=dtype)
+    if thresholded:
+        den = _Thresholded(den)
+    alarms = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for solver in ("2ab", "1euler"):
+            for mode in ("default", "learnable_step_noise"):
+                for seed in range(3):
+                    rep = gradcheck.diagnose(
+                        ResSampler(den, SamplerConfig(solver=solver, steps=4), mode=mode),
+                        _z(seed, dtype), locate="always", optim_steps=1)
+                    if not rep.passed or rep.locator.primary is not None:
+                        p = rep.locator.primary
+                        alarms.append(f"{solver}/{mode}/{seed}: "
+                                      f"{[f.name for f in rep.failed]} {p.describe() if p else ''}")
+    assert not alarms, "\n".join(alarms)

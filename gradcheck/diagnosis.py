@@ -255,13 +255,13 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
         # the loss went the wrong way: is the step too large for a curved or kinked loss, or
         # the gradient wrong? One step along the same gradient at halved rates (one forward
         # pass each, only in this case); a wrong gradient does not get better
+        at = loss_at(run, loss, policy)
         for k in range(1, 4):
             q = rec.z.detach().clone().requires_grad_(True)
             small = torch.optim.Adam([q], lr=lr / 2 ** k, maximize=loss.objective == "maximize")
             q.grad = rec.z_grad.detach().clone()
             small.step()
-            with torch.no_grad():
-                value = policy.sum(float(loss.of(run(q)).detach()))
+            value = at(q)
             backtrack.append([lr / 2 ** k, value])
             if sign * (value - losses[0]) > 0:
                 break
@@ -384,7 +384,7 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
               f"the gradient right") + ")"] * bool(scan_bias)))
     report.locator = run_locator(sample_fn, z0, loss.of, report,
                                  run_ctx=lambda: seeded(seed, z0.device), reason=reason,
-                                 seed=seed)
+                                 seed=seed, rank=policy.rank)
     report.timings["locate_s"] = time.perf_counter() - t0
     remeasure_at_working_precision(run, loss, rec, report, seed=seed, policy=policy)
     report.checks = run_checks(report)

@@ -77,10 +77,10 @@ def _outputs(res: Any) -> list[torch.Tensor]:
     return [t for t in tensors_in(res) if t.is_floating_point()]
 
 
-def check_call(call: dict[str, Any], seed: int) -> tuple[float, float, float] | None:
-    """(reverse <d, J^T u>, finite differences <u, J d>, relative error) of one recorded
-    application, along seeded directions u (output) and d (inputs); None when it has no float
-    input or output to compare."""
+def check_call(call: dict[str, Any], seed: int) -> tuple[float, float, float, bool] | None:
+    """(reverse <d, J^T u>, finite differences <u, J d>, relative error, whether they agree)
+    of one recorded application, along seeded directions u (output) and d (inputs); None when
+    it has no float input or output to compare."""
     cls, args, kwargs = call["cls"], call["args"], call["kwargs"]
     pos = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
     if not pos:
@@ -128,7 +128,8 @@ def check_call(call: dict[str, Any], seed: int) -> tuple[float, float, float] | 
         err = abs(fd - rev) / max(abs(fd), abs(rev), 1e-300)
         if best is None or err < best[2]:
             best = (rev, fd, err)
-    return best if best[2] > rtol and abs(best[0] - best[1]) > 1e-12 else (best[0], best[1], 0.0)
+    rev, fd, err = best
+    return rev, fd, err, not (err > rtol and abs(rev - fd) > 1e-12)  # NaN: not judged here
 
 
 def wrong_backwards(calls: list[dict[str, Any]], seed: int) -> tuple[list[BreakEvent], int]:
@@ -147,9 +148,9 @@ def wrong_backwards(calls: list[dict[str, Any]], seed: int) -> tuple[list[BreakE
             except Exception:  # noqa: BLE001 - a Function that cannot be re-run alone
                 continue
         checked += 1
-        if res is None or res[2] == 0.0:
+        if res is None or res[3]:
             continue
-        rev, fd, err = res
+        rev, fd, err, _ = res
         cls = call["cls"]
         out.append(BreakEvent(
             kind="bias", cause="custom_backward", op=f"{cls.__qualname__}.backward",

@@ -14,17 +14,10 @@ from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
 from .provenance import Collectives, GradSwitches, Provenance, resolve_probes
 
 
-def rank_of() -> int:
-    """This process's rank (0 outside a process group)."""
-    from ..distributed import context
-
-    ctx = context()
-    return ctx.rank if ctx is not None else 0
-
-
 def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
            loss_of: Callable[[torch.Tensor], torch.Tensor], report: FlowReport, *,
-           run_ctx: Callable[[], Any], reason: str, seed: int = 0) -> LocatorResult:
+           run_ctx: Callable[[], Any], reason: str, seed: int = 0,
+           rank: int = 0) -> LocatorResult:
     """Re-run ``sample_fn`` under provenance tracking and explain ``report``'s failures.
 
     Args:
@@ -35,6 +28,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         run_ctx: a context-manager factory reproducing the diagnosis's RNG state per call.
         reason: why the locator runs (recorded).
         seed: seeds the directions of the custom-Function checks.
+        rank: this process's rank (the path probe's output direction is drawn per rank).
     """
     z = z0.detach().clone().requires_grad_(True)
     grad_mode = torch.is_grad_enabled()
@@ -70,7 +64,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
             from ..diagnosis import path_cotangent
 
             back = backward_analysis(out, z, prov.grad_fn_info, want, tr,
-                                     cotangent=path_cotangent(out, pp.seed, rank_of()))
+                                     cotangent=path_cotangent(out, pp.seed, rank))
         elif want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             back = backward_analysis(loss, z, prov.grad_fn_info, want, tr)
     # a wrong gradient with the path intact: each custom autograd.Function applied to a

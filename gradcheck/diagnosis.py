@@ -72,10 +72,16 @@ def _as_output(out: Any) -> torch.Tensor:
 def runner(sample_fn: Callable[[torch.Tensor], Any], seed: int,
            device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """``z -> sample_fn(z)`` under the diagnosis's seeded global RNG (the same function of z on
-    every call, even for a sampler that draws from the global generator)."""
+    every call, even for a sampler that draws from the global generator). The grad mode is
+    restored after each call: a sampler that switches it off and leaves it off (reported by the
+    record stage's hygiene) must not change the passes after it."""
     def run(z: torch.Tensor) -> torch.Tensor:
-        with seeded(seed, device):
-            return _as_output(sample_fn(z))
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with seeded(seed, device):
+                return _as_output(sample_fn(z))
+        finally:
+            torch.set_grad_enabled(grad_mode)
     return run
 
 
@@ -384,7 +390,7 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
               f"the gradient right") + ")"] * bool(scan_bias)))
     report.locator = run_locator(sample_fn, z0, loss.of, report,
                                  run_ctx=lambda: seeded(seed, z0.device), reason=reason,
-                                 seed=seed, rank=policy.rank)
+                                 seed=seed, rank=policy.rank, policy=policy)
     report.timings["locate_s"] = time.perf_counter() - t0
     remeasure_at_working_precision(run, loss, rec, report, seed=seed, policy=policy)
     report.checks = run_checks(report)

@@ -14,6 +14,7 @@ module-level tensor global.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 import weakref
@@ -87,6 +88,9 @@ class Trace:
         self.hooks_left: int | None = None
         self.grad_mode_after: bool | None = None
         self.observer: Callable[[int, torch.Tensor], None] | None = None
+        # (order, tensor) -> the tensor the sampler goes on with: the locator's numeric
+        # localisation perturbs one probed value (see gradcheck.locate.bisect); None otherwise
+        self.perturber: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
     # -- context management -------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -157,6 +161,8 @@ class Trace:
                 _e.fired += 1
 
             self._handles.append(t.register_hook(hook))
+        if self.perturber is not None:
+            return self.perturber(entry.order, t)
         return t
 
     def collapse(self, root: torch.Tensor | None):
@@ -263,8 +269,8 @@ def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: An
         step = call
     if tr is not None:
         x = alias(x)
-        tr.add(x, f"{label}_in[{step}]{suffix}", step=step, kind="denoiser_in",
-               sigma=sigma, call=call)
+        x = tr.add(x, f"{label}_in[{step}]{suffix}", step=step, kind="denoiser_in",
+                   sigma=sigma, call=call)
     try:
         out = fn(x, sigma, *args, **kwargs)
     except GradcheckError:
@@ -291,9 +297,26 @@ def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: An
             f"shape {tuple(x.shape)}"
         )
     if tr is not None:
-        tr.add(pred, f"{label}_out[{step}]{suffix}", step=step, kind="denoiser_out",
-               sigma=sigma, call=call)
+        seen = tr.add(pred, f"{label}_out[{step}]{suffix}", step=step, kind="denoiser_out",
+                      sigma=sigma, call=call)
+        if seen is not pred:  # a perturbed value (numeric localisation): go on with it
+            out = _with_output(out, pred, seen)
     return out
+
+
+def _with_output(out: Any, pred: torch.Tensor, new: torch.Tensor) -> Any:
+    """``out`` (a tensor, a tuple or list, an output object) with ``pred`` replaced by ``new``;
+    ``out`` itself where that cannot be done (the perturbation is then seen not to propagate)."""
+    if out is pred:
+        return new
+    if isinstance(out, (tuple, list)) and out and out[0] is pred:
+        return type(out)([new, *out[1:]]) if isinstance(out, list) else (new, *out[1:])
+    try:
+        dup = copy.copy(out)
+        setattr(dup, "sample", new)
+        return dup if getattr(dup, "sample", None) is new else out
+    except Exception:  # noqa: BLE001 - an output object that cannot be copied
+        return out
 
 
 #: Words of torch's messages about an input that does not fit a layer (conv, linear, view, ...).

@@ -181,6 +181,44 @@ class BreakEvent(Record):
 
 
 @dataclass
+class VjpCheck(Record):
+    """One probe of the numeric localisation: the gradient reaching a probed value, along a
+    seeded direction, by reverse mode and by finite differences of the rest of the run."""
+
+    probe: str  # the probe's name
+    order: int  # its index in the trace (forward order)
+    step: int | None
+    kind: str
+    reverse: float  # <v, dL/dx> by reverse mode
+    fd: float | None  # by central differences (None: not measured)
+    rel_error: float | None
+    verdict: str  # agrees, disagrees, kink, inconclusive or flat (both ~0: tells nothing)
+
+
+@dataclass
+class Bisection(Record):
+    """The numeric localisation of a wrong gradient (run when reverse mode disagrees with finite
+    differences at z0 and the forward pass shows no cause): every probed value is perturbed by
+    ``s * v`` with ``s = 0`` in one forward+backward (dL/ds = reverse mode's <v, dL/dx> at every
+    probe at once), then a bisection over the probes in forward order measures finite
+    differences of the rest of the run at log2(probes) of them. The gradient is right after the
+    op at fault and wrong before it: the fault lies between ``wrong_at`` (the last probe whose
+    gradient disagrees, z0 if none) and ``right_at`` (the next one that agrees; None: between
+    ``wrong_at`` and the loss)."""
+
+    probes: int  # probed values the perturbation reaches (the bisection's range)
+    checks: list[VjpCheck] = field(default_factory=list)  # in the order they were made
+    wrong_at: str | None = None  # the last probe whose gradient is wrong ("z0": none)
+    right_at: str | None = None  # the first probe after it whose gradient is right
+    step: int | None = None  # the sampler step the fault lies in
+    rel_error: float | None = None  # the relative error measured at ``wrong_at``
+    forwards: int = 0  # sampler forward passes spent (finite differences)
+    backwards: int = 0  # forward+backward passes spent (reverse mode at every probe)
+    seconds: float = 0.0
+    note: str | None = None  # why it could not narrow further
+
+
+@dataclass
 class LocatorResult(Record):
     """What the break locator found. ``primary`` explains the failing checks; ``events`` are every
     relevant break; ``randomness`` every disconnected random draw that enters the state."""
@@ -193,6 +231,7 @@ class LocatorResult(Record):
     note: str | None = None  # what it says when no event explains the failure
     bias: BreakEvent | None = None  # a proven bias the loss carries (its gradient is wrong)
     vjp_checks: int = 0  # custom autograd.Functions checked against finite differences
+    bisection: Bisection | None = None  # the numeric localisation of a wrong gradient
     lowest_dtype: str | None = None  # the least precise float dtype of any value computed from z0
     # ops whose provenance bookkeeping raised (the locator's own failure, never the user's):
     # counted, with the first few named, so an incomplete answer says so

@@ -170,6 +170,9 @@ CAUSES = {
     "constant_zero": "multiplied by a constant exact zero (structural)",
     "nonfinite_backward": "op produces NaN/Inf in backward",
     "custom_backward": "a custom autograd.Function's backward does not match its forward",
+    "gradient_hook": "a gradient hook changes the gradient (register_hook)",
+    "module_hook": "a module backward hook changes the gradient (register_full_backward_hook)",
+    "wrong_vjp": "an op's backward is not the derivative of its forward (found numerically)",
     "unknown": "unclassified op",
 }
 

@@ -76,7 +76,9 @@ def sampler(den, mode="default", **cfg) -> ResSampler:
 
 class CallFault:
     """Wraps a denoiser; on call number ``at`` applies ``fault`` ('detach_out', 'no_grad',
-    'scale_grad', 'flip_grad', 'nan_grad')."""
+    'scale_grad', 'flip_grad', 'nan_grad', 'hook_scale': a gradient hook on the output that
+    scales its gradient, 'module_hook': a module backward hook that does, 'ckpt_drift': a
+    checkpointed call whose recomputation reads a scale changed after the forward)."""
 
     def __init__(self, inner, at: int, fault: str, factor: float = 2.0) -> None:
         self.inner, self.at, self.fault, self.factor = inner, at, fault, factor
@@ -90,6 +92,13 @@ class CallFault:
         if self.fault == "no_grad":
             with torch.no_grad():
                 return self.inner(x, sigma)
+        if self.fault == "ckpt_drift":
+            return self._ckpt(x, sigma)
+        if self.fault == "module_hook":
+            mod = _Call(self.inner)
+            mod.register_full_backward_hook(
+                lambda m, gin, gout: tuple(None if g is None else g * self.factor for g in gin))
+            return mod(x, sigma)
         out = self.inner(x, sigma)
         if self.fault == "detach_out":
             return out.detach()
@@ -99,7 +108,31 @@ class CallFault:
             return _GradScale.apply(out, -1.0)
         if self.fault == "nan_grad":
             return _GradScale.apply(out, math.nan)
+        if self.fault == "hook_scale":
+            if out.requires_grad:
+                out.register_hook(lambda g: g * self.factor)
+            return out
         raise ValueError(self.fault)
+
+    def _ckpt(self, x, sigma):
+        """A checkpointed call whose recomputation reads a weight changed after the forward:
+        the forward's value, the recomputation's gradient (a wrong gradient, no custom code)."""
+        held = {"w": torch.ones((), dtype=x.dtype)}
+        out = torch.utils.checkpoint.checkpoint(
+            lambda u: self.inner(u, sigma) * held["w"], x, use_reentrant=False)
+        held["w"] = torch.tensor(self.factor, dtype=x.dtype)
+        return out
+
+
+class _Call(torch.nn.Module):
+    """A denoiser as a module (to hang a module backward hook on)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, sigma):
+        return self.inner(x, sigma)
 
 
 class _GradScale(torch.autograd.Function):

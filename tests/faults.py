@@ -120,6 +120,47 @@ def f_requires_grad_false(z):
     return z
 
 
+def f_data_inplace(x):  # thresholding code's habit: an in-place write through .data
+    y = x * 1.0
+    y.data.mul_(0.9)
+    return y
+
+
+def f_grad_mode_off(x):  # switched off by a call, never switched back on
+    torch.set_grad_enabled(False)
+    return x * 1.0
+
+
+class _Skewed(torch.autograd.Function):
+    """Identity forward; a backward 30% too large (a hand-written backward with a bug)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.3
+
+
+def f_custom_backward(x):
+    return _Skewed.apply(x)
+
+
+def f_gradient_hook(x):  # a "stabilising" hook that rescales the gradient
+    y = x * 1.0
+    if y.requires_grad:
+        y.register_hook(lambda g: g * 1.3)
+    return y
+
+
+def f_checkpoint_drift(x):  # the recomputation reads a weight changed after the forward
+    held = {"w": torch.ones((), dtype=x.dtype)}
+    y = checkpoint(lambda u: u * held["w"], x, use_reentrant=False)
+    held["w"] = torch.full((), 1.3, dtype=x.dtype)
+    return y
+
+
 @dataclass(frozen=True)
 class Fault:
     name: str
@@ -156,6 +197,12 @@ FAULTS = [
     Fault("clamp_saturates", f_clamp, "zero_grad_op", STATE, STATE[1:]),
     Fault("where_drops_branch", f_where, "zero_grad_op", STATE, STATE[1:]),
     Fault("fresh_randn_noise", f_fresh_randn, "disconnected_randomness", ("noise",)),
+    Fault("data_inplace", f_data_inplace, "data_write", ALL),
+    Fault("grad_mode_off", f_grad_mode_off, "grad_mode_off", ALL),
+    # connected but wrong: found by the numeric check, located by VJP checks and bisection
+    Fault("custom_backward", f_custom_backward, "custom_backward", ALL),
+    Fault("gradient_hook", f_gradient_hook, "gradient_hook", ALL),
+    Fault("checkpoint_drift", f_checkpoint_drift, "wrong_vjp", ALL),
 ]
 
 

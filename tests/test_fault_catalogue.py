@@ -31,7 +31,8 @@ def test_the_catalogue_is_big_enough():
     assert {"no_grad", "inference_mode", "detach", "data_read", "data_write",
             "requires_grad_false", "non_differentiable", "int_cast", "python_roundtrip",
             "numpy_roundtrip", "decorated_no_grad", "reentrant_checkpoint", "inplace_no_grad",
-            "disconnected_randomness", "zero_grad_op"} <= causes
+            "disconnected_randomness", "zero_grad_op", "grad_mode_off", "custom_backward",
+            "gradient_hook", "wrong_vjp"} <= causes
     positions = {pos for _, pos, _, _ in CASES}
     assert positions == {"x_T", "first", "middle", "last", "final", "noise"}
 

@@ -65,14 +65,14 @@ def test_wrong_custom_backward_has_no_forward_cause_and_is_found_by_its_own_vjp(
     assert "custom autograd.Function's backward" in rep.check("numeric_directional").message
 
 
-def test_a_wrong_gradient_with_no_forward_cause_and_no_custom_function_says_so():
+def test_a_gradient_hook_that_rescales_is_located_numerically_and_named():
     calls = {"n": 0}
 
     def den(x, sigma):  # a gradient hook that scales what flows back: no Function to check
         calls["n"] += 1
         out = DEN(x, sigma)
         if calls["n"] % 5 == 2 and out.requires_grad:
-            out.register_hook(lambda g: g * 3.0)
+            out.register_hook(lambda g: g * 3.0)  # THE-HOOK
         return out
 
     def sample(z):
@@ -80,9 +80,57 @@ def test_a_wrong_gradient_with_no_forward_cause_and_no_custom_function_says_so()
         return sampler(den)(z)
     sample.mode = "default"
     rep = gradcheck.diagnose(sample, z0_like())
-    assert rep.locator.primary is None and rep.locator.vjp_checks == 0
-    assert "custom autograd.Function backward" in rep.locator.note
-    assert "custom autograd.Function backward" in rep.check("numeric_directional").message
+    p, b = rep.locator.primary, rep.locator.bisection
+    assert rep.locator.vjp_checks == 0 and p.cause == "gradient_hook" and p.step == 1, p
+    assert p.location == f"tests/test_locate.py:{_line_of('# THE-HOOK')}"
+    assert "changes the gradient it is given (by 2.00e+00 relative" in p.detail
+    assert (b.wrong_at, b.right_at, b.step) == ("D_in[1]", "D_out[1]", 1)
+    assert "gradient hook changes the gradient" in rep.check("numeric_directional").message
+    # the cost is bounded and reported: one forward+backward, log2(probes) measurements of
+    # 2 (agree) or 6 (disagree) forward passes
+    import math
+
+    assert b.backwards == 1 and len(b.checks) <= math.ceil(math.log2(b.probes + 1)) + 1
+    assert b.forwards <= 6 * len(b.checks) and f"{b.forwards} forward pass(es)" in p.detail
+
+
+def _line_of(needle: str) -> int:
+    import inspect
+    import sys
+
+    src = inspect.getsource(sys.modules[__name__]).splitlines()
+    return next(i for i, line in enumerate(src, 1) if needle in line and "_line_of" not in line)
+
+
+@pytest.mark.parametrize("fault, cause, op", [
+    ("hook_scale", "gradient_hook", "gradient hook"),
+    ("module_hook", "module_hook", "module backward hook on _Call"),
+    ("ckpt_drift", "wrong_vjp", "checkpointed region")])
+@pytest.mark.parametrize("at, dtype", [(1, torch.float64), (3, torch.float64),
+                                       (2, torch.float32), (3, torch.float32)])
+def test_wrong_gradients_without_a_custom_function_are_bisected_to_their_step(
+        fault, cause, op, at, dtype):
+    smp = ResetCalls(CallFault(DEN, at=at, fault=fault, factor=1.3), sampler(DEN, steps=4))
+    rep = gradcheck.diagnose(smp, z0_like(dtype=dtype), optim_steps=0)
+    p, b = rep.locator.primary, rep.locator.bisection
+    assert not rep.passed and p.cause == cause and p.step == at and p.op.startswith(op), p
+    assert p.location.startswith("tests/conftest.py:")
+    assert (b.wrong_at, b.right_at) == (f"D_in[{at}]", f"D_out[{at}]")
+    assert 0.1 < b.rel_error < 0.4  # the 30% the fault puts in, as measured at D_in
+
+
+def test_a_hook_that_only_watches_is_no_fault_and_costs_nothing():
+    seen = []
+
+    def den(x, sigma):
+        out = DEN(x, sigma)
+        if out.requires_grad:
+            out.register_hook(lambda g: seen.append(float(g.norm())))  # returns None
+        return out
+
+    rep = gradcheck.diagnose(sampler(den), z0_like(), locate="always")
+    assert rep.passed and rep.locator.primary is None and rep.locator.bisection is None
+    assert seen
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-5), (torch.float32, 2e-2),

@@ -50,6 +50,7 @@ class FunctionCalls:
                     rec.calls.append({
                         "cls": cls, "kwargs": kwargs, "location": loc, "function": fn,
                         "step": rec.prov._step()[0],
+                        "after": len(rec.prov.trace._entries),
                         "args": [a.detach().clone() if isinstance(a, torch.Tensor) else a
                                  for a in args]})
             except Exception as exc:  # noqa: BLE001 - counted and reported, the call runs
@@ -61,6 +62,10 @@ class FunctionCalls:
 
     def __exit__(self, *exc: Any) -> None:
         torch.autograd.Function.apply = self.saved
+        entries = self.prov.trace._entries
+        for call in self.calls:  # before the first stepped probe: the step of the next probe
+            if call["step"] is None and call["after"] < len(entries):
+                call["step"] = entries[call["after"]].step
 
 
 def _where_backward(cls: type) -> str | None:

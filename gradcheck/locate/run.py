@@ -17,7 +17,7 @@ from .provenance import Collectives, GradSwitches, Provenance, resolve_probes
 def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
            loss_of: Callable[[torch.Tensor], torch.Tensor], report: FlowReport, *,
            run_ctx: Callable[[], Any], reason: str, seed: int = 0,
-           rank: int = 0) -> LocatorResult:
+           rank: int = 0, policy: Any = None) -> LocatorResult:
     """Re-run ``sample_fn`` under provenance tracking and explain ``report``'s failures.
 
     Args:
@@ -29,7 +29,11 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         reason: why the locator runs (recorded).
         seed: seeds the directions of the custom-Function checks.
         rank: this process's rank (the path probe's output direction is drawn per rank).
+        policy: how the processes decide together (:mod:`gradcheck.policy`; default: one).
     """
+    from ..policy import Local
+
+    policy = policy or Local()
     z = z0.detach().clone().requires_grad_(True)
     grad_mode = torch.is_grad_enabled()
     loss = out = None
@@ -92,11 +96,24 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         numeric_failed=numeric_failed(report),
         expect_connected=report.expect.get("step_noise") == "connected", wrong_backward=wrong,
         mixed_cuts=prov.mixed_cuts, failing=bool(report.failed))
-    events = relevant_events(primary, prov.events, back + wrong, probe_facts)
+    # a wrong gradient that nothing in the forward pass explains: bisect over the probes for the
+    # first one whose gradient is right (every rank takes part, or none)
+    bisection = None
     low = prov.lowest_dtype
+    if policy.any(primary is None and numeric_failed(report)):
+        from .bisect import bisect
+
+        working = low if low is not None and torch.finfo(low).eps > torch.finfo(z0.dtype).eps \
+            else z0.dtype
+        bisection, found = bisect(sample_fn, z0, loss_of, run_ctx=run_ctx, seed=seed,
+                                  working=working, reduce=policy.sum)
+        if found is not None and primary is None:
+            primary, note = found, None
+            wrong = wrong + [found]
+    events = relevant_events(primary, prov.events, back + wrong, probe_facts)
     return LocatorResult(ran=True, reason=reason, primary=primary, events=events[:50],
                          randomness=prov.randomness[:50], note=note,
                          lowest_dtype=str(low).replace("torch.", "") if low is not None else None,
                          internal_failures=prov.failures, failed_ops=list(prov.failed_ops),
                          bias=loss_facts.bias if loss_facts is not None else None,
-                         vjp_checks=checked)
+                         vjp_checks=checked, bisection=bisection)

@@ -225,12 +225,25 @@ def loss_at(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss,
 
 
 def numeric_check(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording, *,
-                  seed: int, policy: Local, working: torch.dtype | None = None
-                  ) -> NumericResult:
-    """Finite differences of the loss along a seeded unit direction against <v, dL/dz0>
-    (2 forward passes per step size)."""
+                  seed: int, policy: Local, working: torch.dtype | None = None,
+                  directions: int | None = None) -> NumericResult:
+    """Finite differences of the loss along seeded unit directions against <v, dL/dz0>
+    (2 forward passes per step size; ``directions``: default by working precision)."""
     return directional_check(loss_at(run, loss, policy), rec.z, rec.z_grad, seed=seed,
-                             working=working, **policy.numeric_kw())
+                             working=working, straddles=straddles(run, policy),
+                             directions=directions, **policy.numeric_kw())
+
+
+def straddles(run: Callable[[torch.Tensor], torch.Tensor],
+              policy: Local) -> Callable[[torch.Tensor, torch.Tensor], bool]:
+    """``(z_a, z_b) -> bool``: did some piecewise op (clamp, relu, abs, max, a where on a
+    comparison) take another branch at z_a than at z_b, on any rank? Two forward passes under
+    :class:`gradcheck.branches.BranchWatch`; asked only where a difference disagrees."""
+    from .branches import signature
+
+    def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return policy.any(signature(run, a) != signature(run, b))
+    return differ
 
 
 def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording, *,
@@ -336,7 +349,7 @@ def shadow_check(sample_fn: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
                              skipped=f"the float64 shadow run computes in {name} inside, so it "
                              f"cannot judge at float64's tolerance")
     return directional_check(loss_at(run64, loss, policy), z, grad, seed=seed,
-                             **policy.numeric_kw())
+                             straddles=straddles(run64, policy), **policy.numeric_kw())
 
 
 # -- stage 5b: a stationary loss or a dead path? -----------------------------------------------------
@@ -503,17 +516,21 @@ def diagnose(
     rec = record(sample_fn, z0, loss, seed=seed, capture_graph=capture_graph,
                  raw_graph_cap=raw_graph_cap, keep_raw_graph=keep_raw_graph, policy=policy)
     timings = {**loss.timings, **rec.timings}
-    num = None
-    if numeric:
-        t0 = time.perf_counter()
-        num = numeric_check(run, loss, rec, seed=seed, policy=policy)
-        timings["numeric_s"] = time.perf_counter() - t0
     shadow_num = None
     if numeric and loss_fn is None and z0.dtype != torch.float64 and policy.world == 1 and \
             (shadow if shadow is not None else hasattr(sample_fn, "at_dtype")):
         t0 = time.perf_counter()
         shadow_num = shadow_check(sample_fn, z0, loss, seed=seed, policy=policy)
         timings["shadow_s"] = time.perf_counter() - t0
+    num = None
+    if numeric:
+        # a float64 shadow run that was judged carries the power; the working-precision
+        # check then needs one direction, not seven
+        judged = shadow_num is not None and shadow_num.skipped is None
+        t0 = time.perf_counter()
+        num = numeric_check(run, loss, rec, seed=seed, policy=policy,
+                            directions=1 if judged else None)
+        timings["numeric_s"] = time.perf_counter() - t0
     opt = None
     if optim_steps > 0:
         t0 = time.perf_counter()

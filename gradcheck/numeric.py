@@ -46,11 +46,11 @@ def unit_direction(like: torch.Tensor, seed: int,
 
 
 #: Directions per working precision. One direction in float64 catches a gradient 0.06% off
-#: with 99% probability. Below it, more directions raise the power (7 in float32 reach 2%, see
-#: ``detectable``), but each one more chance for the difference to straddle one of a clipped
-#: sampler's many kinks unrecognised (the stock DDIM loop in float32 then fails healthy seeds):
-#: by default one, and the report states the power that gives; ``directions=`` asks for more.
-DIRECTIONS = {torch.float64: 1, torch.float32: 1, torch.float16: 1, torch.bfloat16: 1}
+#: with 99% probability; 7 in float32 catch 2% (see ``detectable``; in float16/bfloat16, 9.5%:
+#: a float64 shadow run, where the sampler can be cast, reaches 0.06%). Each further direction
+#: costs 2 forward passes at the first one's step; one more chance to straddle a clipped
+#: sampler's kinks, which ``judge_branches`` recognises by the branches the two ends took.
+DIRECTIONS = {torch.float64: 1, torch.float32: 7, torch.float16: 7, torch.bfloat16: 7}
 #: the power the check is stated at
 POWER = 0.99
 
@@ -70,7 +70,9 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
                       working: torch.dtype | None = None,
                       reduce: Callable[[float], float] | None = None,
                       shard_of: Callable[..., torch.Tensor] | None = None,
-                      directions: int | None = None) -> NumericResult:
+                      directions: int | None = None,
+                      straddles: Callable[[torch.Tensor, torch.Tensor], bool] | None = None
+                      ) -> NumericResult:
     """Finite differences of ``loss_at`` along seeded unit directions against ``grad``: the
     first direction over a sweep of step sizes, each further one at the step that agreed best
     (2 forward passes; a full sweep only if it disagrees there). The result is the first
@@ -82,7 +84,7 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
     prec = working or z0.dtype
     k = directions or DIRECTIONS.get(prec, 8)
     first = one_direction(loss_at, z0, grad, seed=seed, working=working, reduce=reduce,
-                          shard_of=shard_of)
+                          shard_of=shard_of, straddles=straddles)
     main, others = first, []
     if first.skipped is None:
         for j in range(1, k):
@@ -90,7 +92,7 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
                                 reduce=reduce, shard_of=shard_of, steps=(first.eps,))
             if res.verdict != "agrees":  # a full sweep (and the kink judgement) for this one
                 res = one_direction(loss_at, z0, grad, seed=seed + 7919 * j, working=working,
-                                    reduce=reduce, shard_of=shard_of)
+                                    reduce=reduce, shard_of=shard_of, straddles=straddles)
             others.append({"direction_seed": res.direction_seed, "eps": res.eps, "fd": res.fd,
                            "reverse": res.reverse, "rel_error": res.rel_error,
                            "verdict": res.verdict})
@@ -112,7 +114,9 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
                   working: torch.dtype | None = None,
                   reduce: Callable[[float], float] | None = None,
                   shard_of: Callable[..., torch.Tensor] | None = None,
-                  steps: tuple[float, ...] | None = None) -> NumericResult:
+                  steps: tuple[float, ...] | None = None,
+                  straddles: Callable[[torch.Tensor, torch.Tensor], bool] | None = None
+                  ) -> NumericResult:
     """Compare finite differences of ``loss_at`` along a seeded unit direction with ``grad``.
 
     Args:
@@ -127,6 +131,10 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         shard_of: with ``reduce``, cuts this rank's part out of a tensor drawn whole, so the
             direction is the single-process one.
         steps: absolute step sizes to use instead of the precision's sweep.
+        straddles: ``(z + hv, z - hv) -> bool``, whether the two ends took different branches
+            of a piecewise op (:mod:`gradcheck.branches`; two forward passes): asked only where
+            the difference disagrees at every step size, so that it is judged on the steps whose
+            ends lie on the same branches.
     """
     prec = working or z0.dtype
     hs, rtol = SETTINGS.get(prec, SETTINGS[torch.float32])
@@ -151,12 +159,19 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
             best = row
     mag = max(abs(best["fd"]), abs(reverse))
     verdict, note = "agrees", None
-    if best["abs_error"] > rtol * mag + best["roundoff_floor"] and len(sweep) > 1:
+    if best["abs_error"] > rtol * mag + best["roundoff_floor"] and len(sweep) > 1 and \
+            straddles is not None:
+        # only when they disagree: do the ends lie on other branches of a piecewise op (a
+        # clamp, clip_sample, relu, abs, max between z0 - h v and z0 + h v)?
+        verdict, note, best = judge_branches(loss_at, z, v, sweep, losses, reverse, rtol,
+                                             eps_mach, straddles)
+    elif best["abs_error"] > rtol * mag + best["roundoff_floor"] and len(sweep) > 1:
         # one more forward pass, only when they disagree: is it the sampler's kink or the
         # gradient? (a clamp, clip_sample, relu, abs, max between z0 - h v and z0 + h v)
         verdict, note = judge_kink(loss_at(z), sweep, losses, reverse, rtol)
     elif best["abs_error"] > rtol * mag + best["roundoff_floor"]:
         verdict = "disagrees"  # at one step size: the caller sweeps before it judges
+    mag = max(abs(best["fd"]), abs(reverse))
     return NumericResult(
         dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=best["eps"],
         fd=best["fd"], reverse=reverse, abs_error=best["abs_error"],
@@ -165,6 +180,61 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         working_dtype=str(working).replace("torch.", "") if working is not None else None,
         verdict=verdict, note=note,
     )
+
+
+def judge_branches(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v: torch.Tensor,
+                   sweep: list[dict[str, float]], losses: list[tuple[float, float]],
+                   reverse: float, rtol: float, eps_mach: float,
+                   straddles: Callable[[torch.Tensor, torch.Tensor], bool]
+                   ) -> tuple[str, str | None, dict[str, float]]:
+    """The differences disagree at every step size: judge on the steps whose two ends took the
+    same branch of every piecewise op (smooth evidence), with one smaller step if every one
+    straddles a kink. Returns the verdict (``disagrees`` on smooth evidence, ``kink`` when the
+    smooth steps agree, ``inconclusive`` when no step is smooth and no one-sided derivative
+    matches), what was seen, and the row judged on. Each row gets ``straddles``."""
+    for row in sweep:
+        h = row["eps"]
+        row["straddles"] = float(bool(straddles(z + h * v, z - h * v)))
+    smooth = [r for r in sweep if not r["straddles"]]
+    if not smooth:  # z0 lies very close to a kink: one smaller step
+        h = min(r["eps"] for r in sweep) / 10
+        lp, lm = loss_at(z + h * v), loss_at(z - h * v)
+        fd = (lp - lm) / (2 * h)
+        row = {"eps": h, "fd": fd, "abs_error": abs(fd - reverse),
+               "roundoff_floor": ROUNDOFF_FACTOR * eps_mach * max(abs(lp), abs(lm)) / h,
+               "straddles": float(bool(straddles(z + h * v, z - h * v)))}
+        sweep.append(row)
+        losses.append((lp, lm))
+        smooth = [row] if not row["straddles"] else []
+    if smooth:
+        best = min(smooth, key=lambda r: r["abs_error"])
+        mag = max(abs(best["fd"]), abs(reverse))
+        agree = best["abs_error"] <= rtol * mag + best["roundoff_floor"]
+        crossed = [r["eps"] for r in sweep if r["straddles"]]
+        if agree and best["roundoff_floor"] > rtol * mag:  # round-off swamps that step
+            return "inconclusive", (f"every step down to {best['eps']:.1e} straddles a kink but "
+                                    f"that one, whose round-off ({best['roundoff_floor']:.1e}) "
+                                    f"is too large to tell a {rtol:.0%} error"), best
+        if agree:
+            return "kink", (f"the difference straddles a kink of the sampler at step(s) "
+                            f"{', '.join(f'{h:.1e}' for h in crossed)} (a piecewise op took "
+                            f"another branch between z0 - hv and z0 + hv); at step "
+                            f"{best['eps']:.1e} both ends lie on the same branches and agree"
+                            ), best
+        return "disagrees", (f"at step {best['eps']:.1e} both ends lie on the same branches of "
+                             f"every piecewise op (no kink between them), and they disagree"
+                             if crossed else None), best
+    # every step straddles: the old judgement, but never a failure on straddled evidence
+    order = sorted(range(len(sweep)), key=lambda i: -sweep[i]["eps"])
+    verdict, note = judge_kink(loss_at(z), [sweep[i] for i in order],
+                               [losses[i] for i in order], reverse, rtol)
+    best = min(sweep, key=lambda r: r["abs_error"])
+    if verdict == "disagrees":
+        verdict = "inconclusive"
+        note = (f"every step down to {min(r['eps'] for r in sweep):.1e} straddles a kink (a "
+                f"piecewise op took another branch between z0 - hv and z0 + hv) and no one-sided "
+                f"derivative matches reverse mode {reverse:.6e}: no smooth evidence either way")
+    return verdict, note, best
 
 
 def judge_kink(l0: float, sweep: list[dict[str, float]], losses: list[tuple[float, float]],

@@ -89,7 +89,10 @@ class NumericResult(Record):
     rel_error: float | None
     rtol: float  # the relative tolerance for the dtype
     atol: float  # the round-off floor of the finite difference
-    sweep: list[dict[str, float]] = field(default_factory=list)  # every step size tried
+    # every step size tried (eps, fd, abs_error, roundoff_floor; forward/backward/curvature
+    # where the kink was judged; straddles: 1 when the two ends took other branches of a
+    # piecewise op, 0 when the same, where that was asked)
+    sweep: list[dict[str, float]] = field(default_factory=list)
     skipped: str | None = None  # why the check did not run
     working_dtype: str | None = None  # lower than dtype: the sampler casts down inside
     # agrees | disagrees (smooth evidence against reverse mode) | kink (the difference straddles

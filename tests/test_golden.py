@@ -15,4 +15,7 @@ def test_the_golden_reports_are_unchanged():
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "golden.py"), "--quick"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    assert "25 of 25 golden reports equal" in res.stdout
+    import re
+
+    m = re.search(r"(\d+) of (\d+) golden reports equal", res.stdout)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 25, res.stdout[-2000:]

@@ -100,7 +100,9 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     # first one whose gradient is right (every rank takes part, or none)
     bisection = None
     low = prov.lowest_dtype
-    if policy.any(primary is None and numeric_failed(report)):
+    # (a cause found on any rank explains it: the ranks then never bisect, so their passes
+    # and collectives stay in step)
+    if numeric_failed(report) and not policy.any(primary is not None):
         from .bisect import bisect
 
         working = low if low is not None and torch.finfo(low).eps > torch.finfo(z0.dtype).eps \

@@ -99,6 +99,8 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
             rank = {"disagrees": 3, "inconclusive": 2}
             if rank.get(res.verdict, 0) > rank.get(main.verdict, 0):
                 main = res
+            if main.verdict == "disagrees":  # failed on smooth evidence: more cannot undo it
+                break
     main.directions = k
     main.detectable = detectable(main.rtol, k)
     main.others = [o for o in others if o["direction_seed"] != main.direction_seed]
@@ -192,10 +194,13 @@ def judge_branches(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v:
     straddles a kink. Returns the verdict (``disagrees`` on smooth evidence, ``kink`` when the
     smooth steps agree, ``inconclusive`` when no step is smooth and no one-sided derivative
     matches), what was seen, and the row judged on. Each row gets ``straddles``."""
-    for row in sweep:
+    smooth = []
+    for row in sorted(sweep, key=lambda r: r["eps"]):  # the smallest step, the likeliest smooth
         h = row["eps"]
         row["straddles"] = float(bool(straddles(z + h * v, z - h * v)))
-    smooth = [r for r in sweep if not r["straddles"]]
+        if not row["straddles"]:
+            smooth = [row]  # the best smooth evidence there is: judge on it
+            break
     if not smooth:  # z0 lies very close to a kink: one smaller step
         h = min(r["eps"] for r in sweep) / 10
         lp, lm = loss_at(z + h * v), loss_at(z - h * v)
@@ -210,7 +215,7 @@ def judge_branches(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v:
         best = min(smooth, key=lambda r: r["abs_error"])
         mag = max(abs(best["fd"]), abs(reverse))
         agree = best["abs_error"] <= rtol * mag + best["roundoff_floor"]
-        crossed = [r["eps"] for r in sweep if r["straddles"]]
+        crossed = [r["eps"] for r in sweep if r.get("straddles")]
         if agree and best["roundoff_floor"] > rtol * mag:  # round-off swamps that step
             return "inconclusive", (f"every step down to {best['eps']:.1e} straddles a kink but "
                                     f"that one, whose round-off ({best['roundoff_floor']:.1e}) "

@@ -403,3 +403,44 @@ def test_a_correct_custom_function_is_not_blamed_for_another_break():
     p = rep.locator.primary
     assert p.cause == "detach", p.describe()
     assert not [e for e in rep.locator.events if e.cause == "custom_backward"]
+
+
+# -- float() through Python arithmetic: asked by intervention ----------------------------------------
+
+def _float_at_call(use):
+    calls = {"n": 0}
+
+    def den(x, sigma):
+        calls["n"] += 1
+        out = DEN(x, sigma)
+        return use(out) if calls["n"] == 3 else out
+
+    def sample(z):
+        calls["n"] = 0
+        return sampler(den)(z)
+    sample.mode = "default"
+    return sample
+
+
+def _tiny_scale(out):
+    return out * (1.0 + 1e-4 * float(out.abs().mean()))  # FLOAT-ARITH
+
+
+def _steer(out):
+    return out * 2 if float(out.abs().mean()) > 1e9 else out
+
+
+def test_a_float_through_python_arithmetic_is_a_proven_bias_even_when_the_numeric_check_passes():
+    rep = gradcheck.diagnose(_float_at_call(_tiny_scale), z0_like(dtype=torch.float32),
+                             shadow=False, optim_steps=0)
+    assert rep.check("numeric_directional").passed  # the bias is far too small to see
+    f = rep.check("no_proven_bias")
+    assert not f.passed and not rep.passed and f.step == 2, f.message
+    assert f"tests/test_locate.py:{_line_of('# FLOAT-ARITH')}" in f.message
+    assert "nudging it by +-0.01 relative moves the loss" in f.message
+
+
+def test_a_float_that_only_steers_control_flow_is_reported_not_failed():
+    rep = gradcheck.diagnose(_float_at_call(_steer), z0_like(dtype=torch.float32), optim_steps=0)
+    f = rep.check("no_proven_bias")
+    assert rep.passed and f.passed and "only to steer control flow or logging" in f.message

@@ -296,6 +296,10 @@ class Provenance(TorchFunctionMode):
         self.constant_zeros: list[BreakEvent] = []
         #: float(x) of a z0-dependent x: its value -> the escape event
         self.escaped: dict[float, BreakEvent] = {}
+        # every float() of a tensor, in order (the ordinal an intervention replays by), and
+        # the ones of z0-dependent values: (ordinal, event)
+        self.float_calls = 0
+        self.float_escapes: list[tuple[int, BreakEvent]] = []
         for r in self.roots:
             self._set(r, ValueFacts(dep=True, gconn=r.requires_grad, rg=r.requires_grad))
 
@@ -414,7 +418,11 @@ class Provenance(TorchFunctionMode):
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         try:
+            if name == "__float__":
+                self.float_calls += 1
             escape = self._after(name, args, kwargs, pre, out, grad_on, inf_on)
+            if escape is not None and name == "__float__" and len(self.float_escapes) < 64:
+                self.float_escapes.append((self.float_calls - 1, escape))
             if escape is not None and name in TAINTED_ESCAPES:
                 out = taint(out, escape)  # followed through Python, back into torch
             elif escape is not None and name == "__float__" and isinstance(out, float) and \

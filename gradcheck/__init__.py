@@ -24,6 +24,7 @@ _LAZY = {
     "instrument": "gradcheck.probes",
     "probe": "gradcheck.probes",
     "trace": "gradcheck.probes",
+    "watch_grad_mode": "gradcheck.gradmode",
 }
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "instrument",
     "probe",
     "trace",
+    "watch_grad_mode",
     "Finding",
     "FlowReport",
     "ProbeStats",

@@ -23,6 +23,14 @@ from . import observers
 _KEY = pytest.StashKey[list]()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Watch grad-mode switches from the start, before test modules import third-party code:
+    a module that switches grad mode off at import is then named with its line."""
+    from .gradmode import watch_grad_mode
+
+    watch_grad_mode()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradcheck", "gradient-flow diagnostics for diffusion samplers")
     group.addoption("--gradcheck-report", metavar="DIR", default=None,

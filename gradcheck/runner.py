@@ -110,6 +110,9 @@ def resolve_device(name: str) -> torch.device:
 
 def import_object(spec: str, what: str, error: type[Exception] = ConfigError) -> Any:
     """``package.module:attr.attr`` (the current directory importable, as for ``python -m``)."""
+    from .gradmode import watch_grad_mode
+
+    watch_grad_mode()  # a module that switches grad mode off at import: its line is named
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise error(f"{what} {spec!r} is not of the form package.module:name")

@@ -237,11 +237,38 @@ def test_a_no_grad_block_is_a_region_named_by_its_with_line():
 
 
 def test_grad_mode_already_off_when_the_diagnosis_starts_is_said():
-    with torch.no_grad():  # as a module that calls torch.set_grad_enabled(False) at import
+    gradcheck.watch_grad_mode()  # (the pytest plugin installed it already: idempotent)
+    with torch.no_grad():  # DIAGNOSED-INSIDE
         rep = gradcheck.diagnose(sampler(DEN, steps=2), z0_like(), numeric=False, optim_steps=0)
     p = rep.locator.primary
     assert not rep.passed and p.cause == "no_grad"
-    assert "already off when the sampler was called" in p.detail
+    assert p.detail == ("grad mode was off when the sampler was called: the diagnosis ran inside "
+                        f"`with torch.no_grad():` at tests/test_locate.py:"
+                        f"{_line_of('# DIAGNOSED-INSIDE')}")
+
+
+def test_a_module_that_switches_grad_off_at_import_is_named_with_its_line(tmp_path, monkeypatch):
+    (tmp_path / "grad_off_at_import.py").write_text(
+        "import torch\n\n"
+        "torch.set_grad_enabled(False)  # a loader's habit\n\n"
+        "def factory():\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    from gradcheck.runner import import_object
+
+    try:
+        import_object("grad_off_at_import:factory", "sampler")  # as gradcheck run does
+        assert not torch.is_grad_enabled()
+        rep = gradcheck.diagnose(sampler(DEN, steps=2), z0_like(), numeric=False,
+                                 optim_steps=0)
+    finally:
+        torch.set_grad_enabled(True)
+        import sys
+
+        sys.modules.pop("grad_off_at_import", None)
+    p = rep.locator.primary
+    assert not rep.passed and p.cause == "grad_mode_off", p.describe()
+    assert "switched off by torch.set_grad_enabled(False) at " in p.detail
+    assert "grad_off_at_import.py:3" in p.detail and "never back on" in p.detail
 
 
 # -- a stationary loss, or a dead path? ---------------------------------------------------------

@@ -290,6 +290,10 @@ class Provenance(TorchFunctionMode):
         self.grad_off: dict[str, Any] | None = None
         #: grad mode was already off when the sampler was called
         self.grad_off_at_start = not torch.is_grad_enabled()
+        from ..gradmode import who_switched_off
+
+        #: the switch that did it, if gradcheck.watch_grad_mode() saw it
+        self.grad_off_before = who_switched_off() if self.grad_off_at_start else None
         #: cuts whose value was mixed back into a value that carries gradient (partial cuts)
         self.mixed_cuts: list[BreakEvent] = []
         #: z0-dependent values multiplied by a constant exact zero (see _constant_zero)
@@ -386,10 +390,24 @@ class Provenance(TorchFunctionMode):
                     + " and stays off: no with-block restores it")
             if off is not None:
                 return "no_grad", f"inside `with {off['api']}:` at {off['location']}"
+            if self.grad_off_at_start and self.grad_off_before is not None and \
+                    self.grad_off_before["block"]:
+                before = self.grad_off_before
+                return "no_grad", (f"grad mode was off when the sampler was called: the "
+                                   f"diagnosis ran inside `with {before['api']}:` at "
+                                   f"{before['location']}")
+            if self.grad_off_at_start and self.grad_off_before is not None:
+                before = self.grad_off_before
+                return "grad_mode_off", (
+                    f"grad mode was switched off by {before['api']} at {before['location']}"
+                    + (f" (in {before['function']})" if before.get("function") else "")
+                    + " before the sampler was called, and never back on")
             if self.grad_off_at_start:
                 return "no_grad", ("grad mode was already off when the sampler was called: "
                                    "something switched it off before (torch.set_grad_enabled("
-                                   "False) at import, say), or diagnose ran inside no_grad")
+                                   "False) at import, say; gradcheck.watch_grad_mode() before "
+                                   "importing it names the line), or diagnose ran inside "
+                                   "no_grad")
             return "no_grad", None
         if name in ("detach", "detach_"):
             return "detach", None

@@ -1,0 +1,49 @@
+"""Who switched grad mode off before gradcheck was asked? A process-wide watcher.
+
+A module that calls ``torch.set_grad_enabled(False)`` at import (or enters ``torch.no_grad()``
+without leaving it) leaves every later forward pass without a graph; by the time a diagnosis
+starts, the call is long gone. :func:`watch_grad_mode` wraps ``torch._C._set_grad_enabled``
+(what ``no_grad``, ``set_grad_enabled`` and their decorators call) so that the switch that
+turned grad mode off, while it stays off, is remembered with the caller's file:line and the API
+as written. ``gradcheck run``/``optimize`` install it before importing ``--sampler`` and
+``--denoiser`` objects, the pytest plugin at start-up; call it yourself before importing
+third-party code. The cost is one frame walk per switch to False (none for switches on).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_STATE: dict[str, Any] = {"installed": False, "off": None}
+
+
+def watch_grad_mode() -> None:
+    """Install the watcher (idempotent)."""
+    if _STATE["installed"]:
+        return
+    from .torch_internals import grad_switch_site
+
+    real = torch._C._set_grad_enabled
+
+    def set_grad_enabled(mode: bool) -> Any:
+        try:
+            if not mode and torch.is_grad_enabled():
+                loc, fn, api, block = grad_switch_site()
+                _STATE["off"] = {"location": loc, "function": fn, "api": api, "block": block}
+            elif mode:
+                _STATE["off"] = None
+        except Exception:  # noqa: BLE001 - a watcher never breaks the switch
+            pass
+        return real(mode)
+
+    torch._C._set_grad_enabled = set_grad_enabled
+    _STATE["installed"] = True
+
+
+def who_switched_off() -> dict[str, Any] | None:
+    """The switch that turned grad mode off, if the watcher saw it and it is still off:
+    ``{"location", "function", "api", "block"}``."""
+    if torch.is_grad_enabled():
+        return None
+    return _STATE["off"]

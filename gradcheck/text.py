@@ -128,9 +128,12 @@ def step_picture(report: FlowReport) -> str:
         parts.append(steps_phrase("carry gradient only in part of their probes", part,
                                   "carries gradient only in part of its probes"))
     if none:
-        parts.append(steps_phrase("receive none (in the autograd graph, but cut off from the "
-                                  "loss)", none, "receives none (in the autograd graph, but cut "
-                                  "off from the loss)"))
+        # a stationary loss sends nothing back at all: the steps are not cut off, the loss is
+        # flat (the path probe says whether the path itself is alive)
+        why = ("the loss is stationary: dL/d(output) is exactly 0" if
+               report.output_grad_max_abs == 0.0 else "in the autograd graph, but cut off from "
+               "the loss")
+        parts.append(steps_phrase(f"receive none ({why})", none, f"receives none ({why})"))
     if nograph:
         parts.append(steps_phrase("are not in the autograd graph at all", nograph,
                                   "is not in the autograd graph at all"))

@@ -303,6 +303,9 @@ def test_a_stationary_loss_on_a_live_path_says_the_path_is_alive():
     f = rep.check("loss_not_stationary")
     assert not f.passed and "the path itself is alive" in f.message
     assert "draw the baseline from different noise" in f.message
+    # and the step picture does not call the steps cut off: the loss is flat
+    msg = rep.check("grad_reaches_every_step").message
+    assert "the loss is stationary" in msg and "cut off" not in msg, msg
 
 
 def test_a_healthy_run_pays_no_path_probe():

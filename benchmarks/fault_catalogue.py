@@ -32,10 +32,11 @@ def naive_detects(den, fault, pos, solver, mode, z0, target) -> bool:
     steps = 8 if solver == "2mid" else 4
     smp = FaultySampler(den, fault, pos, solver=solver, steps=steps, mode=mode)
     z = z0.clone().requires_grad_(True)
-    out = smp(z)
-    loss = torch.nn.functional.mse_loss(out, target)
-    if loss.requires_grad:
-        loss.backward()
+    with torch.enable_grad():  # a fault that switches grad mode off must not outlive its case
+        out = smp(z)
+        loss = torch.nn.functional.mse_loss(out, target)
+        if loss.requires_grad:
+            loss.backward()
     return z.grad is None
 
 
@@ -45,10 +46,11 @@ def main() -> None:
     g = torch.Generator().manual_seed(11)
     z0 = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
     target = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
-    rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0])
     t0 = time.perf_counter()
     for fault, pos, solver, mode in cases():
-        _, detected, right_step, right_cause = run_case(den, fault, pos, solver, mode, z0, target)
+        rep, detected, right_step, right_cause = run_case(den, fault, pos, solver, mode, z0,
+                                                          target)
         naive = naive_detects(den, fault, pos, solver, mode, z0, target)
         r = rows[fault.name]
         r[0] += 1
@@ -56,16 +58,21 @@ def main() -> None:
         r[2] += right_step
         r[3] += right_cause
         r[4] += naive
+        b = rep.locator.bisection if rep.locator else None
+        if b is not None:  # the numeric localisation's cost: forward passes (+1 fwd+bwd)
+            r[5] += 1
+            r[6] += b.forwards
     elapsed = time.perf_counter() - t0
     head = f"{'fault':<22}{'injected':>9}{'detected':>10}{'right step':>12}{'right cause':>13}" \
-           f"{'z0.grad is None':>17}"
+           f"{'z0.grad is None':>17}{'bisection fwd/case':>20}"
     print(head)
     print("-" * len(head))
-    tot = [0, 0, 0, 0, 0]
+    tot = [0] * 7
     for f in FAULTS:
         r = rows[f.name]
         tot = [a + b for a, b in zip(tot, r)]
-        print(f"{f.name:<22}{r[0]:>9}{r[1]:>10}{r[2]:>12}{r[3]:>13}{r[4]:>17}")
+        cost = f"{r[6] / r[5]:.1f} (+1 f+b)" if r[5] else "-"
+        print(f"{f.name:<22}{r[0]:>9}{r[1]:>10}{r[2]:>12}{r[3]:>13}{r[4]:>17}{cost:>20}")
     print("-" * len(head))
     n = tot[0]
     print(f"{'total':<22}{n:>9}{tot[1]:>10}{tot[2]:>12}{tot[3]:>13}{tot[4]:>17}")
@@ -86,10 +93,21 @@ def main() -> None:
                     total += 1
                     alarms += (not rep.passed) or rep.locator.primary is not None
     print(f"false alarms on healthy variants: {alarms} of {total} (locator forced on)")
-    vp_family()
+    results = {"res": {"cases": n, "detected": tot[1], "right_step": tot[2],
+                       "right_cause": tot[3], "naive_detected": tot[4],
+                       "bisected_cases": tot[5], "bisection_forwards": tot[6],
+                       "healthy_variants": total, "false_alarms": alarms, "seconds": elapsed,
+                       "per_fault": {f.name: dict(zip(
+                           ["cases", "detected", "right_step", "right_cause", "naive_detected",
+                            "bisected_cases", "bisection_forwards"], rows[f.name]))
+                           for f in FAULTS}}}
+    results["vp"] = vp_family()
+    from results_file import write
+
+    print(f"raw results: {write('fault_catalogue', results)}")
 
 
-def vp_family() -> None:
+def vp_family() -> dict:
     """The second family: a VP/DDIM loop around an epsilon-MLP (tests/faults_vp.py)."""
     from tests.faults_vp import NOT_A_BREAK, EpsMLP, VPSampler, run_vp_case, vp_cases
 
@@ -119,6 +137,9 @@ def vp_family() -> None:
             alarms += (not rep.passed) or rep.locator.primary is not None
     print(f"false alarms on the healthy VP loop: {alarms} of {total} (float32 and float64, 16 "
           f"seeds each, locator forced on)")
+    return {"cases": n, "detected": det, "right_step": step, "right_cause": cause,
+            "vjp_checks": checks, "healthy_runs": total, "false_alarms": alarms,
+            "seconds": elapsed}
 
 
 if __name__ == "__main__":

@@ -169,6 +169,9 @@ class BreakEvent(Record):
     detail: str | None = None  # more on the cause
     via: str | None = None  # where the function at ``location`` was called from (a helper's caller)
     rank: int | None = None  # the process it happened in (distributed runs)
+    # every grad-disabling site in effect where it happened, outermost first (decorators, with
+    # blocks, a switch that stays off): all of them must change for the gradient to flow
+    sites: list[str] = field(default_factory=list)
 
     def where(self) -> str:
         """'step 2 (denoiser output -> state update)' (:func:`gradcheck.text.break_where`)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dis
 import os
+import re
 import sys
 from types import FrameType
 from typing import Any
@@ -99,6 +100,75 @@ def decorated_on_stack(kind: type, frame: FrameType | None = None) -> str | None
     return None
 
 
+_GRAD_OFF_WITH = re.compile(r"\b(no_grad|inference_mode)\s*\(|\bset_grad_enabled\s*\(\s*False")
+_WITH_CACHE: dict[tuple[str, float], list[tuple[int, int, str]]] = {}
+
+
+def _grad_off_withs(filename: str) -> list[tuple[int, int, str]]:
+    """Every ``with`` statement in a source file whose context disables grad: (first line, last
+    line, the context as written), cached per file and modification time."""
+    try:
+        key = (filename, os.path.getmtime(filename))
+    except OSError:
+        return []
+    if key not in _WITH_CACHE:
+        found: list[tuple[int, int, str]] = []
+        try:
+            import ast
+
+            with open(filename, encoding="utf-8") as fh:
+                tree = ast.parse(fh.read())
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.With, ast.AsyncWith)):
+                    for item in node.items:
+                        text = ast.unparse(item.context_expr)
+                        if _GRAD_OFF_WITH.search(text):
+                            found.append((node.lineno, node.end_lineno or node.lineno, text))
+        except (OSError, SyntaxError, ValueError):
+            pass
+        _WITH_CACHE[key] = found
+    return _WITH_CACHE[key]
+
+
+def grad_off_sites(frame: FrameType | None = None) -> list[dict[str, str]]:
+    """Every grad-disabling site in effect on the stack now, outermost first: functions wrapped
+    by ``@torch.no_grad()`` / ``@torch.inference_mode()`` / ``@torch.set_grad_enabled(False)``
+    (the function, and the decorator's file:line) and ``with`` blocks of those in the user's
+    frames (the with's file:line). Each is ``{"api", "function", "location"}``."""
+    f = frame or sys._getframe(1)
+    sites: list[dict[str, str]] = []
+    while f is not None:
+        code = f.f_code
+        if code.co_name == "decorate_context" and code.co_filename.endswith("_contextlib.py"):
+            ctx = getattr(f.f_locals.get("ctx_factory"), "__self__", None)
+            fn = f.f_locals.get("func")
+            api = None
+            if isinstance(ctx, torch.no_grad):
+                api = "@torch.no_grad()"
+            elif isinstance(ctx, torch.inference_mode) and getattr(ctx, "mode", True):
+                api = "@torch.inference_mode()"
+            elif isinstance(ctx, torch.set_grad_enabled) and not getattr(ctx, "mode", True):
+                api = "@torch.set_grad_enabled(False)"
+            fcode = getattr(fn, "__code__", None)
+            if api and fcode is not None:
+                sites.append({"api": api, "function": qualname(fn),
+                              "location": f"{_rel(fcode.co_filename)}:{fcode.co_firstlineno}"})
+        elif is_user_file(code.co_filename):
+            for first, last, text in _grad_off_withs(code.co_filename):
+                if code.co_firstlineno <= first <= f.f_lineno <= last and first != f.f_lineno:
+                    sites.append({"api": f"with {text}:", "function": code.co_name,
+                                  "location": f"{_rel(code.co_filename)}:{first}"})
+        f = f.f_back
+    return list(reversed(sites))
+
+
+def describe_sites(sites: list[dict[str, str]]) -> str:
+    """'@torch.no_grad() on Sampler.forward (res.py:40), then ...'."""
+    return ", then ".join(
+        f"{s['api']} on {s['function']} ({s['location']})" if s["api"].startswith("@") else
+        f"`{s['api']}` in {s['function']} ({s['location']})" for s in sites)
+
+
 def in_reentrant_checkpoint(frame: FrameType | None = None) -> bool:
     """Whether the stack is inside a reentrant ``torch.utils.checkpoint`` forward."""
     f = frame or sys._getframe(1)
@@ -134,6 +204,12 @@ def grad_switch_site() -> tuple[str | None, str | None, str, bool]:
     f = sys._getframe(1)
     api = "torch.set_grad_enabled(False)"
     while f is not None and not is_user_file(f.f_code.co_filename):
+        if f.f_code.co_name == "decorate_context" and f.f_code.co_filename.endswith(
+                "_contextlib.py"):  # a decorator: it restores the mode when the function returns
+            fn = f.f_locals.get("func")
+            code = getattr(fn, "__code__", None)
+            where = f"{_rel(code.co_filename)}:{code.co_firstlineno}" if code else None
+            return where, qualname(fn) if fn is not None else None, f"@{api}", True
         if f.f_code.co_filename.endswith(_GRAD_MODE_FILE):
             owner = type(f.f_locals.get("self", None)).__name__
             if owner in ("no_grad", "set_grad_enabled"):

@@ -474,3 +474,53 @@ def test_a_float_that_only_steers_control_flow_is_reported_not_failed():
     rep = gradcheck.diagnose(_float_at_call(_steer), z0_like(dtype=torch.float32), optim_steps=0)
     f = rep.check("no_proven_bias")
     assert rep.passed and f.passed and "only to steer control flow or logging" in f.message
+
+
+# -- every grad-disabling site on the path, outermost first ---------------------------------------
+
+def _den_in_no_grad_block(x, sigma):
+    with torch.no_grad():  # SITE-WITH
+        return DEN(x, sigma)
+
+
+class _NestedNoGrad:
+    """Cosmos' structure: the entry point and its implementation both decorated."""
+
+    mode = "default"
+
+    @torch.no_grad()  # SITE-OUTER
+    def forward(self, z):
+        return self._forward_impl(z)
+
+    @torch.no_grad()  # SITE-INNER
+    def _forward_impl(self, z):
+        return sampler(_den_in_no_grad_block, steps=2)(z)
+
+    def __call__(self, z):
+        return self.forward(z)
+
+
+def test_every_grad_disabling_site_is_named_outermost_first():
+    rep = gradcheck.diagnose(_NestedNoGrad(), z0_like(), numeric=False, optim_steps=0)
+    p = rep.locator.primary
+    here = "tests/test_locate.py"
+    assert p.sites == [
+        f"@torch.no_grad() on {__name__}._NestedNoGrad.forward ({here}:{_line_of('# SITE-OUTER')})",
+        f"@torch.no_grad() on {__name__}._NestedNoGrad._forward_impl "
+        f"({here}:{_line_of('# SITE-INNER')})"], p.sites
+    assert "because of 2 sites, outermost first" in p.detail and "every one must change" in \
+        p.detail
+    # a with block inside both: three sites where the denoiser runs
+    inner = [e for e in rep.locator.events if e.sites and len(e.sites) == 3]
+    assert not inner or inner[0].sites[2].startswith("`with torch.no_grad():` in "
+                                                     "_den_in_no_grad_block")
+
+
+def test_a_with_block_is_a_site_with_its_line():
+    from gradcheck.torch_internals import grad_off_sites
+
+    with torch.no_grad():  # SITE-HERE
+        sites = grad_off_sites()
+    assert sites == [{"api": "with torch.no_grad():", "function":
+                      "test_a_with_block_is_a_site_with_its_line",
+                      "location": f"tests/test_locate.py:{_line_of('# SITE-HERE')}"}]

@@ -32,8 +32,8 @@ from .. import graph
 from ..probes import Trace
 from ..records import BreakEvent
 from ..torch_internals import (
-    caller_of_user_frame, decorated_on_stack, grad_switch_site, in_reentrant_checkpoint,
-    tensors_in, user_frame,
+    caller_of_user_frame, decorated_on_stack, describe_sites, grad_off_sites, grad_switch_site,
+    in_reentrant_checkpoint, tensors_in, user_frame,
 )
 from .primary import ValueFacts
 
@@ -67,6 +67,8 @@ SHAPE_ONLY = {"view_as", "expand_as", "reshape_as", "type_as"}
 #: Products: a z0-dependent value times a constant that is exactly zero passes no gradient, by
 #: the schedule's design (a structural zero), not because of the data.
 PRODUCTS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
+#: Causes that are grad mode switched off (their events list every site in effect).
+GRAD_OFF_CAUSES = {"no_grad", "decorated_no_grad", "inference_mode", "grad_mode_off"}
 #: Copies/moves: an escape right after one of these upgrades the cause of the cut before it.
 COPY_OPS = {"cpu", "cuda", "to", "contiguous", "clone", "float", "double"}
 
@@ -354,9 +356,26 @@ class Provenance(TorchFunctionMode):
         loc, fn = location or user_frame()
         ev = BreakEvent(kind=kind, cause=cause, op=op, index=len(self.events), step=step,
                         location=loc, function=fn, detail=detail)
+        if cause in GRAD_OFF_CAUSES:
+            self._name_sites(ev)
         self.probe_before[id(ev)] = last  # resolved to probe names after the run
         self.events.append(ev)
         return ev
+
+    def _name_sites(self, ev: BreakEvent) -> None:
+        """Every grad-disabling site in effect now, outermost first, on the event and in its
+        words: removing one of several leaves the gradient cut."""
+        sites = [describe_sites([s]) for s in grad_off_sites()]
+        off = self.grad_off or (self.grad_off_before if self.grad_off_at_start else None)
+        if off is not None and not off["block"]:
+            sites.insert(0, f"{off['api']} at {off['location']} (a call that stays in effect)")
+        ev.sites = sites
+        if len(sites) > 1:
+            ev.detail = ((ev.detail + "; ") if ev.detail else "") + (
+                f"grad is off here because of {len(sites)} sites, outermost first: "
+                + "; ".join(f"({k}) {s}" for k, s in enumerate(sites, 1))
+                + ": every one must change for the gradient to flow (or diagnose with "
+                  "allow_grad=True to see the gradient they block)")
 
     def observe(self, index: int, t: torch.Tensor) -> None:
         """Trace observer: remember each probed tensor's state when it is probed."""

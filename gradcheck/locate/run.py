@@ -71,18 +71,6 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
                                      cotangent=path_cotangent(out, pp.seed, rank))
         elif want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             back = backward_analysis(loss, z, prov.grad_fn_info, want, tr)
-    # float() results cannot be followed through Python arithmetic: replay with each nudged
-    # (one forward pass per site; one process only, where the passes need no partner)
-    replays = 0
-    if loss_facts is not None and loss_facts.bias is None and prov.float_escapes and \
-            policy.world == 1:
-        from .interventions import float_biases
-
-        found, replays = float_biases(sample_fn, z0, loss_of, run_ctx=run_ctx,
-                                      base_loss=float(loss.detach()),
-                                      escapes=prov.float_escapes)
-        if found:
-            loss_facts.bias = found[0]
     # a wrong gradient with the path intact: each custom autograd.Function applied to a
     # z0-dependent value, its backward against finite differences of its forward alone
     wrong, checked = ([], 0)
@@ -99,6 +87,18 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     # schedule puts there whatever the data
     back.sort(key=lambda e: e.cause == "constant_zero")
     resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
+    # float() results cannot be followed through Python arithmetic: replay with each nudged
+    # (one forward pass per site; one process only, where the passes need no partner)
+    replays = 0
+    if loss_facts is not None and loss_facts.bias is None and prov.float_escapes and \
+            policy.world == 1:
+        from .interventions import float_biases
+
+        found, replays = float_biases(sample_fn, z0, loss_of, run_ctx=run_ctx,
+                                      base_loss=float(loss.detach()),
+                                      escapes=prov.float_escapes)
+        if found:
+            loss_facts.bias = found[0]
     probe_facts: dict[int, ValueFacts] = prov.probe_meta
     primary, note = choose_primary(
         loss=loss_facts, loss_gconn=isinstance(loss, torch.Tensor) and prov.gconn(loss),

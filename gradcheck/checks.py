@@ -466,6 +466,25 @@ def trace_hygiene(r: FlowReport) -> Finding:
                    else "; ".join(problems))
 
 
+def grad_allowed(r: FlowReport) -> Finding:
+    """With ``allow_grad``: the grad-disabling sites that were neutralised, as what to change
+    for the gradient to flow (a warning: the verdict holds only with those changes)."""
+    name = "grad_allowed"
+    if r.allowed_grad is None:
+        return Finding(name, True, level="info", value=None, threshold=None,
+                       message="allow_grad not asked: grad-disabling sites were left as they are")
+    if not r.allowed_grad:
+        return Finding(name, True, level="info", value=0, threshold=0,
+                       message="allow_grad: no grad-disabling site was met; the sampler runs "
+                               "with grad as it is")
+    said = "; ".join(f"{s.api} on {s.function} ({s.location}, {s.count}x)"
+                     if s.api.startswith("@") else f"{s.api} in {s.function} ({s.location}, "
+                     f"{s.count}x)" for s in r.allowed_grad)
+    return Finding(name, False, level="warning", value=len(r.allowed_grad), threshold=0,
+                   message=f"this verdict holds with grad allowed: to make this differentiable, "
+                           f"change: {said}")
+
+
 CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     output_requires_grad,
     grad_reaches_output,
@@ -481,6 +500,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     numeric_directional,
     optimizer_changes_z0,
     loss_moves,
+    grad_allowed,
     trace_hygiene,
 )
 

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "fn(denoiser, z0) -> output")
     g.add_argument("--unwrap", action="store_true", help="if the sampler is decorated with "
                    "@torch.no_grad(), diagnose inspect.unwrap of it instead")
+    g.add_argument("--allow-grad", action="store_true", help="neutralise every no_grad / "
+                   "inference_mode / set_grad_enabled(False) the sampler enters (decorators "
+                   "and blocks, nested ones too) for the diagnosed run, and list them as what "
+                   "to change for the gradient to flow")
     g.add_argument("--shape", type=str, default=None, help="sample shape C,H,W (default: the "
                    "denoiser's; 1,8,8 for the built-ins)")
     g.add_argument("--batch", type=int, default=2, help="batch size of z0 (default 2)")
@@ -213,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     cfg = RunConfig(
         modes=parse_modes(args.mode), sampler=sampler, denoiser=args.denoiser, seed=args.seed,
-        sampler_spec=args.sampler_spec, unwrap=args.unwrap,
+        sampler_spec=args.sampler_spec, unwrap=args.unwrap, allow_grad=args.allow_grad,
         nproc=_nproc(args),
         parallel=args.parallel, dist_timeout=args.dist_timeout,
         dtype=args.dtype, device=args.device, batch=args.batch,

@@ -455,6 +455,7 @@ def diagnose(
     scan_randomness: bool | None = None,
     policy: Local | None = None,
     shadow: bool | None = None,
+    allow_grad: bool = False,
 ) -> FlowReport:
     """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
 
@@ -498,6 +499,10 @@ def diagnose(
         shadow: below float64, also check the gradient of a float64 shadow run of the same
             sampler (default: where the sampler can be cast, ``sample_fn.at_dtype``, and the
             loss is a built-in one; ``False`` skips it).
+        allow_grad: run the sampler with its grad-disabling sites (``@torch.no_grad()``,
+            ``with torch.no_grad()``/``inference_mode``, ``set_grad_enabled(False)`` in the
+            user's or a library's code) neutralised, and list them in the report as what to
+            change (:mod:`gradcheck.allow`; check ``grad_allowed``). Global state is restored.
 
     Returns:
         A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
@@ -507,6 +512,11 @@ def diagnose(
         raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {locate!r}")
     modes.get(mode)
     z0 = validate_z0(z0)
+    allowing = None
+    if allow_grad:  # every pass runs with the sampler's grad-disabling sites neutralised
+        from .allow import Allowing
+
+        sample_fn = allowing = Allowing(sample_fn)
     policy = policy or current(getattr(sample_fn, "shard_dim", 0))
     t_start = time.perf_counter()
     run = runner(sample_fn, seed, z0.device)
@@ -540,7 +550,12 @@ def diagnose(
                       thresholds={"vanishing_rel": vanishing_rel,
                                   "exploding_ratio": exploding_ratio})
     report.numeric_shadow = shadow_num
-    if shadow_num is not None:
+    if allowing is not None:
+        from .records import GradSite
+
+        report.allowed_grad = [GradSite(s.api, s.function, s.location, s.count)
+                               for s in allowing.sites or []]
+    if shadow_num is not None or allowing is not None:
         report.checks = run_checks(report)
     report.timings = timings
     # a stationary loss (on any rank: every rank takes part): is the path itself alive?

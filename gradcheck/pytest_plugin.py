@@ -23,12 +23,32 @@ from . import observers
 _KEY = pytest.StashKey[list]()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Watch grad-mode switches from the start, before test modules import third-party code:
-    a module that switches grad mode off at import is then named with its line."""
-    from .gradmode import watch_grad_mode
+def _watch_when_torch_is_there() -> None:
+    """Watch grad-mode switches as early as the session allows without importing torch itself
+    (the plugin loads in every pytest run): once torch is imported, before the next module is
+    collected or test runs, a module that switches grad mode off at import is named."""
+    import sys
 
-    watch_grad_mode()
+    if "torch" in sys.modules:
+        from .gradmode import watch_grad_mode
+
+        watch_grad_mode()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _watch_when_torch_is_there()
+    if config.getoption("gradcheck_allow_grad", default=False):
+        from . import testing
+
+        testing.DEFAULTS["allow_grad"] = True
+
+
+def pytest_collectstart(collector: Any) -> None:
+    _watch_when_torch_is_there()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _watch_when_torch_is_there()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +56,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--gradcheck-report", metavar="DIR", default=None,
                     help="write the HTML report of every gradcheck diagnosis made in a test "
                          "to DIR/<test id>/")
+    group.addoption("--gradcheck-allow-grad", action="store_true", default=False,
+                    help="diagnose with allow_grad=True: the sampler's no_grad / inference_mode "
+                         "/ set_grad_enabled(False) sites neutralised and listed as what to "
+                         "change")
 
 
 class GradcheckRecorder:
@@ -47,8 +71,9 @@ class GradcheckRecorder:
     def diagnose(self, sample_fn: Any, z0: Any, **kw: Any) -> Any:
         """:func:`gradcheck.diagnose` (recorded, and reported with ``--gradcheck-report``)."""
         from .diagnosis import diagnose
+        from .testing import DEFAULTS
 
-        return diagnose(sample_fn, z0, **kw)
+        return diagnose(sample_fn, z0, **{**DEFAULTS, **kw})
 
     def trace(self) -> Any:
         """:func:`gradcheck.trace`: record the gradient at your own probes."""

@@ -187,6 +187,16 @@ class BreakEvent(Record):
 
 
 @dataclass
+class GradSite(Record):
+    """A grad-disabling site that ``allow_grad`` neutralised."""
+
+    api: str  # "@torch.no_grad()", "with torch.no_grad():", "torch.set_grad_enabled(False)", ...
+    function: str | None  # the function it wraps (a decorator) or is in
+    location: str | None  # path:line (a decorator: the decorated function's first line)
+    count: int = 0  # how often it was met in one run of the sampler
+
+
+@dataclass
 class VjpCheck(Record):
     """One probe of the numeric localisation: the gradient reaching a probed value, along a
     seeded direction, by reverse mode and by finite differences of the rest of the run."""
@@ -308,6 +318,9 @@ class FlowReport(Record):
     # the numeric check of a float64 shadow run of the same sampler (below float64, where the
     # denoiser can be cast): the power the check at the working precision lacks
     numeric_shadow: NumericResult | None = None  # see above
+    # diagnose(allow_grad=True): the grad-disabling sites neutralised in the record pass (what
+    # must change for the gradient to flow); None when not asked
+    allowed_grad: list[GradSite] | None = None
     checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

@@ -34,6 +34,7 @@ class RunConfig:
     dist_timeout: float = 120.0  # seconds any collective may wait (a dead rank fails, not hangs)
     sampler_spec: str | None = None  # package.module:fn, a sampler of the user's own
     unwrap: bool = False  # run inspect.unwrap of a @torch.no_grad()-decorated sampler
+    allow_grad: bool = False  # neutralise the sampler's grad-disabling sites (gradcheck.allow)
     seed: int = 0
     dtype: str = "float64"
     device: str = "cpu"
@@ -333,7 +334,8 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = Fals
                                      lr=cfg.lr, raw_graph_cap=raw_graph_cap,
                                      keep_raw_graph=keep_raw_graph, locate=cfg.locate,
                                      vanishing_rel=cfg.vanishing_rel,
-                                     exploding_ratio=cfg.exploding_ratio)
+                                     exploding_ratio=cfg.exploding_ratio,
+                                     allow_grad=cfg.allow_grad)
         if cfg.sampler.truncate is not None:
             rep.truncation = compare_truncation(rep, den, cfg, mode, z0)
     config = cfg.to_dict()

@@ -38,10 +38,15 @@ class GradientFlowError(AssertionError):
         self.report = report
 
 
+#: defaults for every diagnosis the assertions make (the pytest plugin's
+#: ``--gradcheck-allow-grad`` sets ``allow_grad``); a call's own keywords win
+DEFAULTS: dict[str, Any] = {}
+
+
 def _diagnose(sample_fn: Callable[..., Any], z0: Any, **kw: Any) -> FlowReport:
     from .diagnosis import diagnose
 
-    return diagnose(sample_fn, z0, **kw)
+    return diagnose(sample_fn, z0, **{**DEFAULTS, **kw})
 
 
 def step_lines(r: FlowReport, limit: int = 8) -> list[str]:

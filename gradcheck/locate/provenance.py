@@ -370,6 +370,13 @@ class Provenance(TorchFunctionMode):
         if off is not None and not off["block"]:
             sites.insert(0, f"{off['api']} at {off['location']} (a call that stays in effect)")
         ev.sites = sites
+        from ..allow import active
+
+        if active():  # allow_grad neutralises what it can reach: this one it could not
+            ev.detail = ((ev.detail + "; ") if ev.detail else "") + (
+                "allow_grad was on, yet grad mode was off here: a switch allow_grad cannot "
+                "reach (code compiled by torch.compile, a C++ guard such as "
+                "torch._C._InferenceMode, another thread)")
         if len(sites) > 1:
             ev.detail = ((ev.detail + "; ") if ev.detail else "") + (
                 f"grad is off here because of {len(sites)} sites, outermost first: "

@@ -1,0 +1,221 @@
+"""``allow_grad``: what would the gradient be if the sampler's grad-disabling sites allowed it?
+
+Third-party samplers switch grad mode off on purpose (Cosmos decorates ``Sampler.forward`` *and*
+``Sampler._forward_impl`` with ``@torch.no_grad()``; pipelines wrap ``encode``/``decode`` and
+conditioners in ``torch.inference_mode``). Editing their code to ask "would the gradient flow
+otherwise?" is what this replaces. Inside :class:`AllowGrad`, every ``no_grad`` /
+``set_grad_enabled(False)`` switch and every ``inference_mode`` entered *by the user's or a
+library's code* (a decorator on a function defined outside torch, a ``with`` block or a call in
+such code) is neutralised: grad mode stays as it was, and the site is recorded (the API, the
+function, its file:line, how often). torch's own internal uses are left alone, and so is
+gradcheck's.
+
+Mechanism: ``torch._C._set_grad_enabled`` (what ``no_grad``, ``set_grad_enabled`` and their
+decorators call) and ``torch.inference_mode.__enter__/__exit__`` are wrapped while at least one
+``AllowGrad`` is active (nesting and re-entry share one installation, counted), and restored
+exactly afterwards, with the grad mode the block started with, also on exceptions and
+``KeyboardInterrupt``.
+
+Limits (reported, not silently ignored: a cut that remains under ``allow_grad`` is located as
+usual, and says that ``allow_grad`` could not reach it): code compiled by ``torch.compile`` (its
+grad mode is part of the compiled graph), switches made in C++ (``torch._C._InferenceMode``
+used directly, extensions), and other threads (grad mode is per thread; the wrapper is global, so
+do not diagnose while another thread relies on ``no_grad``).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .torch_internals import is_user_file, qualname
+
+_GRAD_FILES = ("grad_mode.py", "_contextlib.py")
+
+
+@dataclass
+class Site:
+    """One neutralised grad-disabling site."""
+
+    api: str  # "@torch.no_grad()", "with torch.no_grad():", "torch.set_grad_enabled(False)", ...
+    function: str | None
+    location: str | None
+    count: int = 0
+
+
+def _rel(path: str) -> str:
+    import os
+
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
+
+
+def _switch_site(api_hint: str) -> tuple[str, str | None, str | None] | None:
+    """Who is disabling grad now, if it is the user's or a library's code (else None): the API
+    as written, the function, its file:line. Walks out of torch's grad-mode plumbing; a
+    decorator is named by the function it wraps."""
+    f = sys._getframe(2)
+    api = api_hint
+    while f is not None:
+        code = f.f_code
+        if code.co_name == "decorate_context" and code.co_filename.endswith("_contextlib.py"):
+            fn = f.f_locals.get("func")
+            fcode = getattr(fn, "__code__", None)
+            if fcode is None or not is_user_file(fcode.co_filename):
+                return None
+            return f"@{api}", qualname(fn), f"{_rel(fcode.co_filename)}:{fcode.co_firstlineno}"
+        if code.co_filename.endswith(_GRAD_FILES):
+            owner = type(f.f_locals.get("self", None)).__name__
+            if owner == "no_grad":
+                api = "torch.no_grad()"
+            elif owner == "set_grad_enabled":
+                api = "torch.set_grad_enabled(False)"
+            f = f.f_back
+            continue
+        if not is_user_file(code.co_filename):
+            return None  # torch's own use (or gradcheck's): left alone
+        from .torch_internals import _opens_a_with_block
+
+        if _opens_a_with_block(f):
+            api = f"with {api}:"
+        return api, code.co_name, f"{_rel(code.co_filename)}:{f.f_lineno}"
+    return None
+
+
+class _Installation:
+    """The wrappers, installed while any AllowGrad is active."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.active: list[AllowGrad] = []
+        self.saved: dict[str, Any] = {}
+
+    def record(self, api: str, function: str | None, location: str | None) -> None:
+        for a in self.active:
+            a._record(api, function, location)
+
+    def install(self) -> None:
+        real_set = torch._C._set_grad_enabled
+        self.saved["set"] = real_set
+        me = self
+
+        def set_grad_enabled(mode: bool) -> Any:
+            if not mode and me.active and torch.is_grad_enabled():  # a switch that turns it off
+                try:
+                    site = _switch_site("torch.set_grad_enabled(False)")
+                except Exception:  # noqa: BLE001 - never break the switch: let it happen
+                    site = None
+                if site is not None:
+                    me.record(*site)
+                    return None  # neutralised: grad mode stays as it is
+            return real_set(mode)
+
+        torch._C._set_grad_enabled = set_grad_enabled
+        im = torch.inference_mode
+        self.saved["im_enter"] = im.__dict__["__enter__"]
+        self.saved["im_exit"] = im.__dict__["__exit__"]
+        enter, exit_ = self.saved["im_enter"], self.saved["im_exit"]
+
+        def im_enter(ctx: Any) -> None:
+            site = None
+            if getattr(ctx, "mode", True) and me.active:
+                try:
+                    site = _switch_site("torch.inference_mode()")
+                except Exception:  # noqa: BLE001
+                    site = None
+            if site is not None:
+                me.record(*site)
+                ctx._gradcheck_allowed = True
+                return None
+            ctx._gradcheck_allowed = False
+            return enter(ctx)
+
+        def im_exit(ctx: Any, *exc: Any) -> Any:
+            if getattr(ctx, "_gradcheck_allowed", False):
+                ctx._gradcheck_allowed = False
+                return None
+            return exit_(ctx, *exc)
+
+        im.__enter__ = im_enter
+        im.__exit__ = im_exit
+
+    def uninstall(self) -> None:
+        torch._C._set_grad_enabled = self.saved.pop("set")
+        torch.inference_mode.__enter__ = self.saved.pop("im_enter")
+        torch.inference_mode.__exit__ = self.saved.pop("im_exit")
+
+
+_INSTALLED = _Installation()
+
+
+class AllowGrad:
+    """A context in which grad-disabling sites entered inside are neutralised and recorded
+    (see the module docs). ``sites``: what was neutralised, in first-seen order."""
+
+    def __init__(self) -> None:
+        self.sites: list[Site] = []
+        self._index: dict[tuple[str, str | None, str | None], Site] = {}
+        self._grad_mode = True
+
+    def _record(self, api: str, function: str | None, location: str | None) -> None:
+        key = (api, function, location)
+        site = self._index.get(key)
+        if site is None:
+            site = self._index[key] = Site(api, function, location)
+            self.sites.append(site)
+        site.count += 1
+
+    def __enter__(self) -> AllowGrad:
+        self._grad_mode = torch.is_grad_enabled()
+        if _INSTALLED.depth == 0:
+            _INSTALLED.install()
+        _INSTALLED.depth += 1
+        _INSTALLED.active.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            _INSTALLED.active.remove(self)
+        finally:
+            _INSTALLED.depth -= 1
+            if _INSTALLED.depth == 0:
+                _INSTALLED.uninstall()
+            torch._C._set_grad_enabled(self._grad_mode)
+
+
+def active() -> bool:
+    """Whether an AllowGrad is in effect (a cut still seen under it is one it cannot reach)."""
+    return bool(_INSTALLED.active)
+
+
+class Allowing:
+    """``sample_fn`` called under :class:`AllowGrad` each time; the sites of its first call
+    (the record pass) are kept in ``sites``. Everything else is the sampler's (its mode,
+    ``at_dtype``, leaves, ...)."""
+
+    def __init__(self, sample_fn: Callable[[torch.Tensor], Any]) -> None:
+        self.inner = sample_fn
+        self.sites: list[Site] | None = None
+
+    def __call__(self, z: torch.Tensor) -> Any:
+        grad_on = torch.is_grad_enabled()
+        with AllowGrad() as allow:
+            out = self.inner(z)
+        if self.sites is None and grad_on:  # the first pass with grad: the record pass
+            self.sites = allow.sites
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = getattr(self.inner, name)  # AttributeError when the sampler has none
+        if name == "at_dtype":  # a shadow run of the same sampler, allowed the same way
+            def at_dtype(dtype: torch.dtype) -> Any:
+                shadow = value(dtype)
+                return None if shadow is None else Allowing(shadow)
+            return at_dtype
+        return value

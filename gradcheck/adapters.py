@@ -372,3 +372,67 @@ def diffusers_pipeline(pipe: Any, *, unwrap: bool = False, seed: int | None = No
     desc = f"diffusers {name}{tag} ({type(inner).__name__}, {type(pipe.scheduler).__name__})" \
         if hasattr(pipe, "scheduler") else f"diffusers {name}{tag}"
     return AdaptedSampler(sample, mode="custom", description=desc, notes=notes)
+
+
+#: Cosmos ``Sampler.forward`` keywords the adapter passes on
+COSMOS_KEYWORDS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max",
+                   "S_noise", "solver_option")
+#: the names a Cosmos-style step's locals give the state after the step, the step index
+_COSMOS_STATE = ("output_x_B_StateShape", "x_t", "x_next", "x")
+_COSMOS_INDEX = ("i_th", "i", "step")
+
+
+def cosmos(sampler: Any, x0_fn: Callable[..., Any], **sampler_kwargs: Any) -> AdaptedSampler:
+    """An NVIDIA Cosmos-style ``Sampler`` (``sampler(x0_fn, x_sigma_max=..., num_steps=...,
+    sigma_min=..., sigma_max=..., rho=..., S_churn=..., S_min=..., S_max=..., S_noise=...,
+    solver_option=...)``), called unmodified as ``sampler(x0_fn, x_sigma_max=sigma_max * z0,
+    **sampler_kwargs)``.
+
+    Every ``x0_fn`` call is a probed denoiser call (its float64 wrapper and the final clean call
+    at sigma_min included); ``x_sigma_max`` is probed as x_T; where the sampler takes
+    ``callback_fns``, a callback probes the state after each step (its ``**locals()``). Churn
+    noise drawn with ``torch.randn_like`` from the global RNG is fresh randomness: with
+    ``S_churn > 0`` it is reported at each step (a warning); with ``S_churn = 0`` the draw is
+    multiplied by zero and raises nothing. Its ``@torch.no_grad()`` entry points are named as the
+    break; ``diagnose(..., allow_grad=True)`` looks past them.
+    """
+    if not callable(sampler):
+        raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
+    unknown = sorted(set(sampler_kwargs) - set(COSMOS_KEYWORDS) - {"callback_fns"})
+    if unknown:
+        raise ConfigError(f"cosmos: unknown sampler keyword(s) {', '.join(unknown)}; it takes "
+                          f"{', '.join(COSMOS_KEYWORDS)}")
+    sigma_max = float(sampler_kwargs.get("sigma_max", 80.0))
+    churn = float(sampler_kwargs.get("S_churn", 0.0) or 0.0)
+    den = instrument(x0_fn)
+    entry = getattr(sampler, "forward", sampler)
+    try:
+        takes_callbacks = "callback_fns" in inspect.signature(entry).parameters
+    except (TypeError, ValueError):
+        takes_callbacks = False
+    name = type(sampler).__name__ if not inspect.isfunction(sampler) else sampler.__qualname__
+
+    def on_step(**loc: Any) -> None:
+        state = next((loc[k] for k in _COSMOS_STATE if isinstance(loc.get(k), torch.Tensor)),
+                     None)
+        i = next((loc[k] for k in _COSMOS_INDEX if isinstance(loc.get(k), int)), None)
+        if state is not None and i is not None:
+            probe(state, f"x[{i + 1}]@callback", step=i + 1, kind="state")
+
+    def sample(z0: torch.Tensor) -> torch.Tensor:
+        x_T = probe(sigma_max * z0, "x_T", step=0, kind="x_T", sigma=sigma_max)
+        kw = dict(sampler_kwargs)
+        if takes_callbacks:
+            kw["callback_fns"] = list(kw.get("callback_fns") or []) + [on_step]
+        return sampler(den, x_sigma_max=x_T, **kw)
+
+    notes = [f"Cosmos convention: {name}(x0_fn, x_sigma_max=sigma_max * z0, "
+             + ", ".join(f"{k}={v!r}" for k, v in sampler_kwargs.items()) + ")"]
+    if churn > 0:
+        notes.append(f"S_churn={churn:g}: the churn noise is drawn with torch.randn_like from the "
+                     f"global RNG each step: fresh randomness, not derived from z0")
+    else:
+        notes.append("S_churn=0: the churn draw (torch.randn_like) is multiplied by zero; it "
+                     "does not enter the state")
+    return AdaptedSampler(sample, mode="custom" if churn > 0 else "default",
+                          description=f"{name} (Cosmos convention)", notes=notes)

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "fn(denoiser, z0) -> output")
     g.add_argument("--unwrap", action="store_true", help="if the sampler is decorated with "
                    "@torch.no_grad(), diagnose inspect.unwrap of it instead")
+    g.add_argument("--convention", choices=("auto", "cosmos"), default="auto",
+                   help="how --sampler is called: auto (a k-diffusion-convention function, or "
+                   "fn(denoiser, z0)); cosmos (PKG.MOD:Factory makes an NVIDIA Cosmos-style "
+                   "Sampler, called unmodified as sampler(x0_fn, x_sigma_max=sigma_max * z0, "
+                   "num_steps=..., solver_option=..., S_churn=...) with the run's settings)")
     g.add_argument("--allow-grad", action="store_true", help="neutralise every no_grad / "
                    "inference_mode / set_grad_enabled(False) the sampler enters (decorators "
                    "and blocks, nested ones too) for the diagnosed run, and list them as what "
@@ -218,6 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         modes=parse_modes(args.mode), sampler=sampler, denoiser=args.denoiser, seed=args.seed,
         sampler_spec=args.sampler_spec, unwrap=args.unwrap, allow_grad=args.allow_grad,
+        convention=args.convention,
         nproc=_nproc(args),
         parallel=args.parallel, dist_timeout=args.dist_timeout,
         dtype=args.dtype, device=args.device, batch=args.batch,

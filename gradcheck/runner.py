@@ -35,6 +35,7 @@ class RunConfig:
     sampler_spec: str | None = None  # package.module:fn, a sampler of the user's own
     unwrap: bool = False  # run inspect.unwrap of a @torch.no_grad()-decorated sampler
     allow_grad: bool = False  # neutralise the sampler's grad-disabling sites (gradcheck.allow)
+    convention: str = "auto"  # --sampler's calling convention: auto (k-diffusion or fn), cosmos
     seed: int = 0
     dtype: str = "float64"
     device: str = "cpu"
@@ -87,6 +88,11 @@ class RunConfig:
         if self.unwrap and not self.sampler_spec:
             raise ConfigError("--unwrap applies to --sampler (the built-in sampler is not "
                               "decorated)")
+        if self.convention not in ("auto", "cosmos"):
+            raise ConfigError(f"unknown convention {self.convention!r}: auto or cosmos")
+        if self.convention != "auto" and not self.sampler_spec:
+            raise ConfigError(f"--convention {self.convention} applies to --sampler (the "
+                              f"built-in sampler has its own)")
         resolve_device(self.device)
         return self
 
@@ -141,6 +147,18 @@ def user_sampler(cfg: RunConfig, fn: Callable[..., Any], den: Callable[..., Any]
     mode's step noise (default: its own); any other function is called as ``fn(denoiser, z0)``."""
     from . import adapters
 
+    if cfg.convention == "cosmos":  # fn is a factory (a class): its instance, called unmodified
+        try:
+            obj = fn()
+        except TypeError as exc:
+            raise ConfigError(f"--convention cosmos: {getattr(fn, '__qualname__', fn)!r} must "
+                              f"be a factory taking no arguments (a Sampler class): {exc}") \
+                from exc
+        sc = cfg.sampler
+        return adapters.cosmos(obj, den, num_steps=sc.steps, sigma_min=sc.sigma_min,
+                               sigma_max=sc.sigma_max, rho=sc.rho, S_churn=sc.s_churn or 0.0,
+                               S_min=sc.s_min, S_max=sc.s_max, S_noise=sc.s_noise,
+                               solver_option=sc.solver)
     if adapters.is_kdiffusion(fn):
         sig = cfg.sampler.sigmas()
         sigmas = torch.cat([sig, sig.new_zeros(1)]).to(dtype)
@@ -162,6 +180,8 @@ def user_modes(cfg: RunConfig, fn: Callable[..., Any]) -> list[str]:
     sampler that takes a noise_sampler; ``both`` falls back to ``default`` for the others."""
     from . import adapters
 
+    if cfg.convention == "cosmos":  # its own churn; no step-noise modes to hand it
+        return ["default"]
     if adapters.is_kdiffusion(fn) and adapters.takes_noise_sampler(fn):
         return list(cfg.modes)
     if cfg.modes == list(BOTH):

@@ -604,8 +604,8 @@ class Provenance(TorchFunctionMode):
                 m.gconn = pre[0][2] if pre else m.gconn
             if inplace and o is args[0]:
                 self._write_through_data(o, base)
-            if not any_dep and draws:
-                m.rand = draws[0]
+            if not any_dep and draws and not (name in PRODUCTS and _zero_factor(args, pre)):
+                m.rand = draws[0]  # (a draw times an exact 0, as churn at S_churn = 0: none)
             if name == "data.__get__" and args and isinstance(args[0], torch.Tensor):
                 m.data_of = weakref.ref(args[0])
             m.made_at = (base, loc, step, last)
@@ -643,6 +643,22 @@ class Provenance(TorchFunctionMode):
                 "bias", "data_write", f"x.data.{op}",
                 detail="an in-place write through .data changes a value autograd recorded "
                        "without telling it: the gradient flows, through the old value")
+
+
+def _zero_factor(args: tuple, pre: list) -> bool:
+    """A product's factor that is a constant exact zero (a Python 0, or a small tensor that
+    depends on neither z0 nor a random draw and is all zeros)."""
+    for a in args:
+        if isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0:
+            return True
+    for t, d, _, m in pre:
+        if not d and (m is None or m.rand is None) and t.numel() <= 64:
+            try:
+                if bool((t == 0).all()):
+                    return True
+            except RuntimeError:
+                continue
+    return False
 
 
 def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: Trace) -> None:

@@ -1,0 +1,105 @@
+"""The Cosmos convention: an unmodified Cosmos-style Sampler (tests/cosmos_replica.py: both entry
+points @torch.no_grad(), a float64 wrapper, module-level helpers, fori_loop, callback_fns with
+**locals(), churn from torch.randn_like, the final clean call) diagnosed through
+adapters.cosmos: as-is it fails naming both decorators; with allow_grad it passes with the
+gradient of the undecorated pieces run by hand."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck import adapters
+from gradcheck.errors import ConfigError
+from gradcheck.sampling import GaussianDenoiser, SamplerConfig, sample_res
+
+from . import cosmos_replica as cr
+
+DEN = GaussianDenoiser(0.1, 0.5)
+ROOT = Path(__file__).resolve().parent.parent
+SOLVERS = [("2ab", 4), ("2mid", 8), ("1euler", 4)]
+
+
+def _z0(dtype=torch.float64, seed=1):
+    return torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("solver, steps", SOLVERS)
+def test_the_replica_computes_the_res_sampler(solver, steps):
+    z0 = _z0()
+    out = cr.Sampler()(DEN, 80.0 * z0, num_steps=steps, solver_option=solver)
+    ref = sample_res(DEN, 80.0 * z0, SamplerConfig(solver=solver, steps=steps).sigmas(),
+                     solver=solver)  # with the final clean call, as the original
+    assert float((out - ref).abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("solver, steps", SOLVERS)
+def test_as_is_the_diagnosis_fails_naming_both_decorators(solver, steps):
+    fn = adapters.cosmos(cr.Sampler(), DEN, num_steps=steps, solver_option=solver)
+    rep = gradcheck.diagnose(fn, _z0(), numeric=False, optim_steps=0)
+    p = rep.locator.primary
+    assert not rep.passed and p.cause == "decorated_no_grad"
+    assert [s.split(" (")[0] for s in p.sites] == [
+        "@torch.no_grad() on tests.cosmos_replica.Sampler.forward",
+        "@torch.no_grad() on tests.cosmos_replica.Sampler._forward_impl"]
+    assert "every one must change" in p.detail
+
+
+@pytest.mark.parametrize("solver, steps", SOLVERS)
+def test_with_allow_grad_it_passes_with_the_gradient_of_the_undecorated_pieces(solver, steps):
+    z0, target = _z0(), _z0(seed=9)
+    fn = adapters.cosmos(cr.Sampler(), DEN, num_steps=steps, solver_option=solver)
+    rep = gradcheck.diagnose(fn, z0, target=target, allow_grad=True, optim_steps=1)
+    assert rep.passed, [f.message for f in rep.failed]
+    assert [s.function for s in rep.allowed_grad] == [
+        "tests.cosmos_replica.Sampler.forward", "tests.cosmos_replica.Sampler._forward_impl"]
+    z = z0.clone().requires_grad_(True)
+    loss = torch.nn.functional.mse_loss(
+        cr.undecorated(DEN, 80.0 * z, num_steps=steps, solver_option=solver), target)
+    (ref,) = torch.autograd.grad(loss, [z])
+    got = rep.handles["z0_grad"]
+    assert float((got - ref).norm() / ref.norm()) <= 1e-10
+    assert rep.numeric.verdict == "agrees" and rep.numeric.rel_error < 1e-6  # and FD
+    # every x0_fn call is a probed step (the final clean call included), the state through
+    # the sampler's callback_fns
+    outs = rep.of_kind("denoiser_out")  # (2mid: num_steps counts calls, two a step)
+    assert len(outs) == steps + 1 and all(p.status == "ok" for p in outs)
+    assert any(p.name.endswith("@callback") for p in rep.of_kind("state"))
+
+
+def test_churn_noise_is_fresh_randomness_at_each_step_and_none_at_s_churn_0():
+    fn = adapters.cosmos(cr.Sampler(), DEN, num_steps=4, S_churn=10.0)
+    rep = gradcheck.diagnose(fn, _z0(), allow_grad=True, optim_steps=0)
+    f = rep.check("fresh_randomness")
+    assert rep.passed and f.level == "warning" and f.value == 4, f.message
+    assert "randn_like at tests/cosmos_replica.py:" in f.message
+    for dtype in (torch.float32, torch.float64):  # S_churn = 0: a draw times 0, no alarm
+        fn = adapters.cosmos(cr.Sampler(), DEN, num_steps=4)
+        rep = gradcheck.diagnose(fn, _z0(dtype), allow_grad=True, optim_steps=0,
+                                 locate="always")
+        f = rep.check("fresh_randomness")
+        assert rep.passed and f.level == "info" and rep.locator.primary is None, f.message
+        assert any("multiplied by zero" in n for n in rep.notes)
+
+
+def test_unknown_keywords_are_refused_by_name():
+    with pytest.raises(ConfigError, match="unknown sampler keyword.*steps"):
+        adapters.cosmos(cr.Sampler(), DEN, steps=4)
+
+
+def test_the_command_line_runs_the_cosmos_convention(tmp_path):
+    cmd = [sys.executable, "-m", "gradcheck", "run", "--sampler", "tests.cosmos_replica:factory",
+           "--convention", "cosmos", "--denoiser", "gaussian", "--steps", "4", "--no-html",
+           "--out", str(tmp_path / "o")]
+    plain = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    allowed = subprocess.run(cmd + ["--allow-grad"], capture_output=True, text=True, cwd=ROOT,
+                             timeout=300)
+    assert plain.returncode == 2 and "Sampler._forward_impl" in plain.stdout, plain.stdout[-3000:]
+    assert allowed.returncode == 0, allowed.stdout[-3000:] + allowed.stderr[-2000:]
+    assert "to make this differentiable, change: @torch.no_grad() on " \
+           "tests.cosmos_replica.Sampler.forward" in allowed.stdout

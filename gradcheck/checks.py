@@ -466,6 +466,23 @@ def trace_hygiene(r: FlowReport) -> Finding:
                    else "; ".join(problems))
 
 
+def sampler_ran(r: FlowReport) -> Finding:
+    """The sampler's forward pass and the backward pass ran without raising; when one raised,
+    where (step, the user's file:line) and torch's own message."""
+    e = r.raised
+    if e is None:
+        return Finding("sampler_ran", True, value=None, threshold=None,
+                       message="the sampler's forward pass and the backward pass ran")
+    where = ", ".join(x for x in (
+        f"at step {e.step}" if e.step is not None else None,
+        f"at {e.location}" + (f" (in {e.function})" if e.function else "") if e.location
+        else None) if x)
+    return Finding("sampler_ran", False, value=e.type, threshold=None, step=e.step,
+                   message=f"the sampler raised {e.type} in the {e.phase} pass"
+                           + (f" {where}" if where else "") + f": {e.message.rstrip('.')}"
+                           + (f". hint: {e.hint}" if e.hint else ""))
+
+
 def grad_allowed(r: FlowReport) -> Finding:
     """With ``allow_grad``: the grad-disabling sites that were neutralised, as what to change
     for the gradient to flow (a warning: the verdict holds only with those changes)."""
@@ -507,6 +524,8 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
 
 def run_checks(report: FlowReport) -> list[Finding]:
     """Every check, in a fixed order (the per-rank one only for distributed runs)."""
+    if report.raised is not None:  # nothing past the exception ran: say that, and hygiene
+        return [sampler_ran(report), grad_allowed(report), trace_hygiene(report)]
     per_rank = (grad_reaches_every_rank, every_rank_passes)
     return [check(report) for check in CHECKS
             if check not in per_rank or report.world_size > 1]

@@ -14,6 +14,8 @@ stages that need it (a single process is the trivial policy).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -27,7 +29,7 @@ from .numeric import directional_check
 from .policy import Local, current
 from .probes import probe, trace
 from .records import (
-    FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, StepGraph,
+    FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, Raised, StepGraph,
 )
 
 #: machine epsilon -> floating dtype (the precision a sampler computes in, agreed across ranks)
@@ -143,6 +145,36 @@ class Recording:
     graph: StepGraph
     raw_graph: Any = None  # the op-level graph above the cap (keep_raw_graph), not serialised
     timings: dict[str, float] = field(default_factory=dict)
+    raised: Any = None  # a Raised record: the sampler or its backward raised (nothing else ran)
+
+
+def raised_record(exc: BaseException, phase: str, tr: Any) -> Raised:
+    """What the sampler (or its backward) raised, located: the innermost user frame of the
+    traceback, the step the forward had reached, the original message, a hint for the usual
+    causes."""
+    from .torch_internals import is_user_file
+
+    loc = fn = None
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if is_user_file(code.co_filename):
+            loc, fn = f"{os.path.relpath(code.co_filename)}:{tb.tb_lineno}", code.co_name
+        tb = tb.tb_next
+    step = next((e.step for e in reversed(tr._entries) if e.step is not None), None) \
+        if phase == "forward" else None
+    message = (str(exc).strip().splitlines() or [""])[0][:500]
+    hint = None
+    if "Inference tensors cannot be saved for backward" in message:
+        hint = ("a value made under torch.inference_mode() reached an op that saves it for "
+                "backward: make it outside inference_mode (or .clone() it there), or diagnose "
+                "with allow_grad=True to neutralise the inference_mode")
+    elif phase == "backward":
+        hint = ("raised while back-propagating: a custom autograd.Function's backward, a "
+                "gradient hook, a checkpoint's recomputation or a tensor modified in place "
+                "after it was saved")
+    return Raised(phase=phase, type=type(exc).__name__, message=message, step=step,
+                  location=loc, function=fn, hint=hint)
 
 
 def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Loss, *,
@@ -156,53 +188,71 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
     z_grad = None
     raw_full = None
     timings: dict[str, float] = {}
-    with trace() as tr:
-        probe(z, "z0", kind="z0")
-        grad_mode = torch.is_grad_enabled()
-        t0 = time.perf_counter()
-        with seeded(seed, z0.device):
-            out = sample_fn(z)
-        changed = torch.is_grad_enabled() != grad_mode
-        torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported, not obeyed
-        probe(_as_output(out), "output", kind="output")
-        value = loss.of(out)
-        if not (isinstance(value, torch.Tensor) and value.numel() == 1):
-            raise GradcheckError(f"loss_fn must return a scalar tensor, got {value!r:.80}")
-        probe(value, "loss", kind="loss")
-        timings["forward_s"] = time.perf_counter() - t0
-        out_rg, loss_rg = bool(out.requires_grad), bool(value.requires_grad)
-        t0 = time.perf_counter()
-        if capture_graph:
-            inputs, total, edges, regions = tr.collapse(value if loss_rg else None)
-        else:  # no walk: gradients for z0 and the step-noise leaves only
-            inputs = [z, *getattr(sample_fn, "leaves", [])] if loss_rg else []
-            total, edges, regions = 0, [], {}
-        step_graph = StepGraph(
-            nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
-            region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
-            raw_cap=raw_graph_cap,
-        )
-        if not capture_graph:
-            step_graph.raw_skipped = "graph capture was off (capture_graph=False)"
-        elif not loss_rg:
-            step_graph.raw_skipped = "the loss is not in an autograd graph"
-        elif total <= raw_graph_cap:
-            step_graph.raw = graph.op_graph(value)
-        else:
-            step_graph.raw_skipped = (f"{total} autograd nodes > cap {raw_graph_cap}: too many "
-                                      f"to lay out quickly")
-            if keep_raw_graph:
-                raw_full = graph.op_graph(value)
-        if loss_rg:
-            # differentiate w.r.t. every leaf: what backward() would compute, .grad untouched
-            inputs = [t for t in inputs if t.requires_grad]
-            grads = torch.autograd.grad(value, inputs, allow_unused=True) if inputs else []
-            for t, gr in zip(inputs, grads):
-                if t is z:
-                    z_grad = gr
-            del grads, inputs
-        timings["backward_s"] = time.perf_counter() - t0
-        loss_value = policy.sum(float(value.detach()))
+    phase = ["forward"]
+    grad_mode = torch.is_grad_enabled()
+    changed = False
+    try:
+        with trace() as tr:
+            probe(z, "z0", kind="z0")
+            t0 = time.perf_counter()
+            with seeded(seed, z0.device):
+                out = sample_fn(z)
+            changed = torch.is_grad_enabled() != grad_mode
+            torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported, not obeyed
+            probe(_as_output(out), "output", kind="output")
+            value = loss.of(out)
+            if not (isinstance(value, torch.Tensor) and value.numel() == 1):
+                raise GradcheckError(f"loss_fn must return a scalar tensor, got {value!r:.80}")
+            probe(value, "loss", kind="loss")
+            timings["forward_s"] = time.perf_counter() - t0
+            out_rg, loss_rg = bool(out.requires_grad), bool(value.requires_grad)
+            t0 = time.perf_counter()
+            if capture_graph:
+                inputs, total, edges, regions = tr.collapse(value if loss_rg else None)
+            else:  # no walk: gradients for z0 and the step-noise leaves only
+                inputs = [z, *getattr(sample_fn, "leaves", [])] if loss_rg else []
+                total, edges, regions = 0, [], {}
+            step_graph = StepGraph(
+                nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
+                region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
+                raw_cap=raw_graph_cap,
+            )
+            if not capture_graph:
+                step_graph.raw_skipped = "graph capture was off (capture_graph=False)"
+            elif not loss_rg:
+                step_graph.raw_skipped = "the loss is not in an autograd graph"
+            elif total <= raw_graph_cap:
+                step_graph.raw = graph.op_graph(value)
+            else:
+                step_graph.raw_skipped = (f"{total} autograd nodes > cap {raw_graph_cap}: too many "
+                                          f"to lay out quickly")
+                if keep_raw_graph:
+                    raw_full = graph.op_graph(value)
+            if loss_rg:
+                # differentiate w.r.t. every leaf: what backward() would compute, .grad untouched
+                inputs = [t for t in inputs if t.requires_grad]
+                phase[0] = "backward"
+                grads = torch.autograd.grad(value, inputs, allow_unused=True) if inputs else []
+                phase[0] = "done"
+                for t, gr in zip(inputs, grads):
+                    if t is z:
+                        z_grad = gr
+                del grads, inputs
+            timings["backward_s"] = time.perf_counter() - t0
+            loss_value = policy.sum(float(value.detach()))
+    except GradcheckError:
+        raise  # gradcheck's own one-line errors (a denoiser of the wrong shape, a bad loss)
+    except Exception as exc:  # the user's code or torch raised: a finding, not a traceback
+        torch.set_grad_enabled(grad_mode)
+        return Recording(z=z, z_grad=None, out=None, loss_value=math.nan,
+                         out_requires_grad=False, loss_requires_grad=False, probes=tr.stats,
+                         hygiene=Hygiene(
+                             hooks_registered=tr.hooks_registered, hooks_left=tr.hooks_left or 0,
+                             grad_mode_before=tr.grad_mode_before,
+                             grad_mode_after=bool(tr.grad_mode_after),
+                             sampler_changed_grad_mode=False),
+                         graph=StepGraph(raw_skipped="the sampler raised"), timings=timings,
+                         raised=raised_record(exc, phase[0], tr))
     hygiene = Hygiene(
         hooks_registered=tr.hooks_registered, hooks_left=tr.hooks_left or 0,
         grad_mode_before=tr.grad_mode_before, grad_mode_after=bool(tr.grad_mode_after),
@@ -297,7 +347,8 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
     out_stats = next((p for p in rec.probes if p.kind == "output"), None)
     report = FlowReport(
         mode=mode, objective=loss.objective, loss_description=loss.description,
-        loss=rec.loss_value, output_requires_grad=rec.out_requires_grad,
+        loss=rec.loss_value if rec.raised is None else None,
+        output_requires_grad=rec.out_requires_grad,
         loss_requires_grad=rec.loss_requires_grad,
         output_grad_max_abs=out_stats.max_abs if out_stats else None,
         probes=rec.probes, numeric=numeric, optim=optim, hygiene=rec.hygiene,
@@ -308,7 +359,8 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
                  "loss_of": loss.of},
     )
     out = rec.out
-    if out.numel() <= 65536 and out.ndim == 4 and out.shape[1] in (1, 3):
+    report.raised = rec.raised
+    if out is not None and out.numel() <= 65536 and out.ndim == 4 and out.shape[1] in (1, 3):
         report.samples = [[round(v, 4) for v in row] for row in
                           out.double().cpu().reshape(out.shape[0], -1).tolist()]
         report.expect["sample_shape"] = list(out.shape[1:])
@@ -521,11 +573,28 @@ def diagnose(
     t_start = time.perf_counter()
     run = runner(sample_fn, seed, z0.device)
 
-    loss = build_loss(run, z0, loss_fn=loss_fn, target=target, objective=objective, seed=seed,
-                      policy=policy)
+    try:
+        loss = build_loss(run, z0, loss_fn=loss_fn, target=target, objective=objective,
+                          seed=seed, policy=policy)
+    except GradcheckError:
+        raise
+    except Exception:  # the sampler raises: the record pass below meets it again and says where
+        loss = Loss(lambda out: out.double().square().mean(), "(no baseline: the sampler raised "
+                    "while drawing it)", "maximize")
     rec = record(sample_fn, z0, loss, seed=seed, capture_graph=capture_graph,
                  raw_graph_cap=raw_graph_cap, keep_raw_graph=keep_raw_graph, policy=policy)
     timings = {**loss.timings, **rec.timings}
+    if rec.raised is not None:  # nothing else can run: the report says where and what
+        report = assemble(rec, loss, mode=mode, numeric=None, optim=None, sample_fn=sample_fn,
+                          thresholds={"vanishing_rel": vanishing_rel,
+                                      "exploding_ratio": exploding_ratio})
+        timings["total_s"] = time.perf_counter() - t_start
+        report.timings = timings
+        report.sampler = getattr(sample_fn, "description", None)
+        report.notes = [str(n) for n in getattr(sample_fn, "notes", ())]
+        report = policy.merge(report, sample_fn)
+        observers.notify(report)
+        return report
     shadow_num = None
     if numeric and loss_fn is None and z0.dtype != torch.float64 and policy.world == 1 and \
             (shadow if shadow is not None else hasattr(sample_fn, "at_dtype")):

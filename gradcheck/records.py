@@ -187,6 +187,19 @@ class BreakEvent(Record):
 
 
 @dataclass
+class Raised(Record):
+    """The sampler (or its backward) raised: where, and what torch said."""
+
+    phase: str  # forward or backward
+    type: str  # the exception's class, e.g. RuntimeError
+    message: str  # its first line, as it came
+    step: int | None = None  # the sampler step the forward had reached (forward only)
+    location: str | None = None  # path:line of the innermost user frame in the traceback
+    function: str | None = None
+    hint: str | None = None  # what usually causes it
+
+
+@dataclass
 class GradSite(Record):
     """A grad-disabling site that ``allow_grad`` neutralised."""
 
@@ -321,6 +334,7 @@ class FlowReport(Record):
     # diagnose(allow_grad=True): the grad-disabling sites neutralised in the record pass (what
     # must change for the gradient to flow); None when not asked
     allowed_grad: list[GradSite] | None = None
+    raised: Raised | None = None  # the sampler or its backward raised: nothing else was run
     checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,

@@ -1,0 +1,94 @@
+"""Errors from torch become findings: the sampler's forward or backward raising gives a report
+with the step, the user's line and torch's message, not a traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import gradcheck
+from gradcheck import adapters
+from gradcheck.sampling import GaussianDenoiser
+
+DEN = GaussianDenoiser(0.1, 0.5)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _z0():
+    return torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0),
+                       dtype=torch.float64)
+
+
+def _line(needle: str) -> int:
+    src = Path(__file__).read_text().splitlines()
+    return next(i for i, line in enumerate(src, 1) if needle in line and "_line(" not in line)
+
+
+def inference_tensor_sampler(den, z0):
+    x = 80.0 * z0
+    for i, s in enumerate((80.0, 10.0)):
+        if i == 1:
+            with torch.inference_mode():
+                w = torch.ones_like(x)
+            x = x * w  # INFERENCE-SAVED
+        x = den(x, torch.full((z0.shape[0],), s, dtype=z0.dtype))
+    return x
+
+
+class _Raises(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise ValueError("a backward that fails")  # BACKWARD-RAISES
+
+
+def backward_raises_sampler(den, z0):
+    return den(_Raises.apply(80.0 * z0), torch.full((z0.shape[0],), 80.0, dtype=z0.dtype))
+
+
+def forward_raises_sampler(den, z0):
+    x = den(80.0 * z0, torch.full((z0.shape[0],), 80.0, dtype=z0.dtype))
+    return x.view(3, -1, 7)  # FORWARD-RAISES
+
+
+def test_an_inference_tensor_saved_for_backward_is_a_located_finding():
+    rep = gradcheck.diagnose(adapters.function(inference_tensor_sampler, DEN), _z0())
+    f = rep.check("sampler_ran")
+    assert not rep.passed and not f.passed and rep.raised.phase == "forward"
+    assert rep.raised.location == f"tests/test_raised.py:{_line('# INFERENCE-SAVED')}"
+    assert rep.raised.step == 0 and "Inference tensors cannot be saved for backward" in f.message
+    assert "allow_grad=True" in f.message
+    assert [c.name for c in rep.checks] == ["sampler_ran", "grad_allowed", "trace_hygiene"]
+    assert rep.check("trace_hygiene").passed and torch.is_grad_enabled()
+    # and allow_grad neutralises the inference_mode: the gradient flows
+    ok = gradcheck.diagnose(adapters.function(inference_tensor_sampler, DEN), _z0(),
+                            allow_grad=True)
+    assert ok.passed and ok.raised is None
+
+
+def test_an_exception_in_backward_is_a_located_finding():
+    rep = gradcheck.diagnose(adapters.function(backward_raises_sampler, DEN), _z0())
+    e = rep.raised
+    assert not rep.passed and e.phase == "backward" and e.type == "ValueError"
+    assert e.location == f"tests/test_raised.py:{_line('# BACKWARD-RAISES')}"
+    assert e.message == "a backward that fails"
+
+
+def test_an_exception_in_the_forward_is_a_finding_and_a_report_from_the_cli(tmp_path):
+    rep = gradcheck.diagnose(adapters.function(forward_raises_sampler, DEN), _z0())
+    assert not rep.passed and rep.raised.location == \
+        f"tests/test_raised.py:{_line('# FORWARD-RAISES')}"
+    out = tmp_path / "r"
+    res = subprocess.run([sys.executable, "-m", "gradcheck", "run", "--sampler",
+                          "tests.test_raised:forward_raises_sampler", "--denoiser", "gaussian",
+                          "--mode", "default", "--no-html", "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    assert "the sampler raised RuntimeError in the forward pass" in res.stdout
+    assert (out / "report.json").exists()

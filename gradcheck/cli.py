@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "inference_mode / set_grad_enabled(False) the sampler enters (decorators "
                    "and blocks, nested ones too) for the diagnosed run, and list them as what "
                    "to change for the gradient to flow")
-    g.add_argument("--shape", type=str, default=None, help="sample shape C,H,W (default: the "
+    g.add_argument("--shape", type=str, default=None, help="sample shape C,H,W, or C,T,H,W for video latents (default: the "
                    "denoiser's; 1,8,8 for the built-ins)")
     g.add_argument("--batch", type=int, default=2, help="batch size of z0 (default 2)")
     g.add_argument("--z0", dest="z0_path", default=None, help="load z0 from a .pt or .npy file "

@@ -364,6 +364,18 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
         report.samples = [[round(v, 4) for v in row] for row in
                           out.double().cpu().reshape(out.shape[0], -1).tolist()]
         report.expect["sample_shape"] = list(out.shape[1:])
+    elif out is not None and out.ndim == 5:
+        # video [B, C, T, H, W]: each sample's frames side by side (its first channel, or RGB),
+        # a strip per sample
+        b, c, t, h, w = out.shape
+        ch = 3 if c == 3 else 1
+        strip = out[:8, :ch].double().cpu().permute(0, 1, 3, 2, 4).reshape(min(b, 8), ch, h,
+                                                                              t * w)
+        if strip[0].numel() <= 65536:
+            report.samples = [[round(v, 4) for v in row] for row in
+                              strip.reshape(strip.shape[0], -1).tolist()]
+            report.expect["sample_shape"] = [ch, h, t * w]
+            report.expect["frames"] = t
     report.checks = run_checks(report)
     return report
 

@@ -140,8 +140,9 @@ def samples_figure(record: RunRecord):
     import numpy as np
 
     cols = max(len(r.samples) for _, r in rows)
-    fig, axes = _subplots(len(rows), cols, figsize=(1.3 * cols + 1.2, 1.4 * len(rows) + 0.3),
-                          squeeze=False)
+    strip = max((r.expect.get("frames") or 1) for _, r in rows)  # videos: wider panels
+    fig, axes = _subplots(len(rows), cols, figsize=(1.3 * cols * min(strip, 4) ** 0.5 + 1.2,
+                                                    1.4 * len(rows) + 0.3), squeeze=False)
     for i, (mode, r) in enumerate(rows):
         c, h, w = r.expect.get("sample_shape", [1, 8, 8])
         for j in range(cols):
@@ -154,9 +155,15 @@ def samples_figure(record: RunRecord):
             img = np.asarray(r.samples[j], dtype=float).reshape(c, h, w)
             img = np.clip((img + 1) / 2, 0, 1)
             ax.imshow(img[0] if c == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            frames = r.expect.get("frames")
+            if frames:  # a video: its frames side by side, separated
+                for k in range(1, int(frames)):
+                    ax.axvline(k * w / frames - 0.5, color="#d62728", linewidth=0.8)
             if j == 0:
                 ax.set_ylabel(mode, fontsize=8)
-    fig.suptitle("sampler outputs (clipped to [-1, 1])", fontsize=9)
+    video = any(r.expect.get("frames") for _, r in rows)
+    fig.suptitle("sampler outputs (clipped to [-1, 1])" + (
+        "; video: frames left to right, first channel" if video else ""), fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -118,16 +118,50 @@ class EDMDenoiser(nn.Module):
         return c_skip * x + c_out * self.net(c_in * x, c_noise)
 
 
-#: Built-in denoisers by name, and the sample shape (C, H, W) each expects.
+class TinyVideoNet(nn.Module):
+    """F(x, c_noise) for video latents [B, C, T, H, W]: 3D convolutions (3x3x3) with a FiLM
+    conditioning on the noise embedding, a residual block at full resolution and one at half
+    the spatial resolution. Small on purpose: the sampler and gradcheck's probes, not the
+    network, are what a run at a Cosmos-sized latent measures."""
+
+    def __init__(self, channels: int = 4, width: int = 16, emb: int = 32) -> None:
+        super().__init__()
+        self.freqs = nn.Parameter(torch.randn(emb // 2) * 4.0, requires_grad=False)
+        self.emb = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.inp = nn.Conv3d(channels, width, 3, padding=1)
+        self.film1 = nn.Linear(emb, 2 * width)
+        self.conv1 = nn.Conv3d(width, width, 3, padding=1)
+        self.pool = nn.AvgPool3d((1, 2, 2))
+        self.film2 = nn.Linear(emb, 2 * width)
+        self.conv2 = nn.Conv3d(width, width, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")
+        self.out = nn.Conv3d(width, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        f = c_noise[:, None] * self.freqs[None, :].to(x.dtype)
+        e = self.emb(torch.cat([f.sin(), f.cos()], dim=1))  # [B, emb]
+        h = self.inp(x)  # [B, w, T, H, W]
+        s1, b1 = self.film1(e)[:, :, None, None, None].chunk(2, dim=1)
+        h = h + self.conv1(torch.nn.functional.silu(h * (1 + s1) + b1))
+        s2, b2 = self.film2(e)[:, :, None, None, None].chunk(2, dim=1)
+        low = self.pool(h)
+        low = low + self.conv2(torch.nn.functional.silu(low * (1 + s2) + b2))
+        h = h + self.up(low)
+        return self.out(torch.nn.functional.silu(h))  # [B, C, T, H, W]
+
+
+#: Built-in denoisers by name, and the sample shape each expects: (C, H, W) images, or
+#: (C, T, H, W) video latents for ``conv3d``.
 BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "conv": (1, 8, 8),
-                                              "gaussian": (1, 8, 8)}
+                                              "gaussian": (1, 8, 8), "conv3d": (4, 4, 8, 8)}
 
 
 def build_denoiser(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                    device: str | torch.device = "cpu") -> nn.Module:
     """A built-in denoiser by name: ``digits`` (the trained EDM denoiser of 8x8 digits, shipped
-    with the package), ``conv`` (the same network with seeded random weights) or ``gaussian``
-    (the exact denoiser of Gaussian data: the oracle)."""
+    with the package), ``conv`` (the same network with seeded random weights), ``gaussian``
+    (the exact denoiser of Gaussian data: the oracle, any shape) or ``conv3d`` (a small 3D-conv
+    network with seeded random weights for video latents [C, T, H, W])."""
     if name == "digits":
         from ..models import load_denoiser
 
@@ -139,6 +173,13 @@ def build_denoiser(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float
             torch.manual_seed(seed)
             model = EDMDenoiser(TinyUNet(channels=BUILTIN_SHAPES["conv"][0]))
         model.requires_grad_(False)  # noise optimisation: the weights are frozen
+        return model.to(device=device, dtype=dtype).eval()
+    if name == "conv3d":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = EDMDenoiser(TinyVideoNet(channels=BUILTIN_SHAPES["conv3d"][0]))
+        model.requires_grad_(False)
+        model.sample_shape = BUILTIN_SHAPES["conv3d"]
         return model.to(device=device, dtype=dtype).eval()
     raise ConfigError(
         f"unknown built-in denoiser {name!r}; choose one of {', '.join(BUILTIN_SHAPES)} "

@@ -158,3 +158,18 @@ def test_every_stock_scheduler_passes_and_reports_its_randomness(unet, name):
             assert f.level == "warning" and "does not influence the output" in f.message
             assert "scheduling_pndm.py:" in f.message and "a wasted evaluation" in f.message
             assert rep.locator.primary.cause == "constant_zero"
+
+
+def test_allow_grad_looks_past_a_stock_pipelines_decorators_and_names_them(unet, z0):
+    # no unwrap: the real package's @torch.no_grad() __call__ (and any decorated helper it
+    # calls) is neutralised for the call, listed as what to change, and restored afterwards
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(
+        num_train_timesteps=1000))
+    real_set = torch._C._set_grad_enabled
+    rep = gradcheck.diagnose(adapters.diffusers_pipeline(pipe, num_inference_steps=4), z0,
+                             allow_grad=True, optim_steps=0)
+    assert rep.passed, [f.message for f in rep.failed]
+    assert [s.api for s in rep.allowed_grad][:1] == ["@torch.no_grad()"]
+    assert rep.allowed_grad[0].function.endswith("DDIMPipeline.__call__")
+    assert "pipeline_ddim.py:" in rep.allowed_grad[0].location
+    assert torch._C._set_grad_enabled is real_set and torch.is_grad_enabled()

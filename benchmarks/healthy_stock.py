@@ -23,13 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gradcheck  # noqa: E402
 from gradcheck import adapters  # noqa: E402
 
-STOCHASTIC = {"DDPMScheduler", "EulerAncestralDiscreteScheduler",
-              "KDPM2AncestralDiscreteScheduler"}
-SCHEDULERS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
-              "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-              "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-              "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-              "UniPCMultistepScheduler", "DEISMultistepScheduler"]
+from tests.test_diffusers import SCHEDULERS, STOCHASTIC  # noqa: E402 - the suite's lists
 
 
 def unet():

@@ -91,6 +91,18 @@ def order2_fn(x_s, s, t, x0_s, x0_preds):
     return x_t, [(x0_s, s)]
 
 
+def churn(x, sigma, solver_cfg, num_step):
+    """EDM churn: drawn every step inside (S_min, S_max) with torch.randn_like; with S_churn = 0
+    the draw is multiplied by zero."""
+    if solver_cfg.s_t_min < float(sigma) < solver_cfg.s_t_max:
+        eta = min(solver_cfg.s_churn / (num_step + 1), math.sqrt(1.2) - 1)
+        sigma_hat = sigma * (1 + eta)
+        eps = torch.randn_like(x)
+        x = x + (sigma_hat ** 2 - sigma ** 2).sqrt() * solver_cfg.s_noise * eps
+        sigma = sigma_hat
+    return x, sigma
+
+
 def differential_equation_solver(x0_fn, sigmas_L, solver_cfg, callback_fns=None):
     num_step = len(sigmas_L) - 1
 
@@ -102,14 +114,8 @@ def differential_equation_solver(x0_fn, sigmas_L, solver_cfg, callback_fns=None)
         def step_fn(i_th, state):
             input_x_B_StateShape, x0_preds = state
             sigma_cur_0, sigma_next_0 = sigmas_L[i_th], sigmas_L[i_th + 1]
-            # EDM churn: drawn every step inside (S_min, S_max); with S_churn = 0 it adds 0
-            if solver_cfg.s_t_min < float(sigma_cur_0) < solver_cfg.s_t_max:
-                eta = min(solver_cfg.s_churn / (num_step + 1), math.sqrt(1.2) - 1)
-                sigma_hat = sigma_cur_0 * (1 + eta)
-                eps = torch.randn_like(input_x_B_StateShape)
-                input_x_B_StateShape = input_x_B_StateShape + (
-                    sigma_hat ** 2 - sigma_cur_0 ** 2).sqrt() * solver_cfg.s_noise * eps
-                sigma_cur_0 = sigma_hat
+            input_x_B_StateShape, sigma_cur_0 = churn(input_x_B_StateShape, sigma_cur_0,
+                                                      solver_cfg, num_step)
             if solver_cfg.is_multi:
                 x0_pred_B_StateShape = x0_fn(input_x_B_StateShape, sigma_cur_0 * ones_B)
                 output_x_B_StateShape, x0_preds = order2_fn(
@@ -195,12 +201,7 @@ def _euler_solver(x0_fn, sigmas_L, solver_cfg, callback_fns=None):
         def step_fn(i_th, state):
             x_s, _ = state
             s, t = sigmas_L[i_th], sigmas_L[i_th + 1]
-            if solver_cfg.s_t_min < float(s) < solver_cfg.s_t_max:
-                eta = min(solver_cfg.s_churn / (num_step + 1), math.sqrt(1.2) - 1)
-                s_hat = s * (1 + eta)
-                x_s = x_s + (s_hat ** 2 - s ** 2).sqrt() * solver_cfg.s_noise * \
-                    torch.randn_like(x_s)
-                s = s_hat
+            x_s, s = churn(x_s, s, solver_cfg, num_step)
             x0 = x0_fn(x_s, s * ones_B)
             x_t, _ = reg_x0_euler_step(x_s, s, t, x0)
             for callback_fn in callback_fns or []:

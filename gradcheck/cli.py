@@ -265,6 +265,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(summary(record), flush=True)
         _print_rendered(path, rendered)
+    if getattr(args, "debug", False):  # the sampler raised: its traceback, as it came
+        for mode, rep in record.modes.items():
+            if rep.raised is not None and rep.raised.traceback:
+                sys.stderr.write(f"[{mode}] the sampler's traceback:\n{rep.raised.traceback}")
     code = EXIT_OK if record.passed else EXIT_FAILED
     return distributed.report_status(code, distributed.context()) if cfg.nproc > 1 else code
 

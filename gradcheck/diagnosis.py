@@ -173,8 +173,11 @@ def raised_record(exc: BaseException, phase: str, tr: Any) -> Raised:
         hint = ("raised while back-propagating: a custom autograd.Function's backward, a "
                 "gradient hook, a checkpoint's recomputation or a tensor modified in place "
                 "after it was saved")
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return Raised(phase=phase, type=type(exc).__name__, message=message, step=step,
-                  location=loc, function=fn, hint=hint)
+                  location=loc, function=fn, hint=hint, traceback=text[-4000:])
 
 
 def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Loss, *,

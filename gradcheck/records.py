@@ -197,6 +197,7 @@ class Raised(Record):
     location: str | None = None  # path:line of the innermost user frame in the traceback
     function: str | None = None
     hint: str | None = None  # what usually causes it
+    traceback: str | None = None  # the formatted traceback (its last 4000 characters)
 
 
 @dataclass

@@ -267,20 +267,23 @@ def test_broken_user_denoiser_exits_2_with_the_report_written(tmp_path, monkeypa
     assert rec["passed"] is False and rec["config"]["z0_shape"] == [2, 1, 4, 4]
 
 
-def test_runtime_error_is_one_line_and_debug_shows_traceback(tmp_path, monkeypatch, capsys):
+def test_a_sampler_error_is_a_finding_and_debug_shows_traceback(tmp_path, monkeypatch, capsys):
     mod = _user_module(tmp_path, monkeypatch, "raising_den", """
         def make():
             def den(x, sigma):
                 raise RuntimeError("CUDA out of memory (pretend)")
             return den
     """)
+    # the sampler's own error is a finding with a report (exit 2), not a traceback; --debug
+    # prints the traceback as it came
     code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--shape", "1,4,4",
-                              "--out", "o"], capsys)
-    assert code == 1
-    assert err.strip() == ("gradcheck: error: RuntimeError: CUDA out of memory (pretend) "
-                           "(--debug shows the traceback)")
-    with pytest.raises(RuntimeError, match="pretend"):
-        main(["run", "--denoiser", f"{mod}:make", "--shape", "1,4,4", "--out", "o", "--debug"])
+                              "--out", "o", "--no-html"], capsys)
+    assert code == 2 and "Traceback" not in out + err
+    assert "the sampler raised RuntimeError in the forward pass" in out
+    assert "CUDA out of memory (pretend)" in out and "raising_den.py:" in out
+    code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--shape", "1,4,4",
+                              "--out", "o", "--no-html", "--debug"], capsys)
+    assert code == 2 and "Traceback (most recent call last)" in err and "pretend" in err
 
 
 def test_no_command_prints_help_and_exits_1(capsys):

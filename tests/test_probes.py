@@ -78,8 +78,9 @@ def test_diagnose_removes_hooks_after_an_exception_inside_the_sampler(conv32):
         kept.append(x)
         raise ValueError("sampler exploded")
 
-    with pytest.raises(ValueError, match="sampler exploded"):
-        gradcheck.diagnose(boom, z0_like(dtype=torch.float32), numeric=False, optim_steps=0)
+    rep = gradcheck.diagnose(boom, z0_like(dtype=torch.float32), numeric=False, optim_steps=0)
+    assert rep.raised.type == "ValueError" and rep.raised.message == "sampler exploded"
+    assert not rep.passed and rep.check("trace_hygiene").passed
     assert torch.is_grad_enabled()
     assert gradcheck.probes.current_trace() is None
     out = kept[-1]

@@ -12,3 +12,9 @@ fi
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q ${GRADCHECK_TORCH:-torch==2.13.0}
 .venv/bin/python -m pip install -q -e ".[test]"
+# the real k-diffusion for its tests: its samplers need torchdiffeq, torchsde and scipy; its package
+# __init__ imports training code needing torchvision, whose registry wheels are CUDA builds that
+# cannot load against the CPU torch, so it comes without dependencies and the tests load its
+# sampling.py alone (tests/test_kdiffusion_real.py)
+.venv/bin/python -m pip install -q --no-deps "k-diffusion==0.1.1.post1"
+.venv/bin/python -m pip install -q "torchdiffeq==0.2.5" "torchsde==0.2.6" "trampoline==0.1.2"

@@ -16,5 +16,5 @@ fi
 # __init__ imports training code needing torchvision, whose registry wheels are CUDA builds that
 # cannot load against the CPU torch, so it comes without dependencies and the tests load its
 # sampling.py alone (tests/test_kdiffusion_real.py)
-.venv/bin/python -m pip install -q --no-deps "k-diffusion==0.1.1.post1"
 .venv/bin/python -m pip install -q "torchdiffeq==0.2.5" "torchsde==0.2.6" "trampoline==0.1.2"
+.venv/bin/python -m pip install -q --no-deps "k-diffusion==0.1.1.post1"

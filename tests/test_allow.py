@@ -32,12 +32,16 @@ def _line(needle: str) -> int:
 def test_as_is_the_diagnosis_fails_naming_both_decorators():
     rep = gradcheck.diagnose(adapters.function(nn_.sample, DEN), _z0(), numeric=False,
                              optim_steps=0)
-    p = rep.locator.primary  # the first cut: the conditioner, inside both decorators
-    assert not rep.passed and len(p.sites) == 3, p.sites
+    p = rep.locator.primary  # the first cut: the conditioner, inside both decorators and the
+    # helper's set_grad_enabled(False) (shadowed by them, but in effect without them)
+    assert not rep.passed and len(p.sites) == 4, p.sites
     assert p.sites[0].startswith("@torch.no_grad() on tests.nested_no_grad.Sampler.forward")
     assert p.sites[1].startswith("@torch.no_grad() on tests.nested_no_grad.Sampler."
                                  "_forward_impl")
-    assert p.sites[2].startswith("`with torch.inference_mode():` in _condition")
+    assert p.sites[2] == (f"torch.set_grad_enabled(False) at tests/nested_no_grad.py:"
+                          f"{_line('torch.set_grad_enabled(False)  # a helper')} (a call that "
+                          f"stays in effect)")
+    assert p.sites[3].startswith("`with torch.inference_mode():` in _condition")
     assert "every one must change" in p.detail
 
 

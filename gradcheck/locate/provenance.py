@@ -22,6 +22,7 @@ reported (``LocatorResult.internal_failures``), never swallowed silently.
 from __future__ import annotations
 
 import math
+import re
 import weakref
 from typing import Any, Callable
 
@@ -235,6 +236,22 @@ class Collectives:
         return wrapped
 
 
+def _switches_off(location: str | None) -> bool:
+    """Whether the source line at ``path:line`` literally switches grad off
+    (``set_grad_enabled(False)``, ``no_grad().__enter__()``), not restores a saved mode."""
+    if not location or ":" not in location:
+        return False
+    import linecache
+    import os
+
+    path, _, line = location.rpartition(":")
+    try:
+        text = linecache.getline(os.path.abspath(path), int(line))
+    except ValueError:
+        return False
+    return bool(re.search(r"set_grad_enabled\(\s*False|no_grad\(\)\.__enter__", text))
+
+
 class GradSwitches:
     """While the provenance pass runs, wraps ``torch._C._set_grad_enabled`` (what ``no_grad``,
     ``set_grad_enabled`` and their decorators call): the switch that turned grad mode off, and is
@@ -251,12 +268,24 @@ class GradSwitches:
 
         def set_grad_enabled(mode: bool) -> Any:
             try:
-                if not mode and torch.is_grad_enabled():
+                if not mode:
                     loc, fn, api, block = grad_switch_site()
-                    prov.grad_off = {"location": loc, "function": fn, "api": api,
-                                     "block": block, "step": prov._step()[0]}
-                elif mode:
+                    site = {"location": loc, "function": fn, "api": api, "block": block,
+                            "step": prov._step()[0]}
+                    if torch.is_grad_enabled():
+                        prov.grad_off = site
+                    if not block and _switches_off(loc):
+                        # a call that switches off (even under an outer no_grad): it stays in
+                        # effect until a restore; one to False that is not such a call
+                        # (set_grad_enabled(prev)) is a restore
+                        if not prov.grad_off_calls or \
+                                prov.grad_off_calls[-1]["location"] != loc:
+                            prov.grad_off_calls.append(site)
+                    elif not block and prov.grad_off_calls:
+                        prov.grad_off_calls.pop()
+                else:
                     prov.grad_off = None
+                    prov.grad_off_calls.clear()
             except Exception as exc:  # noqa: BLE001 - counted and reported, the switch happens
                 prov.failed("torch.set_grad_enabled", exc)
             return real(mode)
@@ -290,6 +319,9 @@ class Provenance(TorchFunctionMode):
         self.failed_ops: list[str] = []
         #: the switch that turned grad mode off, while it is off (see GradSwitches)
         self.grad_off: dict[str, Any] | None = None
+        #: switch-off calls in effect (not with blocks), outermost first, even under an outer
+        #: no_grad: removing the outer one would leave them (see GradSwitches)
+        self.grad_off_calls: list[dict[str, Any]] = []
         #: grad mode was already off when the sampler was called
         self.grad_off_at_start = not torch.is_grad_enabled()
         from ..gradmode import who_switched_off
@@ -365,10 +397,21 @@ class Provenance(TorchFunctionMode):
     def _name_sites(self, ev: BreakEvent) -> None:
         """Every grad-disabling site in effect now, outermost first, on the event and in its
         words: removing one of several leaves the gradient cut."""
-        sites = [describe_sites([s]) for s in grad_off_sites()]
+        # outermost first: a switch made before the sampler ran, the decorators, the calls made
+        # inside them, then the with blocks
+        stack = grad_off_sites()
+        decorators = [describe_sites([x]) for x in stack if x["api"].startswith("@")]
+        blocks = [describe_sites([x]) for x in stack if not x["api"].startswith("@")]
+        calls = list(self.grad_off_calls)
         off = self.grad_off or (self.grad_off_before if self.grad_off_at_start else None)
-        if off is not None and not off["block"]:
-            sites.insert(0, f"{off['api']} at {off['location']} (a call that stays in effect)")
+        before = []
+        if off is not None and not off["block"] and all(
+                c["location"] != off["location"] for c in calls):
+            (before if off is self.grad_off_before else calls).insert(0, off)
+        said = [f"{c['api']} at {c['location']} (a call that stays in effect)"
+                for c in before], [f"{c['api']} at {c['location']} (a call that stays in "
+                                   f"effect)" for c in calls]
+        sites = said[0] + decorators + said[1] + blocks
         ev.sites = sites
         from ..allow import active
 

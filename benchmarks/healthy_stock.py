@@ -9,7 +9,6 @@ their fresh noise; PNDM's exact-zero last call is a warning. Prints a table, wri
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 import warnings
@@ -23,17 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gradcheck  # noqa: E402
 from gradcheck import adapters  # noqa: E402
 
-from tests.test_diffusers import SCHEDULERS, STOCHASTIC  # noqa: E402 - the suite's lists
-
-
-def unet():
-    import diffusers
-
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval().float()
+from tests.test_diffusers import SCHEDULERS, STOCHASTIC, tiny_unet  # noqa: E402 - the suite's
 
 
 def main() -> None:
@@ -45,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    net = unet()
+    net = tiny_unet()
     results: dict = {"schedulers": {}, "pipeline": {}}
     t0 = time.perf_counter()
     print(f"{'scheduler':<34}{'runs':>5}{'pass':>6}{'alarms':>8}  verdicts")

@@ -15,13 +15,18 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def unet():
+def tiny_unet():
+    """A small randomly initialised UNet2DModel for 1x8x8 samples (seed 0), float32."""
     torch.manual_seed(0)
     return diffusers.UNet2DModel(
         sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
         block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval().double()
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet().double()
 
 
 @pytest.fixture

@@ -103,3 +103,20 @@ def test_the_command_line_runs_the_cosmos_convention(tmp_path):
     assert allowed.returncode == 0, allowed.stdout[-3000:] + allowed.stderr[-2000:]
     assert "to make this differentiable, change: @torch.no_grad() on " \
            "tests.cosmos_replica.Sampler.forward" in allowed.stdout
+
+
+def test_bad_convention_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from gradcheck.cli import main
+
+    out = tmp_path / "o"
+    assert main(["run", "--convention", "cosmos", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("gradcheck: error: --convention cosmos applies to --sampler (the built-in "
+                   "sampler has its own)") and not out.exists()
+    # a factory that cannot be called without arguments
+    assert main(["run", "--sampler", "tests.cosmos_replica:get_rev_ts", "--convention", "cosmos",
+                 "--denoiser", "gaussian", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gradcheck: error: --convention cosmos: 'get_rev_ts' must be a factory "
+                          "taking no arguments") and len(err.splitlines()) == 1
+    assert not out.exists()

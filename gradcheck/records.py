@@ -347,6 +347,22 @@ class FlowReport(Record):
     def passed(self) -> bool:
         return all(f.passed for f in self.checks if f.level == "error")
 
+    def __repr__(self) -> str:
+        """One line: the mode, the verdict, what failed, the loss (``summary()`` says more)."""
+        errors = [f for f in self.checks if f.level == "error"]
+        bad = [f.name for f in errors if not f.passed]
+        loss = f"{self.loss:.4g}" if isinstance(self.loss, float) else "-"
+        return (f"<FlowReport mode={self.mode} {'PASS' if self.passed else 'FAIL'} "
+                f"({len(errors) - len(bad)}/{len(errors)} checks"
+                + (f"; failed: {', '.join(bad)}" if bad else "") + f"), loss {loss}>")
+
+    def summary(self) -> str:
+        """What ``gradcheck run`` prints for this diagnosis: every check, the located break, the
+        per-step gradient table, the timings."""
+        from .report.terminal import mode_summary
+
+        return "\n".join(mode_summary(self))
+
     @property
     def failed(self) -> list[Finding]:
         return [f for f in self.checks if f.level == "error" and not f.passed]

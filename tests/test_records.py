@@ -156,3 +156,18 @@ def test_flow_report_helpers(record):
     with pytest.raises(KeyError, match="no probe named 'nope'"):
         rep.probe("nope")
     assert len(rep.of_kind("step_noise")) == 3
+
+
+def test_a_report_prints_in_one_line_and_summarises_on_request():
+    import torch
+
+    import gradcheck
+    from gradcheck.sampling import GaussianDenoiser, ResSampler, SamplerConfig
+
+    rep = gradcheck.diagnose(ResSampler(GaussianDenoiser(), SamplerConfig(steps=2)),
+                             torch.randn(2, 1, 8, 8, dtype=torch.float64), optim_steps=0)
+    text = repr(rep)
+    assert text.startswith("<FlowReport mode=default PASS (") and len(text) < 120, text
+    assert "\n" not in text and str(rep) == text
+    s = rep.summary()
+    assert s.startswith("mode default: PASS") and "numeric_directional" in s and "step" in s

@@ -25,6 +25,7 @@ _LAZY = {
     "probe": "gradcheck.probes",
     "trace": "gradcheck.probes",
     "watch_grad_mode": "gradcheck.gradmode",
+    "write_report": "gradcheck.report.write",
 }
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "probe",
     "trace",
     "watch_grad_mode",
+    "write_report",
     "Finding",
     "FlowReport",
     "ProbeStats",

@@ -155,22 +155,12 @@ def _slug(nodeid: str) -> str:
 
 
 def _write(root: Path, nodeid: str, reports: list) -> list[Path]:
-    from . import __version__
-    from .records import RunRecord
-    from .report.files import check_writable, write_json_atomic
-    from .report.render import render
+    from .report.write import write_report
 
     out = []
     for k, r in enumerate(reports):
         d = root / (_slug(nodeid) + ("" if k == 0 else f"-{k + 1}"))
-        z = r.probe("z0") if any(p.name == "z0" for p in r.probes) else None
-        rec = RunRecord(
-            config={"test": nodeid, "sampler_description": r.sampler or "a sampler function",
-                    "z0_shape": z.shape if z else None, "dtype": z.dtype if z else None},
-            environment={"gradcheck": __version__}, modes={r.mode: r})
-        check_writable(d)
-        write_json_atomic(d / "report.json", rec.to_dict())
-        render(rec, d, graphs="auto")
+        write_report(r, d, config={"test": nodeid})
         out.append(d)
     return out
 

@@ -278,3 +278,26 @@ def test_35_steps_step_graph_renders(tmp_path):
     assert main(["run", "--steps", "35", "--out", str(tmp_path)]) == 0
     svg = (tmp_path / "graph_default.svg").read_text()
     assert svg.count("cluster_") >= 36 or svg.count('class="cluster"') >= 36
+
+
+def test_write_report_turns_your_own_diagnoses_into_the_same_report(tmp_path):
+    import json
+
+    import torch
+
+    import gradcheck
+    from gradcheck.sampling import GaussianDenoiser, ResSampler, SamplerConfig
+
+    z0 = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    reps = [gradcheck.diagnose(ResSampler(GaussianDenoiser(), SamplerConfig(steps=2), mode=m),
+                               z0, optim_steps=0) for m in ("default", "default")]
+    index = gradcheck.write_report(reps, tmp_path / "mine", label="my sampler")
+    assert index == tmp_path / "mine" / "index.html" and index.exists()
+    rec = json.loads((tmp_path / "mine" / "report.json").read_text())
+    assert list(rec["modes"]) == ["default", "default-2"]
+    assert rec["config"]["sampler_description"] == "my sampler"
+    assert "my sampler" in index.read_text()
+    bad = tmp_path / "file"
+    bad.write_text("x")
+    with pytest.raises(gradcheck.OutputError):
+        gradcheck.write_report(reps[0], bad / "sub")

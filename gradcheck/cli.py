@@ -421,6 +421,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         rendered = render_optimize(record, out)
     else:
         rendered = render(record, out, graphs=args.graph)
+    if Path(out).resolve() != Path(args.json_path).resolve().parent:
+        # rendered elsewhere: the page links its data file, so the data goes with it
+        from .report import write_json_atomic
+
+        name = "optimize.json" if isinstance(record, OptimizeRecord) else "report.json"
+        write_json_atomic(Path(out) / name, record.to_dict())
     _print_rendered(None, rendered)
     return EXIT_OK if record.passed else EXIT_FAILED
 

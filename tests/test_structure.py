@@ -366,6 +366,9 @@ def test_report_re_renders_an_optimize_json_and_refuses_anything_else(tmp_path, 
     (tmp_path / "optimize.json").write_text(gold.read_text())
     assert main(["report", str(tmp_path / "optimize.json"), "--out", str(tmp_path / "o")]) in (0, 2)
     assert (tmp_path / "o" / "index.html").exists() and (tmp_path / "o" / "loss_curve.png").exists()
+    # rendered elsewhere, the page's data link resolves: the data file goes with it
+    assert json.loads((tmp_path / "o" / "optimize.json").read_text())["tool"] == "gradcheck optimize"
+    assert 'href="optimize.json"' in (tmp_path / "o" / "index.html").read_text()
     capsys.readouterr()
     for name, text in (("list.json", "[1, 2]"), ("other.json", json.dumps({"tool": "x"})),
                        ("broken.json", '{"tool": "gradcheck", "schema_version": 2}'),
@@ -376,3 +379,17 @@ def test_report_re_renders_an_optimize_json_and_refuses_anything_else(tmp_path, 
         assert code == 1 and err.startswith("gradcheck: error: ") and err.count("\n") == 1, err
         assert name in err and "Traceback" not in err
         assert not (tmp_path / name[:-5]).exists()
+
+
+def test_report_rendered_into_another_directory_takes_its_data_along(tmp_path, capsys):
+    from pathlib import Path
+
+    gold = Path(__file__).parent / "golden" / "run_2ab_4.json"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(gold.read_text())
+    assert main(["report", str(tmp_path / "a" / "report.json"), "--out", str(tmp_path / "b"),
+                 "--graph", "never"]) in (0, 2)
+    html = (tmp_path / "b" / "index.html").read_text()
+    assert 'href="report.json"' in html and (tmp_path / "b" / "report.json").exists()
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["modes"].keys() == \
+        json.loads(gold.read_text())["modes"].keys()

@@ -53,9 +53,7 @@ def _mask(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor | None
             return out[1]
         if name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
             return (x >= args[1]) if name == "max" else (x <= args[1])  # elementwise form
-        if isinstance(res, torch.Tensor) and res.shape != x.shape:
-            return None  # a full reduction without indices: no mask to compare cheaply
-        return None
+        return None  # a full reduction without indices: no mask to compare cheaply
     if name in ("maximum", "fmax") and len(args) > 1 and isinstance(args[1], torch.Tensor):
         return x >= args[1]
     if name in ("minimum", "fmin") and len(args) > 1 and isinstance(args[1], torch.Tensor):

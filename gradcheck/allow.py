@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from .torch_internals import is_user_file, qualname
+from .torch_internals import is_user_file, qualname, rel_path
 
 _GRAD_FILES = ("grad_mode.py", "_contextlib.py")
 
@@ -43,15 +43,6 @@ class Site:
     function: str | None
     location: str | None
     count: int = 0
-
-
-def _rel(path: str) -> str:
-    import os
-
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return path
 
 
 def _switch_site(api_hint: str) -> tuple[str, str | None, str | None] | None:
@@ -67,7 +58,7 @@ def _switch_site(api_hint: str) -> tuple[str, str | None, str | None] | None:
             fcode = getattr(fn, "__code__", None)
             if fcode is None or not is_user_file(fcode.co_filename):
                 return None
-            return f"@{api}", qualname(fn), f"{_rel(fcode.co_filename)}:{fcode.co_firstlineno}"
+            return f"@{api}", qualname(fn), f"{rel_path(fcode.co_filename)}:{fcode.co_firstlineno}"
         if code.co_filename.endswith(_GRAD_FILES):
             owner = type(f.f_locals.get("self", None)).__name__
             if owner == "no_grad":
@@ -82,7 +73,7 @@ def _switch_site(api_hint: str) -> tuple[str, str | None, str | None] | None:
 
         if _opens_a_with_block(f):
             api = f"with {api}:"
-        return api, code.co_name, f"{_rel(code.co_filename)}:{f.f_lineno}"
+        return api, code.co_name, f"{rel_path(code.co_filename)}:{f.f_lineno}"
     return None
 
 

@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--locate", default="auto", choices=("auto", "always", "never"),
                    help="name where and why the gradient breaks: auto (default; only when a "
                    "check fails, so healthy runs pay nothing), always, never")
+    c.add_argument("--op-detail", default="auto", choices=("auto", "always", "never"),
+                   help="in the recorded pass, note each op's source line and |g| for the "
+                   "report's op view of every step: auto (default; while the forward pass "
+                   "stays under 2 s), always, never")
     c.add_argument("--vanishing", type=_float, default=1e-8, help="a state's |g| below this "
                    "fraction of the output's is vanishing (default 1e-8)")
     c.add_argument("--exploding", type=_float, default=1e4, help="a state's |g| more than this "
@@ -229,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         dtype=args.dtype, device=args.device, batch=args.batch,
         shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
         numeric=not args.no_numeric, optim_steps=args.optim_steps, lr=args.lr,
-        locate=args.locate, vanishing_rel=args.vanishing, exploding_ratio=args.exploding,
+        locate=args.locate, op_detail=args.op_detail, vanishing_rel=args.vanishing, exploding_ratio=args.exploding,
     ).validate()
     if args.raw_graph_cap < 0:
         raise ConfigError(f"--raw-graph-cap must be >= 0, got {args.raw_graph_cap}")

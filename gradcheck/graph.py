@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .records import OpGraph
+from .records import OpGraph, OpRegion
 
 #: A safety bound on how many nodes one walk visits. A 35-step sampler around a small UNet has a
 #: few thousand nodes; this only stops a walk over a pathological graph from running for minutes.
@@ -59,9 +59,16 @@ def is_connected(tensor: torch.Tensor, target: torch.Tensor) -> bool:
     return False
 
 
+#: Ops kept per region of the op-level view (a denoiser call of a large U-Net has a few thousand);
+#: beyond it a region keeps its op counts only.
+REGION_CAP = 5_000
+
+
 def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
-             leaf_probes: dict[int, list[int]], extra_roots: list[Any] = ()
-             ) -> tuple[list[torch.Tensor], int, list[list[int]], dict[int, dict[str, int]]]:
+             leaf_probes: dict[int, list[int]], extra_roots: list[Any] = (),
+             region_cap: int = REGION_CAP,
+             ) -> tuple[list[torch.Tensor], int, list[list[int]], dict[int, dict[str, int]],
+                        list[tuple[OpRegion, list[Any]]]]:
     """One walk of the recorded graph that yields what a diagnosis needs from it.
 
     Args:
@@ -70,15 +77,16 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
             graph that were cut off from the loss too).
         node_probes: id(grad_fn) -> probe indices recorded on that node (in probe order).
         leaf_probes: id(leaf tensor) -> probe indices recorded on that leaf.
+        region_cap: ops kept per region in the op-level view.
 
     Returns:
         (leaf tensors the loss reaches, total node count, probe edges [src, dst], unprobed ops per
-        probe region). An edge [a, b] means probe b was computed from probe a through unprobed
-        ops only.
+        probe region, the op-level regions with their autograd nodes in node order). An edge
+        [a, b] means probe b was computed from probe a through unprobed ops only.
     """
     loss_fn = root.grad_fn if root is not None else None
     if loss_fn is None and root is not None and root.requires_grad:
-        return [root], 0, [], {}
+        return [root], 0, [], {}, []
     # every node below the loss lies in the region of its nearest probe above it, so a walk of
     # each probe's region (down to the next probes) covers the graph once: no separate full walk
     starts: list[Any] = []
@@ -94,40 +102,69 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
     leaves: dict[int, torch.Tensor] = {}
     edges: list[list[int]] = []
     regions: dict[int, dict[str, int]] = {}
+    op_regions: list[tuple[OpRegion, list[Any]]] = []
     for n in starts:
         here = key[id(n)]
         for a, b in zip(here, here[1:]):  # several probes on one tensor: chain them
             edges.append([a, b])
         ops: dict[str, int] = {}
-        stack = [c for c, _ in n.next_functions if c is not None]
+        # the op-level view: node 0 is the op that made the probed value
+        local: dict[int, int] = {id(n): 0}
+        nodes: list[Any] = [n]
+        reg = OpRegion(probe=here[0] if here else -1, ops=[type(n).__name__])
+        o_edges: set[tuple[int, int]] = set()
+        o_srcs: set[tuple[int, int]] = set()
+        weights: set[int] = set()
+        stack = [(c, 0) for c, _ in n.next_functions if c is not None]
         seen: set[int] = set()
         srcs: set[int] = set()
         while stack:
-            c = stack.pop()
+            c, parent = stack.pop()
             cid = id(c)
+            var = getattr(c, "variable", None)
+            if var is not None:  # a leaf: z0, a step-noise leaf, a weight
+                if cid not in seen:
+                    leaves[id(var)] = var
+                if id(var) in leaf_probes:
+                    srcs.add(leaf_probes[id(var)][-1])
+                    if parent >= 0:
+                        o_srcs.add((leaf_probes[id(var)][-1], parent))
+                else:
+                    weights.add(id(var))
+            elif cid in key:
+                if key[cid]:
+                    srcs.add(key[cid][-1])
+                    if parent >= 0:
+                        o_srcs.add((key[cid][-1], parent))
+            else:
+                i = local.get(cid)
+                if i is None and len(nodes) < region_cap:
+                    i = local[cid] = len(nodes)
+                    nodes.append(c)
+                    reg.ops.append(type(c).__name__)
+                if i is not None and parent >= 0:
+                    o_edges.add((i, parent))
+                if cid not in seen:
+                    if i is None:
+                        reg.dropped += 1
+                    name = type(c).__name__
+                    ops[name] = ops.get(name, 0) + 1
+                    child_parent = i if i is not None else -1
+                    stack.extend((x, child_parent) for x, _ in c.next_functions if x is not None)
             if cid in seen:
                 continue
             seen.add(cid)
             seen_all.add(cid)
-            var = getattr(c, "variable", None)
-            if var is not None:
-                leaves[id(var)] = var
-                if id(var) in leaf_probes:
-                    srcs.add(leaf_probes[id(var)][-1])
-                continue  # a leaf: z0, a step-noise leaf, a weight
-            if cid in key:
-                if key[cid]:
-                    srcs.add(key[cid][-1])
-                continue
-            name = type(c).__name__
-            ops[name] = ops.get(name, 0) + 1
-            stack.extend(x for x, _ in c.next_functions if x is not None)
             if len(seen_all) > MAX_NODES:
                 raise RuntimeError(f"autograd graph has more than {MAX_NODES} nodes; walk stopped")
         if here:
             edges.extend([src, here[0]] for src in sorted(srcs))
             regions[here[0]] = ops
-    return list(leaves.values()), len(seen_all), edges, regions
+            reg.edges = [list(e) for e in sorted(o_edges)]
+            reg.sources = [list(e) for e in sorted(o_srcs)]
+            reg.weights = len(weights)
+            op_regions.append((reg, nodes))
+    return list(leaves.values()), len(seen_all), edges, regions, op_regions
 
 
 def op_graph(root: torch.Tensor, max_nodes: int = 20_000) -> OpGraph | None:

@@ -182,6 +182,11 @@ class Trace:
                 extra.append(e.ref)
         return graph.collapse(root, node_probes, leaf_probes, extra)
 
+    def own(self, handles: list[Any]) -> None:
+        """Hooks registered for this trace elsewhere (the op detail's): removed when it closes,
+        and counted in its hygiene."""
+        self._handles.extend(handles)
+
     def _materialise(self) -> list[ProbeStats]:
         """Turn the 0-d statistics into floats: one transfer per device, not one per probe."""
         values: dict[int, list[float]] = {}

@@ -279,6 +279,28 @@ class OpGraph(Record):
 
 
 @dataclass
+class OpRegion(Record):
+    """The ops between one probe and the probes it was computed from: the op-level view of one
+    region of the step graph (the report draws a sampler step's regions together).
+
+    Node ``i`` is ``ops[i]``, a backward op such as ``ConvolutionBackward0``; node 0 is the op
+    that produced the probed value itself. ``edges`` ``[a, b]``: node b was computed from node a;
+    ``sources`` ``[k, i]``: node i was computed from the value of probe ``k``. ``grads[i]`` is
+    |dL/d(output of node i)| (None: no gradient arrived there) and ``where[i]`` the ``path:line``
+    of the call that made it, when the op detail was recorded (see ``StepGraph.detail``).
+    """
+
+    probe: int  # the probe (order) whose value these ops compute
+    ops: list[str] = field(default_factory=list)  # node i's backward op
+    edges: list[list[int]] = field(default_factory=list)  # [a, b]: b computed from a
+    sources: list[list[int]] = field(default_factory=list)  # [probe order, node]
+    grads: list[float | None] | None = None  # |g| at each node's output (op detail)
+    where: list[str | None] | None = None  # path:line that made each node (op detail)
+    weights: int = 0  # unprobed leaf tensors (weights) the ops read, not drawn
+    dropped: int = 0  # ops beyond the per-region cap, counted in region_ops but not kept
+
+
+@dataclass
 class StepGraph(Record):
     """The autograd graph collapsed onto the probes: a node per probed tensor that was in the graph
     (by probe ``order``), an edge ``[src, dst]`` when dst was computed from src through unprobed
@@ -296,6 +318,10 @@ class StepGraph(Record):
     raw_cap: int = 0  # the op-level graph is kept up to this many nodes
     raw: OpGraph | None = None  # the op-level graph (small runs)
     raw_skipped: str | None = None  # why it was not kept
+    regions: list[OpRegion] = field(default_factory=list)  # the op-level view, region by region
+    # whether each op's |g| and source line were recorded, and if not, why not
+    detail: bool = False
+    detail_skipped: str | None = None
 
 
 @dataclass

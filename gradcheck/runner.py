@@ -46,6 +46,7 @@ class RunConfig:
     optim_steps: int = 3
     lr: float = 1e-2
     locate: str = "auto"
+    op_detail: str = "auto"
     vanishing_rel: float = 1e-8
     exploding_ratio: float = 1e4
 
@@ -70,6 +71,8 @@ class RunConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
         if self.locate not in ("auto", "always", "never"):
             raise ConfigError(f"locate must be auto, always or never, got {self.locate!r}")
+        if self.op_detail not in ("auto", "always", "never"):
+            raise ConfigError(f"op_detail must be auto, always or never, got {self.op_detail!r}")
         if not (0 < self.vanishing_rel < 1):
             raise ConfigError(f"vanishing threshold must be in (0, 1), got {self.vanishing_rel!r}")
         if not (self.exploding_ratio > 1):
@@ -355,7 +358,7 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = Fals
                                      keep_raw_graph=keep_raw_graph, locate=cfg.locate,
                                      vanishing_rel=cfg.vanishing_rel,
                                      exploding_ratio=cfg.exploding_ratio,
-                                     allow_grad=cfg.allow_grad)
+                                     allow_grad=cfg.allow_grad, op_detail=cfg.op_detail)
         if cfg.sampler.truncate is not None:
             rep.truncation = compare_truncation(rep, den, cfg, mode, z0)
     config = cfg.to_dict()

@@ -152,12 +152,12 @@ def grad_off_sites(frame: FrameType | None = None) -> list[dict[str, str]]:
             fcode = getattr(fn, "__code__", None)
             if api and fcode is not None:
                 sites.append({"api": api, "function": qualname(fn),
-                              "location": f"{_rel(fcode.co_filename)}:{fcode.co_firstlineno}"})
+                              "location": f"{rel_path(fcode.co_filename)}:{fcode.co_firstlineno}"})
         elif is_user_file(code.co_filename):
             for first, last, text in _grad_off_withs(code.co_filename):
                 if code.co_firstlineno <= first <= f.f_lineno <= last and first != f.f_lineno:
                     sites.append({"api": f"with {text}:", "function": code.co_name,
-                                  "location": f"{_rel(code.co_filename)}:{first}"})
+                                  "location": f"{rel_path(code.co_filename)}:{first}"})
         f = f.f_back
     return list(reversed(sites))
 
@@ -208,7 +208,7 @@ def grad_switch_site() -> tuple[str | None, str | None, str, bool]:
                 "_contextlib.py"):  # a decorator: it restores the mode when the function returns
             fn = f.f_locals.get("func")
             code = getattr(fn, "__code__", None)
-            where = f"{_rel(code.co_filename)}:{code.co_firstlineno}" if code else None
+            where = f"{rel_path(code.co_filename)}:{code.co_firstlineno}" if code else None
             return where, qualname(fn) if fn is not None else None, f"@{api}", True
         if f.f_code.co_filename.endswith(_GRAD_MODE_FILE):
             owner = type(f.f_locals.get("self", None)).__name__
@@ -217,7 +217,7 @@ def grad_switch_site() -> tuple[str | None, str | None, str, bool]:
         f = f.f_back
     if f is None:
         return None, None, api, False
-    where = f"{_rel(f.f_code.co_filename)}:{f.f_lineno}"
+    where = f"{rel_path(f.f_code.co_filename)}:{f.f_lineno}"
     block = _opens_a_with_block(f)
     if api == "torch.no_grad()" and not block:
         api = "torch.no_grad().__enter__()"
@@ -234,8 +234,14 @@ def is_user_file(filename: str) -> bool:
                 or filename.startswith("<frozen"))
 
 
-def _rel(filename: str) -> str:
-    return os.path.relpath(filename) if not filename.startswith("<") else filename
+def rel_path(filename: str) -> str:
+    """``filename`` relative to the working directory (pseudo-files such as ``<string>`` as they are)."""
+    if filename.startswith("<"):
+        return filename
+    try:
+        return os.path.relpath(filename)
+    except ValueError:  # another drive (Windows)
+        return filename
 
 
 def _first_user_frame(f: FrameType | None) -> FrameType | None:
@@ -250,7 +256,7 @@ def user_frame() -> tuple[str | None, str | None]:
     f = _first_user_frame(sys._getframe(1))
     if f is None:
         return None, None
-    return f"{_rel(f.f_code.co_filename)}:{f.f_lineno}", f.f_code.co_name
+    return f"{rel_path(f.f_code.co_filename)}:{f.f_lineno}", f.f_code.co_name
 
 
 def caller_of_user_frame() -> str | None:
@@ -261,4 +267,4 @@ def caller_of_user_frame() -> str | None:
     caller = f.f_back if f is not None else None
     if caller is None or not is_user_file(caller.f_code.co_filename):
         return None
-    return f"{_rel(caller.f_code.co_filename)}:{caller.f_lineno} ({caller.f_code.co_name})"
+    return f"{rel_path(caller.f_code.co_filename)}:{caller.f_lineno} ({caller.f_code.co_name})"

@@ -1,0 +1,103 @@
+"""The op-level view: every op of the recorded graph lands in one region, each op's |g| equals
+the gradient autograd computes at that op's output, and each op names the line that made it."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck import opdetail
+from gradcheck.sampling import ResSampler, SamplerConfig, build_denoiser
+
+
+def _line_of(fn, text: str) -> int:
+    src, first = inspect.getsourcelines(fn)
+    return first + next(i for i, s in enumerate(src) if text in s)
+
+
+def _tiny(z: torch.Tensor) -> torch.Tensor:
+    x = gradcheck.probe(z * 3.0, "x", step=0, kind="state")
+    a = x * 2.0  # MulBackward0
+    b = a.sin()  # SinBackward0
+    return gradcheck.probe(b + x, "y", step=1, kind="state")
+
+
+def test_op_grads_are_the_gradient_at_each_ops_output_and_name_their_line():
+    torch.manual_seed(0)
+    z0 = torch.randn(3, dtype=torch.float64)
+    rep = gradcheck.diagnose(_tiny, z0, target=torch.zeros(3, dtype=torch.float64),
+                             numeric=False, optim_steps=0, op_detail="always")
+    g = rep.graph
+    assert g.detail and g.detail_skipped is None
+    y = next(p for p in rep.probes if p.name == "y")
+    reg = next(r for r in g.regions if r.probe == y.order)
+    assert reg.ops[0] == "AddBackward0" and sorted(reg.ops[1:]) == ["MulBackward0", "SinBackward0"]
+    # the oracle: the same function by hand, gradients at every intermediate
+    z = z0.clone().requires_grad_(True)
+    x = z * 3.0
+    a = x * 2.0
+    b = a.sin()
+    yv = b + x
+    loss = torch.nn.functional.mse_loss(yv, torch.zeros(3, dtype=torch.float64))
+    gy, gb, ga = torch.autograd.grad(loss, [yv, b, a])
+    want = {"AddBackward0": gy.norm().item(), "SinBackward0": gb.norm().item(),
+            "MulBackward0": ga.norm().item()}
+    for op, got in zip(reg.ops, reg.grads):
+        assert got == pytest.approx(want[op], rel=1e-12), op
+    where = dict(zip(reg.ops, reg.where))
+    assert where["SinBackward0"].endswith(f"test_opdetail.py:{_line_of(_tiny, 'a.sin()')}")
+    assert where["MulBackward0"].endswith(f"test_opdetail.py:{_line_of(_tiny, 'x * 2.0')}")
+    # the region's ops come from probe x: the edge into the op view names it
+    xp = next(p for p in rep.probes if p.name == "x")
+    assert {s for s, _ in reg.sources} == {xp.order}
+    hyg = next(c for c in rep.checks if c.name == "trace_hygiene")
+    assert hyg.passed, hyg.message
+
+
+def test_every_op_of_the_graph_is_in_exactly_one_region_at_35_steps():
+    s = ResSampler(build_denoiser("conv"), SamplerConfig(steps=35), mode="learnable_step_noise")
+    rep = gradcheck.diagnose(s, torch.randn(1, 1, 8, 8), numeric=False,
+                             optim_steps=0)
+    g = rep.graph
+    counted = sum(sum(v.values()) for v in g.region_ops.values())
+    kept = sum(len(r.ops) - 1 + r.dropped for r in g.regions)
+    assert kept == counted > 35 * 30
+    assert {r.probe for r in g.regions} == {int(k) for k in g.region_ops}
+    assert g.detail  # a 35-step run of the built-in model is well inside auto's budget
+    for r in g.regions:
+        n = len(r.ops)
+        assert all(0 <= a < n and 0 <= b < n for a, b in r.edges)
+        assert all(0 <= i < n for _, i in r.sources)
+        assert len(r.grads) == len(r.where) == n
+    # every op of a denoiser call is reached by gradient and has a line of the denoiser
+    d = next(r for r in g.regions if r.ops.count("ConvolutionBackward0") >= 5)
+    assert all(v is not None and v > 0 for v in d.grads)
+    assert sum(w is not None and "denoisers.py" in w for w in d.where) > len(d.where) // 2
+
+
+def test_op_detail_policies():
+    s = ResSampler(build_denoiser("conv"), SamplerConfig(steps=2), mode="default")
+    z0 = torch.randn(1, 1, 8, 8)
+    never = gradcheck.diagnose(s, z0, numeric=False, optim_steps=0, op_detail="never")
+    assert not never.graph.detail and never.graph.detail_skipped == "op_detail='never'"
+    assert never.graph.regions and all(r.grads is None for r in never.graph.regions)
+    with pytest.raises(gradcheck.GradcheckError, match="op_detail must be"):
+        gradcheck.diagnose(s, z0, op_detail="sometimes")
+
+
+def test_auto_drops_the_detail_of_a_forward_pass_past_its_budget(monkeypatch):
+    monkeypatch.setattr(opdetail, "AUTO_BUDGET_S", 0.0)
+    import gradcheck.diagnosis as d
+
+    monkeypatch.setattr(d, "AUTO_BUDGET_S", 0.0)
+    s = ResSampler(build_denoiser("conv"), SamplerConfig(steps=3), mode="default")
+    rep = gradcheck.diagnose(s, torch.randn(1, 1, 8, 8), numeric=False,
+                             optim_steps=0)
+    assert not rep.graph.detail
+    assert "ran past 0 s" in rep.graph.detail_skipped and "--op-detail always" in \
+        rep.graph.detail_skipped
+    assert all(r.grads is None and r.where is None for r in rep.graph.regions)
+    hyg = next(c for c in rep.checks if c.name == "trace_hygiene")
+    assert hyg.passed

@@ -227,12 +227,13 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 raw_cap=raw_graph_cap, regions=[reg for reg, _ in op_regions],
             )
             op_grads = None
-            if sources is not None and sources.skipped is None and loss_rg:
+            if sources is not None and sources.skipped is None:
                 for reg, nodes in op_regions:
                     reg.where = sources.sources(nodes)
-                op_grads = OpGrads(op_regions)
-                tr.own(op_grads.install())
                 step_graph.detail = True
+                if loss_rg:  # no backward, no gradient: the lines still say where each op is
+                    op_grads = OpGrads(op_regions)
+                    tr.own(op_grads.install())
             elif capture_graph:
                 step_graph.detail_skipped = (
                     "op_detail='never'" if sources is None else sources.skipped
@@ -467,6 +468,26 @@ def probe_path(run: Callable[[torch.Tensor], torch.Tensor], rec: Recording, *, s
 
 # -- stage 6: locate --------------------------------------------------------------------------------
 
+def source_around(location: str | None, context: int = 3) -> tuple[list[str], int | None]:
+    """The lines of the user's source around ``path:line`` (``context`` either side), and the
+    number of the first; nothing when the file cannot be read (a REPL, a notebook cell)."""
+    import linecache
+
+    if not location or ":" not in location:
+        return [], None
+    path, _, line = location.rpartition(":")
+    if not line.isdigit() or path.startswith("<"):
+        return [], None
+    n = int(line)
+    first = max(1, n - context)
+    lines = [linecache.getline(path, i).rstrip("\n") for i in range(first, n + context + 1)]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not any(x.strip() for x in lines):
+        return [], None
+    return lines, first
+
+
 def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
                  run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording,
                  report: FlowReport, *, locate: str, scan_randomness: bool, scan_bias: bool,
@@ -492,6 +513,10 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
                                  run_ctx=lambda: seeded(seed, z0.device), reason=reason,
                                  seed=seed, rank=policy.rank, policy=policy)
     report.timings["locate_s"] = time.perf_counter() - t0
+    loc = report.locator
+    for ev in [loc.primary, loc.bias, *loc.events[:8]] if loc else []:
+        if ev is not None and not ev.source:
+            ev.source, ev.source_line = source_around(ev.location)
     remeasure_at_working_precision(run, loss, rec, report, seed=seed, policy=policy)
     report.checks = run_checks(report)
 

@@ -172,6 +172,10 @@ class BreakEvent(Record):
     # every grad-disabling site in effect where it happened, outermost first (decorators, with
     # blocks, a switch that stays off): all of them must change for the gradient to flow
     sites: list[str] = field(default_factory=list)
+    # the user's source around ``location`` (read when the diagnosis ran, so a report re-rendered
+    # elsewhere still shows it): the lines, and the number of the first
+    source: list[str] = field(default_factory=list)
+    source_line: int | None = None
 
     def where(self) -> str:
         """'step 2 (denoiser output -> state update)' (:func:`gradcheck.text.break_where`)."""

@@ -123,6 +123,39 @@ class Page:
         res = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
         return res["result"].get("value")
 
+    def _centre(self, selector: str) -> tuple[float, float]:
+        box = self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
+            f" e.scrollIntoView({{block: 'center', inline: 'center'}});"
+            f" const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        if box is None:
+            raise LookupError(f"no element matches {selector!r}")
+        return box[0], box[1]
+
+    def click(self, selector: str) -> None:
+        """A real mouse click (press and release) at the centre of the first match."""
+        x, y = self._centre(selector)
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y,
+                                                   "button": "left", "clickCount": 1})
+
+    def hover(self, selector: str) -> None:
+        x, y = self._centre(selector)
+        self.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+
+    def type_text(self, selector: str, text: str) -> None:
+        """Focus the element and type ``text`` as key events."""
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
+        self.call("Input.insertText", {"text": text})
+
+    def press(self, key: str) -> None:
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key,
+                                                 "windowsVirtualKeyCode": 13 if key == "Enter" else 0})
+
+    def without_javascript(self) -> None:
+        self.call("Emulation.setScriptExecutionDisabled", {"value": True})
+
     def screenshot(self, path: str | Path, full_page: bool = True) -> Path:
         params: dict[str, Any] = {"format": "png"}
         if full_page:

@@ -86,10 +86,14 @@ def test_run_writes_every_file(run_dir):
 
 def test_html_is_self_contained(run_dir):
     html = (run_dir / "index.html").read_text()
-    assert "<script" not in html and "<link" not in html
+    assert "<link" not in html
+    # scripts are inline: the page's data and its code, nothing loaded from anywhere
+    assert re.findall(r"<script[^>]*>", html) == ['<script type="application/json" id="gc-data">',
+                                                  "<script>"]
     srcs = re.findall(r'src="([^"]+)"', html)
     assert srcs and all(s.startswith("data:") for s in srcs)
     assert not re.search(r"https?://", html.split("<footer")[0].replace("http://www.w3.org", ""))
+    assert "fetch(" not in html and "XMLHttpRequest" not in html and "import(" not in html
 
 
 def test_html_in_chromium_shows_every_section_without_errors(run_dir, tmp_path):
@@ -100,14 +104,17 @@ def test_html_in_chromium_shows_every_section_without_errors(run_dir, tmp_path):
         sections = page.evaluate("[...document.querySelectorAll('section')].map(s => s.id)")
         text = page.evaluate("document.body.innerText")
         images = page.evaluate("[...document.images].map(i => [i.alt, i.naturalWidth])")
+        views = page.evaluate("[...document.querySelectorAll('svg.heatmap, svg.chain')]"
+                              ".map(s => s.getBoundingClientRect().height > 50)")
         shot = page.screenshot(tmp_path / "report.png")
         errors = page.errors()
     assert errors == []
-    assert sections == ["verdict", "checks", "locate", "per-step", "samples", "step-graph", "autograd-graph", "probes",
-                        "config", "environment", "timings"]
+    assert sections == ["verdict", "overview", "checks", "locate", "samples", "step-graph",
+                        "per-step", "probes", "config", "environment", "timings"]
     assert "default: PASS" in text and "learnable_step_noise: PASS" in text
     assert "grad_reaches_z0" in text and "numeric_directional" in text
-    assert len(images) == 6 and all(w > 100 for _, w in images), images  # plot, samples, 2x2 graphs
+    assert len(images) == 2 and all(w > 100 for _, w in images), images  # plot, samples
+    assert views == [True] * 4  # a heat map and a step chain per mode, drawn
     from PIL import Image, ImageStat
 
     im = Image.open(shot).convert("L")
@@ -167,10 +174,15 @@ def test_probe_names_are_escaped(broken_record, tmp_path):
         pytest.skip("chromium not installed")
     with Page() as page:
         page.goto(tmp_path / "index.html")
-        n_scripts = page.evaluate("document.scripts.length")
         text = page.evaluate("document.body.innerText")
+        injected = page.evaluate("window.__evil === undefined && !document.querySelector("
+                                 "'body script:not(#gc-data):not(:last-of-type)')")
+        page.evaluate("document.getElementById('gc-search').value = ''")
+        page.type_text("#gc-search", "script>alert")
+        results = page.evaluate("document.getElementById('gc-results').innerText")
         errors = page.errors()
-    assert n_scripts == 0 and EVIL in text and errors == []
+    assert EVIL in text and injected and errors == []
+    assert "probe <script>alert(1)</script>" in results  # found, shown as text
 
 
 NO_TORCH = """
@@ -234,7 +246,9 @@ def test_without_dot_the_run_succeeds_and_says_how_to_get_graphs(tmp_path, monke
     assert "install Graphviz" in printed
     html = (out / "index.html").read_text()
     assert html.count("install Graphviz to draw graphs") >= 2
-    assert "DOT source" in html and "digraph" in html
+    # the page's own views need no Graphviz: the overview and the step chains are there
+    assert html.count('<svg class="heatmap"') == 2 and html.count('<svg class="chain"') == 2
+    assert (out / "graph_default.dot").read_text().startswith("digraph")
     assert not list(out.glob("*.svg"))
     assert main(["run", "--steps", "3", "--graph", "always", "--out", str(tmp_path / "r2")]) == 1
     err = capsys.readouterr().err
@@ -267,7 +281,7 @@ def test_raw_graph_above_the_cap_is_skipped_with_a_reason_and_linked(tmp_path, c
     out = tmp_path / "cap"
     assert main(["run", "--steps", "4", "--raw-graph-cap", "50", "--out", str(out)]) == 0
     html = (out / "index.html").read_text()
-    assert "raw graph skipped:" in html and "autograd nodes &gt; cap 50" in html
+    assert "whole op-level graph not kept:" in html and "autograd nodes &gt; cap 50" in html
     assert (out / "autograd_default.dot").read_text().startswith("digraph")
     assert not (out / "autograd_default.svg").exists()
     assert (out / "graph_default.svg").exists()

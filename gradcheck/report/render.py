@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from ..checks import break_between
 from ..errors import ConfigError
 from ..records import FlowReport, OpGraph, OptimizeRecord, RunRecord
 from ..text import CAUSES, fmt, locator_failures, located, value
-from . import dot, plots
+from . import dot, plots, views
 from .files import check_writable, prune, write_bytes_atomic, write_text_atomic
 from ..text import step_rows
 
@@ -60,16 +62,67 @@ def _cell_class(v: str) -> str:
     return {"none": "none", "no-graph": "nograph", "0": "zero"}.get(v, "")
 
 
+def _show(v: Any) -> str:
+    """A configuration value as text: non-finite floats one way wherever they come from
+    (``inf``, also when read back from JSON), lists shortened."""
+    if isinstance(v, dict) and set(v) == {"$float"}:
+        v = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v["$float"], v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf
+                                            else f"{v:g}")
+    if isinstance(v, list) and len(v) > 12:
+        return f"[{', '.join(_show(x) for x in v[:6])}, ... ({len(v)} values)]"
+    if isinstance(v, list):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return str(v)
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     out = []
     for k, v in d.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and set(v) != {"$float"}:
             out += _flatten(v, f"{prefix}{k}.")
-        elif isinstance(v, list) and len(v) > 12:
-            out.append((prefix + k, f"[{', '.join(str(x) for x in v[:6])}, ... ({len(v)} values)]"))
         else:
-            out.append((prefix + k, str(v)))
+            out.append((prefix + k, _show(v)))
     return out
+
+
+#: timings in the order the stages run (anything else after them, as recorded)
+TIMING_ORDER = ("baseline_s", "forward_s", "backward_s", "shadow_s", "numeric_s", "optim_s",
+                "path_probe_s", "locate_s", "total_s")
+
+
+def timing_keys(timings: list[dict[str, float]]) -> list[str]:
+    seen = []
+    for t in timings:
+        seen += [k for k in t if k not in seen]
+    rank = {k: i for i, k in enumerate(TIMING_ORDER)}
+    return sorted(seen, key=lambda k: (k == "total_s", rank.get(k, len(TIMING_ORDER) - 1),
+                                       seen.index(k)))
+
+
+def config_rows(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """The configuration as the report lists it: what was set, once. Unset options (None) are
+    left out; the churn of each mode replaces the unset global one; the distributed options
+    appear only for a run of several processes; the sigmas in full."""
+    cfg = dict(cfg)
+    sampler = dict(cfg.get("sampler") or {})
+    by_mode = cfg.pop("s_churn_by_mode", None)
+    if by_mode:
+        if sampler.get("s_churn") is None:
+            sampler.pop("s_churn", None)
+        for m, v in by_mode.items():
+            sampler[f"s_churn ({m})"] = v
+    if sampler:
+        cfg["sampler"] = sampler
+    if (cfg.get("nproc") or 1) <= 1:
+        for k in ("nproc", "parallel", "dist_timeout"):
+            cfg.pop(k, None)
+    sigmas = cfg.pop("sigmas", None)
+    rows = [(k, v) for k, v in _flatten(cfg) if v != "None"]
+    if sigmas:
+        rows.append(("sigmas", ", ".join(f"{x:.4g}" for x in sigmas)))
+    return rows
 
 
 def _headline(r: FlowReport) -> str:
@@ -116,41 +169,65 @@ def run_title(cfg: dict[str, Any]) -> str:
             f"{z}, seed {cfg.get('seed')}{procs}")
 
 
+def _open_at(r: FlowReport) -> str | None:
+    """The step a failing run's page opens on: the located break's, else the break point's."""
+    if r.passed:
+        return None
+    ev = r.locator.primary if r.locator and r.locator.ran and r.locator.primary else None
+    if ev is not None and ev.step is not None:
+        return str(ev.step)
+    bp = break_point(r)
+    if bp is None:
+        return None
+    a, b, _ = bp
+    for p in (b, a):
+        if p.step is not None:
+            return str(p.step)
+    return "end" if b.kind not in ("z0", "x_T") else "start"
+
+
 def _mode_view(name: str, r: FlowReport, out: Path, graphs: str, res: Rendered,
-               big_raw: OpGraph | None) -> dict[str, Any]:
-    """One mode's part of the page: its graphs drawn into ``out``, its texts and tables."""
+               big_raw: OpGraph | None, strings: dict[str, int]) -> tuple[dict[str, Any],
+                                                                         dict[str, Any]]:
+    """One mode's part of the page (its texts, tables and views; its static graphs drawn into
+    ``out``), and its data for the page's script."""
     errors = [f for f in r.checks if f.level == "error"]
     src = dot.step_graph_dot(r)
     write_text_atomic(out / f"graph_{name}.dot", src)
     res.files.append(f"graph_{name}.dot")
-    uri, note = _draw(src, f"graph_{name}", out, graphs, res, ("svg", "png"))
+    _, note = _draw(src, f"graph_{name}", out, graphs, res, ("svg", "png"))
     if note:
         res.notes.append(f"{name} step graph: {note}")
-    step_graph = {"uri": uri, "file": f"graph_{name}.svg", "note": note, "dot": src,
-                  "dot_file": f"graph_{name}.dot"}
+    static = {"svg": None if note else f"graph_{name}.svg",
+              "png": None if note else f"graph_{name}.png", "dot": f"graph_{name}.dot",
+              "note": note}
 
     g = r.graph
-    raw = {"uri": None, "file": f"autograd_{name}.svg", "note": None, "dot_file": None}
+    raw = {"file": None, "dot_file": None, "note": None}
     if g is not None and g.raw is not None:
         raw_src = dot.op_graph_dot(g.raw, f"autograd_{name}")
         write_text_atomic(out / f"autograd_{name}.dot", raw_src)
         res.files.append(f"autograd_{name}.dot")
         raw["dot_file"] = f"autograd_{name}.dot"
-        raw["uri"], raw["note"] = _draw(raw_src, f"autograd_{name}", out, graphs, res,
-                                        ("svg",))
+        uri, raw["note"] = _draw(raw_src, f"autograd_{name}", out, graphs, res, ("svg",))
+        if uri:
+            raw["file"] = f"autograd_{name}.svg"
     else:
         why = g.raw_skipped if g is not None else "no autograd graph was recorded"
-        raw["note"] = f"raw graph skipped: {why}" if why else "raw graph not recorded"
+        raw["note"] = f"whole op-level graph not kept: {why}" if why else None
         if big_raw is not None:
             write_text_atomic(out / f"autograd_{name}.dot",
                               dot.op_graph_dot(big_raw, f"autograd_{name}"))
             res.files.append(f"autograd_{name}.dot")
             raw["dot_file"] = f"autograd_{name}.dot"
-            raw["note"] += "; the DOT source is linked below (lay it out with dot -Tsvg)"
-    if raw["note"]:
-        res.notes.append(f"{name} raw graph: {raw['note']}")
-
-    return {
+    ch = views.chain(r)
+    opv = views.op_views(r, strings)
+    for v in opv.values():
+        v["detail"] = bool(g.detail) if g else False
+    data = {"name": name, "views": opv, "open": _open_at(r),
+            "detail_skipped": g.detail_skipped if g else None,
+            "probes": {p.order: [p.name, p.kind, p.step, p.status] for p in r.probes}}
+    view = {
         "name": name, "passed": r.passed, "locator": r.locator, "truncation": r.truncation,
         "notes": r.notes, "sampler": r.sampler, "ranks": r.ranks,
         "ranks_differ": bool(r.ranks) and len({(x["passed"], x["z0_status"],
@@ -158,11 +235,23 @@ def _mode_view(name: str, r: FlowReport, out: Path, graphs: str, res: Rendered,
         "located": located(r) if r.locator and r.locator.primary else None,
         "locator_failures": locator_failures(r), "n_ok": sum(f.passed for f in errors),
         "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
-        "step_rows": step_rows(r), "step_graph": step_graph, "raw_graph": raw,
+        "break_view": views.break_view(r),
+        "step_rows": step_rows(r), "static": static, "raw_graph": raw,
+        "heatmap": views.heatmap_svg(r), "chain": views.chain_svg(r, ch),
+        "n_views": len(opv), "open": data["open"],
+        "detail": bool(g.detail) if g else False,
+        "detail_skipped": g.detail_skipped if g else None,
         "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
                         f"{g.total_nodes} autograd nodes") if g else "",
-        "timings": {k: f"{v:.3f}" for k, v in r.timings.items()}, "probes": r.probes,
+        "timings": r.timings, "probes": r.probes,
     }
+    return view, data
+
+
+def _script_json(data: Any) -> str:
+    """JSON safe inside a <script> element (no '</script>', no HTML-significant characters)."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = "auto",
@@ -199,8 +288,14 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
         res.files.append("samples.png")
         samples_uri = _uri("image/png", spng)
 
-    modes = [_mode_view(name, r, out, graphs, res, (raw_graphs or {}).get(name))
-             for name, r in record.modes.items()]
+    strings: dict[str, int] = {}
+    modes, data = [], []
+    for name, r in record.modes.items():
+        view, d = _mode_view(name, r, out, graphs, res, (raw_graphs or {}).get(name), strings)
+        modes.append(view)
+        data.append(d)
+    page_data = _script_json({"modes": data, "strings": list(strings),
+                              "palette": views._VIRIDIS})
 
     names = []
     for r in record.modes.values():
@@ -218,16 +313,15 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
 
     cfg = record.config
     title = run_title(cfg)
-    config = [(k, v) for k, v in _flatten(cfg) if k != "sigmas"]
-    if "sigmas" in cfg:
-        config.append(("sigmas", ", ".join(f"{x:.4g}" for x in cfg["sigmas"])))
-    timing_keys = sorted({k for m in modes for k in m["timings"]},
-                         key=lambda k: ("total" in k, k))
+    config = config_rows(cfg)
+    tkeys = timing_keys([m["timings"] for m in modes])
     html = _env().get_template("index.html.j2").render(
         title=title, modes=modes, check_rows=check_rows, plot_uri=_uri("image/png", png),
         samples_uri=samples_uri, grid_cols=max(1, len(modes)),
-        config=config, environment=_flatten(record.environment), timing_keys=timing_keys,
-        cell_class=_cell_class, fmt=fmt, causes=CAUSES, fmtg=lambda x: f"{x:.4g}", version=record.environment.get("gradcheck", ""),
+        config=config, environment=_flatten(record.environment), timing_keys=tkeys,
+        page_data=page_data, cell_class=_cell_class, fmt=fmt, causes=CAUSES,
+        fmtg=lambda x: f"{x:.4g}", secs=lambda x: f"{x:.3f}" if x is not None else "-",
+        version=record.environment.get("gradcheck", ""),
         schema_version=record.schema_version,
         generated=generated or _now(),
     )
@@ -257,7 +351,7 @@ def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
     r = data["result"]
     html = _env().get_template("optimize.html.j2").render(
         d=data, r=r, images=images, passed=rec.passed,
-        config=[(k, v) for k, v in _flatten(data["config"])],
+        config=_flatten(data["config"]),
         environment=_flatten(data.get("environment", {})), grid_cols=2,
         version=data.get("environment", {}).get("gradcheck", ""), generated=generated or _now(),
     )

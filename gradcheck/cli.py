@@ -193,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output directory (default: the JSON's directory)")
     _render_args(rp)
     rp.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    dp = sub.add_parser("diff", help="what changed between two runs: checks flipped, |g| per "
+                        "probe as a ratio, breaks appeared or gone (exit 2 when B is worse)")
+    dp.add_argument("a", metavar="A_REPORT_JSON", help="the report.json of the earlier run")
+    dp.add_argument("b", metavar="B_REPORT_JSON", help="the report.json of the later run")
+    dp.add_argument("--out", default=None, help="also write the diff as HTML into this directory")
+    dp.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -435,6 +442,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK if record.passed else EXIT_FAILED
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .diff import compare
+    from .records import RunRecord
+    from .report import load_record
+    from .report.render import render_diff, run_title
+
+    recs = []
+    for path in (args.a, args.b):
+        rec = load_record(path)
+        if not isinstance(rec, RunRecord):
+            raise GradcheckError(f"cannot diff {path!r}: it is an optimize.json; gradcheck diff "
+                                 f"compares two report.json files")
+        recs.append(rec)
+    a, b = recs
+    d = compare(a, b, f"{args.a} ({run_title(a.config)})", f"{args.b} ({run_title(b.config)})")
+    if args.out:
+        from .report.files import output_dir
+
+        with output_dir(args.out, "index.html") as out:
+            rendered = render_diff(d, out)
+    print("\n".join(d.lines()))
+    if args.out:
+        print(f"report: {rendered.index}")
+    return EXIT_FAILED if d.worse else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -446,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     args.argv = list(sys.argv[1:] if argv is None else argv)  # relaunched as is by --nproc
     try:
-        return {"report": cmd_report, "optimize": cmd_optimize}.get(args.command, cmd_run)(args)
+        return {"report": cmd_report, "optimize": cmd_optimize,
+                "diff": cmd_diff}.get(args.command, cmd_run)(args)
     except KeyboardInterrupt:
         sys.stderr.write("gradcheck: interrupted\n")
         return EXIT_ERROR

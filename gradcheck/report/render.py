@@ -359,3 +359,18 @@ def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
     res.files.append("index.html")
     prune(out, res.files, OPTIMIZE_FILES)
     return res
+
+
+def render_diff(d: Any, out_dir: str | os.PathLike[str], *, generated: str | None = None) -> Rendered:
+    """Write ``index.html`` of a :class:`gradcheck.diff.RunDiff` into ``out_dir``."""
+    from .. import __version__
+    from ..diff import RATIO_NOTE
+
+    out = check_writable(out_dir)
+    res = Rendered(out_dir=out)
+    html = _env().get_template("diff.html.j2").render(
+        d=d, ratio_svg=views.ratio_svg, fmt=fmt, factor=f"{RATIO_NOTE:g}", grid_cols=1,
+        version=__version__, generated=generated or _now())
+    write_text_atomic(out / "index.html", html)
+    res.files.append("index.html")
+    return res

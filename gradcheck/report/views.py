@@ -575,3 +575,75 @@ def _line_no(location: str | None) -> int | None:
         return None
     tail = location.rsplit(":", 1)[1]
     return int(tail) if tail.isdigit() else None
+
+
+# -- a diff of two runs ---------------------------------------------------------------------------
+
+def _diverging(lr: float) -> str:
+    """log10 ratio -> colour: blue (B smaller) .. white (equal) .. orange (B larger), +-2 decades."""
+    t = max(-1.0, min(1.0, lr / 2.0))
+    lo, mid, hi = (33, 102, 172), (247, 247, 247), (230, 97, 1)
+    end = hi if t > 0 else lo
+    f = abs(t)
+    return "#" + "".join(f"{round(m + (e - m) * f):02x}" for m, e in zip(mid, end))
+
+
+def ratio_svg(md: Any, width: int = 1180) -> str:
+    """One mode of a diff as a strip: step x probe kind, colour = log10(|g| in B / |g| in A);
+    a black cross where a probe's status changed (gradient lost or gained)."""
+    probes = [p for p in md.probes if p.step is not None]
+    steps = sorted({p.step for p in probes})
+    kinds = [k for k in KIND_ORDER if any(_row_kind(p.kind) == k for p in probes)] + sorted(
+        {_row_kind(p.kind) for p in probes} - set(KIND_ORDER))
+    if not steps:
+        return ""
+    left, top, row_h = 112, 8, 20
+    cell_w = max(3.0, min(48.0, (width - left - 40) / len(steps)))
+    col = {s: i for i, s in enumerate(steps)}
+    row = {k: i for i, k in enumerate(kinds)}
+    h = top + row_h * len(kinds) + 60
+    w = int(max(left + cell_w * len(steps) + 20, 640))
+    out = [f'<svg class="ratio" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           f'viewBox="0 0 {w} {h}"><g style="font:11px Helvetica,Arial,sans-serif">']
+    for k, i in row.items():
+        out.append(f'<text x="{left - 6}" y="{top + i * row_h + 14}" text-anchor="end">'
+                   f'{_esc(KIND_WORDS.get(k, k))}</text>')
+    cells: dict[tuple[int, str], list[Any]] = {}
+    for p in probes:
+        cells.setdefault((p.step, _row_kind(p.kind)), []).append(p)
+    for (s, k), ps in cells.items():
+        x, y = left + col[s] * cell_w, top + row[k] * row_h
+        ch = row_h / len(ps)
+        for j, p in enumerate(ps):
+            r = p.ratio
+            changed = p.status_a != p.status_b
+            fill = "#ffffff" if r is None else _diverging(math.log10(r))
+            tip = (f"{p.name} (step {p.step}): {fmt(p.a)} -> {fmt(p.b)}"
+                   + (f", x{r:.3g}" if r is not None else "")
+                   + (f", {p.status_a} -> {p.status_b}" if changed else ""))
+            yy = y + j * ch
+            out.append(f'<rect x="{x:.2f}" y="{yy:.2f}" width="{max(cell_w - 0.6, 1):.2f}" '
+                       f'height="{max(ch - 0.6, 1):.2f}" fill="{fill}" stroke="#d0d7de" '
+                       f'stroke-width="0.3"><title>{_esc(tip)}</title></rect>')
+            if changed:
+                out.append(f'<path d="M{x + 1:.1f},{yy + 1:.1f}L{x + cell_w - 1.6:.1f},'
+                           f'{yy + ch - 1.6:.1f}M{x + cell_w - 1.6:.1f},{yy + 1:.1f}L{x + 1:.1f},'
+                           f'{yy + ch - 1.6:.1f}" stroke="#000" stroke-width="1.4"/>')
+    gy = top + row_h * len(kinds)
+    every = max(1, math.ceil(32 / cell_w))
+    for i, s in enumerate(steps):
+        if i % every == 0:
+            out.append(f'<text x="{left + (i + 0.5) * cell_w:.1f}" y="{gy + 13}" '
+                       f'text-anchor="middle">{s}</text>')
+    ly = gy + 26
+    for i in range(40):
+        out.append(f'<rect x="{left + i * 5}" y="{ly}" width="5.3" height="10" '
+                   f'fill="{_diverging(-2 + 4 * i / 39)}"/>')
+    for v, lab in ((-2, "1/100"), (-1, "1/10"), (0, "1"), (1, "10"), (2, "100")):
+        out.append(f'<text x="{left + (v + 2) / 4 * 200:.1f}" y="{ly + 22}" '
+                   f'text-anchor="middle">{lab}</text>')
+    out.append(f'<text x="{left - 6}" y="{ly + 9}" text-anchor="end">B/A</text>'
+               f'<path d="M{left + 230},{ly}l10,10m0,-10l-10,10" stroke="#000" '
+               f'stroke-width="1.4"/><text x="{left + 246}" y="{ly + 9}">status changed '
+               f'(gradient lost or gained)</text></g></svg>')
+    return "".join(out)

@@ -125,10 +125,19 @@ def test_html_in_chromium_shows_every_section_without_errors(run_dir, tmp_path):
 def test_plot_has_a_series_per_kind_and_mode(run_dir):
     rec = load_record(run_dir / "report.json")
     fig = plots.grad_figure(rec)
-    labels = {ln.get_label() for ax in fig.axes for ln in ax.get_lines()}
-    for kind in ("state x_i", "denoiser input", "denoiser output"):
-        assert f"default: {kind}" in labels and f"learnable_step_noise: {kind}" in labels
-    assert "learnable_step_noise: step noise" in labels and "default: step noise" not in labels
+    by_panel = {ax.get_title(): {ln.get_label() for ln in ax.get_lines()} for ax in fig.axes
+                if ax.get_title()}
+    for kind in ("state x_i", "denoiser input", "denoiser output", "z0"):
+        # the panel's title names the mode; the legend does not repeat it
+        assert kind in by_panel["mode default"] and kind in by_panel["mode learnable_step_noise"]
+    assert "step noise" in by_panel["mode learnable_step_noise"]
+    assert "step noise" not in by_panel["mode default"]
+    # z0 is drawn, left of step 0, at its |g|
+    for ax in fig.axes:
+        for ln in ax.get_lines():
+            if ln.get_label() == "z0":
+                z = next(p for p in rec.modes[ax.get_title()[5:]].probes if p.kind == "z0")
+                assert list(ln.get_xdata()) == [-1] and ln.get_ydata()[0] == pytest.approx(z.norm)
     s = plots.plot_series(rec.modes["learnable_step_noise"])
     assert [x for x, _ in s.lines["state"]] == [0, 1, 2, 3, 4]
     assert [x for x, _ in s.lines["step_noise"]] == [0, 1, 2, 3]
@@ -137,6 +146,23 @@ def test_plot_has_a_series_per_kind_and_mode(run_dir):
     # the values are the recorded norms
     norms = {p.step: p.norm for p in rec.modes["learnable_step_noise"].probes if p.kind == "state"}
     assert dict(s.lines["state"])[3] == pytest.approx(norms[3])
+
+
+def test_a_line_is_broken_where_a_probe_got_no_gradient(run_dir):
+    import math
+
+    rec = load_record(run_dir / "report.json")
+    rep = rec.modes["default"]
+    x2 = next(p for p in rep.probes if p.kind == "state" and p.step == 2)
+    x2.reached, x2.norm, x2.max_abs = False, None, None  # step 2's state: no gradient
+    s = plots.plot_series(rep)
+    assert s.gaps["state"] == [2.0] and 2.0 not in [x for x, _ in s.lines["state"]]
+    fig = plots.grad_figure(rec)
+    ax = next(a for a in fig.axes if a.get_title() == "mode default")
+    ln = next(ln for ln in ax.get_lines() if ln.get_label() == "state x_i")
+    xs, ys = list(ln.get_xdata()), list(ln.get_ydata())
+    assert xs == [0, 1, 2, 3, 4] and math.isnan(ys[2])  # the line stops at step 2
+    assert all(not math.isnan(y) for i, y in enumerate(ys) if i != 2)
 
 
 def test_a_broken_run_marks_the_break_and_the_unreached(broken_record, tmp_path):
@@ -148,7 +174,9 @@ def test_a_broken_run_marks_the_break_and_the_unreached(broken_record, tmp_path)
     fig = plots.grad_figure(broken_record)
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
     assert any(k.startswith("break (graph ends)") for k in lines)
-    assert "default: no gradient" in lines
+    assert "no gradient" in lines and "z0: unreached" in lines
+    # one mode takes the page's width
+    assert fig.get_size_inches()[0] >= 11
     dot_src = step_graph_dot(rep)
     assert "BREAK: graph ends" in dot_src
     # the part of the graph cut off from the loss is still drawn (grey), from the probes
@@ -315,3 +343,38 @@ def test_write_report_turns_your_own_diagnoses_into_the_same_report(tmp_path):
     bad.write_text("x")
     with pytest.raises(gradcheck.OutputError):
         gradcheck.write_report(reps[0], bad / "sub")
+
+
+def test_optimize_plots_say_what_they_plot_and_band_only_what_a_check_judges():
+    data = {"result": {"objective": "class:3", "extra": {"class": 3}, "direction": "up",
+                       "values": [-2.0, -1.0], "z_norms": [8.0, 8.1], "sqrt_d": 8.0, "batch": 4,
+                       "checks": []}}
+    assert plots.loss_curve_figure(data).axes[0].get_ylabel() == "mean log p(digit 3 | output)"
+    data["result"].update(objective="diverge", extra={})
+    assert plots.loss_curve_figure(data).axes[0].get_ylabel() == "MSE(output, baseline output)"
+    ax = plots.z_norm_figure(data).axes[0]
+    assert not ax.patches and len(ax.get_lines()) == 1  # no check judged the norm: no band
+    data["result"]["checks"] = [{"name": "z0_plausible", "passed": True, "message": ""}]
+    ax = plots.z_norm_figure(data).axes[0]
+    assert len(ax.patches) == 1 and "z0_plausible" in ax.get_legend_handles_labels()[1][-1]
+
+
+def test_configuration_and_timings_read_cleanly(run_dir, tmp_path):
+    from gradcheck.cli import main as cli
+
+    fresh = (run_dir / "index.html").read_text()
+    assert cli(["report", str(run_dir / "report.json"), "--out", str(tmp_path / "again")]) == 0
+    again = (tmp_path / "again" / "index.html").read_text()
+    for html in (fresh, again):
+        config = html.split('<section id="config">')[1].split("</section>")[0]
+        rows = dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", config))
+        assert "sampler.s_churn" not in rows  # unset: the modes' own values stand in for it
+        assert rows["sampler.s_churn (default)"] == "0"
+        assert rows["sampler.s_churn (learnable_step_noise)"] == "40"
+        assert not {"nproc", "parallel", "dist_timeout"} & set(rows)  # one process
+        assert rows["sampler.s_max"] == "inf"  # the same word, fresh or read back from JSON
+        assert "None" not in rows.values() and "Infinity" not in config
+        timings = html.split('<section id="timings">')[1].split("</section>")[0]
+        heads = re.findall(r'<th class="num">(\w+) \(s\)</th>', timings)
+        assert heads[:3] == ["baseline", "forward", "backward"] and heads[-1] == "total"
+        assert heads.index("numeric") < heads.index("optim")

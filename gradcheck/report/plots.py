@@ -37,6 +37,10 @@ class ModeSeries:
     break_x: float | None = None
     break_label: str | None = None
     sigmas: dict[int, float] = field(default_factory=dict)
+    # kind -> x of probes of that kind without a value: the kind's line is broken there, so a
+    # step without gradient never looks as if it had one
+    gaps: dict[str, list[float]] = field(default_factory=dict)
+    z0: tuple[str, float | None] | None = None  # (status, |g|) of z0, drawn left of step 0
 
 
 def _x(p) -> float:
@@ -55,7 +59,9 @@ def plot_series(r: FlowReport) -> ModeSeries:
         st = p.status
         if st == "ok":
             s.lines.setdefault(kind, []).append((_x(p), p.norm))
-        elif st == "zero":
+            continue
+        s.gaps.setdefault(kind, []).append(_x(p))
+        if st == "zero":
             s.zero.append((_x(p), p.name))
         elif st == "nonfinite":
             s.nonfinite.append((_x(p), p.name))
@@ -63,6 +69,9 @@ def plot_series(r: FlowReport) -> ModeSeries:
             s.unreached.append((_x(p), p.name))
     for k in s.lines:
         s.lines[k].sort()
+    z = next((p for p in r.probes if p.kind == "z0"), None)
+    if z is not None:
+        s.z0 = (z.status, z.norm if z.status == "ok" else None)
     bp = break_point(r)
     if bp is not None:
         a, b, kind = bp
@@ -78,22 +87,30 @@ def grad_figure(record: RunRecord):
     """The matplotlib Figure: one panel per mode, shared log y-axis."""
     series = [plot_series(r) for r in record.modes.values()]
     n = len(series)
-    fig, axes = _subplots(1, n, figsize=(6.2 * n, 4.4), sharey=True, squeeze=False)
-    values = [y for s in series for pts in s.lines.values() for _, y in pts if y > 0]
+    # one mode takes the page's width, several share it
+    fig, axes = _subplots(1, n, figsize=(max(11.0, 6.2 * n), 4.4), sharey=True, squeeze=False)
+    values = [y for s in series for pts in s.lines.values() for _, y in pts if y > 0] + \
+        [s.z0[1] for s in series if s.z0 and s.z0[1]]
     lo = min(values) if values else 1e-6
     hi = max(values) if values else 1.0
     floor = 10 ** (math.floor(math.log10(lo)) - 1)
     for ax, s in zip(axes[0], series):
         for kind, pts in s.lines.items():
             name, marker, ls, color = KINDS[kind]
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker=marker, linestyle=ls,
-                    color=color, markersize=4, linewidth=1.3, label=f"{s.mode}: {name}")
+            xs = sorted([(x, y) for x, y in pts] + [(x, math.nan) for x in s.gaps.get(kind, [])])
+            ax.plot([x for x, _ in xs], [y for _, y in xs], marker=marker, linestyle=ls,
+                    color=color, markersize=4, linewidth=1.3, label=name)
         for pts, marker, color, what in ((s.unreached, "x", "#737373", "no gradient"),
                                          (s.zero, "v", "#d94801", "exactly zero"),
                                          (s.nonfinite, "*", "#cb181d", "non-finite")):
             if pts:
                 ax.plot([x for x, _ in pts], [floor] * len(pts), linestyle="none", marker=marker,
-                        color=color, markersize=7, label=f"{s.mode}: {what}")
+                        color=color, markersize=7, label=what)
+        if s.z0 is not None:  # the gradient's destination, left of the first step
+            st, g = s.z0
+            ax.plot([-1], [g if st == "ok" else floor], linestyle="none", marker="*",
+                    markersize=13, color="#000000" if st == "ok" else "#737373",
+                    label="z0" if st == "ok" else f"z0: {st.replace('_', ' ')}")
         if s.break_x is not None:
             ax.axvline(s.break_x, color="#cb181d", linestyle="--", linewidth=1.6,
                        label=s.break_label)
@@ -110,7 +127,8 @@ def grad_figure(record: RunRecord):
             top.set_xticks(shown)
             top.set_xticklabels([f"{s.sigmas[k]:.3g}" for k in shown], fontsize=8)
             top.set_xlabel("sigma", fontsize=9)
-            ax.set_xticks(shown)
+            ax.set_xticks(([-1] if s.z0 else []) + shown)
+            ax.set_xticklabels((["z0"] if s.z0 else []) + [str(k) for k in shown])
         ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("|dL/dx| (L2 norm)")
     fig.tight_layout()
@@ -174,13 +192,24 @@ def loss_curve_figure(data: dict):
     ax.plot(range(len(r["values"])), r["values"], color="#08519c", marker="o", markersize=2.5,
             label=r["objective"])
     ax.set_xlabel("iteration")
-    ax.set_ylabel(r["objective"])
-    ax.set_title(f"{r['objective']} ({'maximise' if r['direction'] == 'up' else 'minimise'})",
-                 fontsize=10)
+    ax.set_ylabel(quantity(r["objective"], r.get("extra") or {}))
+    ax.set_title(f"objective {r['objective']}: "
+                 f"{'maximise' if r['direction'] == 'up' else 'minimise'} it", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def quantity(objective: str, extra: dict) -> str:
+    """What an objective's value is, for an axis label."""
+    if objective == "diverge":
+        return "MSE(output, baseline output)"
+    if objective.startswith("class:"):
+        return f"mean log p(digit {extra.get('class', objective.split(':', 1)[1])} | output)"
+    if objective == "target":
+        return "MSE(output, target image)"
+    return f"objective {objective}"
 
 
 def z_norm_figure(data: dict):
@@ -188,11 +217,13 @@ def z_norm_figure(data: dict):
     fig, ax = _subplots(figsize=(6.4, 3.2))
     ax.plot(range(len(r["z_norms"])), r["z_norms"], color="#238b45", label="mean ||z0||")
     d, batch = round(r["sqrt_d"] ** 2), r.get("batch") or 0
-    if batch and d:  # the band the z0_plausible check holds the mean norm to
+    judged = any(c.get("name") == "z0_plausible" for c in r.get("checks") or [])
+    if batch and d and judged:  # the band the z0_plausible check holds the mean norm to
         mu, sd = chi_band(d, batch)
         ax.axhline(mu, color="#cb181d", linestyle="--", label=f"E||z|| = {mu:.3g} (chi, d={d})")
         ax.axhspan(mu - PLAUSIBLE_SIGMAS * sd, mu + PLAUSIBLE_SIGMAS * sd, color="#cb181d",
-                   alpha=0.08, label=f"+-{PLAUSIBLE_SIGMAS:g} sd of a batch of {batch}")
+                   alpha=0.08, label=f"z0_plausible: +-{PLAUSIBLE_SIGMAS:g} sd of the mean norm "
+                                     f"of {batch} Gaussian draws")
     ax.set_xlabel("iteration")
     ax.set_ylabel("mean per-sample ||z0||")
     ax.grid(True, alpha=0.3)

@@ -1,7 +1,9 @@
-"""Write a run's report files from its record alone: the per-step plot, the step graphs, the raw
-autograd graphs (small runs), and a self-contained ``index.html`` (CSS inline, images as data URIs,
-no scripts, no network). Every file is written atomically; ``index.html`` is written last, so a
-failure part-way leaves no half-written page (and a previous one intact).
+"""Write a run's report files from its record alone: the per-step plot, the Graphviz step graphs,
+the raw autograd graphs (small runs), and a self-contained ``index.html`` (CSS, the page's data and
+its script inline, images as data URIs, no network; the views themselves are built in
+:mod:`.views`). Every file is written atomically; ``index.html`` is written last, so a failure
+part-way leaves no half-written page (and a previous one intact). ``render_diff`` writes the page
+of ``gradcheck diff``.
 """
 from __future__ import annotations
 

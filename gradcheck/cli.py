@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = r.add_argument_group("checks and output")
     c.add_argument("--no-numeric", action="store_true", help="skip the finite-difference check")
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for "
+                   "the tiny built-in denoisers, whose ops are too small to share; torch's "
+                   "default otherwise)")
+    c.add_argument("--checks", default="default", choices=("quick", "default", "full"),
+                   help="how much evidence to buy (the report counts it in forward+backward "
+                   "passes): default (baseline draw, record, one finite-difference pair, one Adam "
+                   "step: about 2x), quick (no baseline draw, one one-sided difference, no Adam: "
+                   "about 1.3x), full (the whole step-size sweep, 3 Adam steps)")
     c.add_argument("--locate", default="auto", choices=("auto", "always", "never"),
                    help="name where and why the gradient breaks: auto (default; only when a "
                    "check fails, so healthy runs pay nothing), always, never")
@@ -134,12 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in the recorded pass, note each op's source line and |g| for the "
                    "report's op view of every step: auto (default; while the forward pass "
                    "stays under 2 s), always, never")
+    c.add_argument("--grad-weights", action="store_true", help="also differentiate the "
+                   "model's weights that require grad (what loss.backward() computes); off by "
+                   "default: they do not change dL/dz0 and cost about a third of the backward")
     c.add_argument("--vanishing", type=_float, default=1e-8, help="a state's |g| below this "
                    "fraction of the output's is vanishing (default 1e-8)")
     c.add_argument("--exploding", type=_float, default=1e4, help="a state's |g| more than this "
                    "many times the next step's is exploding (default 1e4)")
-    c.add_argument("--optim-steps", type=int, default=3, help="Adam steps of the optimizer checks "
-                   "(default 3; 0 skips them)")
+    c.add_argument("--optim-steps", type=int, default=None, help="Adam steps of the optimizer checks "
+                   "(default by --checks: 1, 0 in quick, 3 in full; 0 skips them)")
     c.add_argument("--lr", type=_float, default=1e-2, help="Adam learning rate (default 0.01)")
     c.add_argument("--out", default="gradcheck-report", help="output directory for report.json "
                    "(default ./gradcheck-report)")
@@ -240,7 +251,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         dtype=args.dtype, device=args.device, batch=args.batch,
         shape=parse_shape(args.shape) if args.shape else None, z0_path=args.z0_path,
         numeric=not args.no_numeric, optim_steps=args.optim_steps, lr=args.lr,
-        locate=args.locate, op_detail=args.op_detail, vanishing_rel=args.vanishing, exploding_ratio=args.exploding,
+        checks=args.checks, threads=args.threads,
+        locate=args.locate, op_detail=args.op_detail, grad_weights=args.grad_weights,
+        vanishing_rel=args.vanishing, exploding_ratio=args.exploding,
     ).validate()
     if args.raw_graph_cap < 0:
         raise ConfigError(f"--raw-graph-cap must be >= 0, got {args.raw_graph_cap}")

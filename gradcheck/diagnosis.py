@@ -30,7 +30,8 @@ from .opdetail import AUTO_BUDGET_S, POLICIES as OP_DETAIL_POLICIES, OpGrads, Op
 from .policy import Local, current
 from .probes import probe, trace
 from .records import (
-    FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, Raised, StepGraph,
+    Cost, FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, Raised,
+    StageCost, StepGraph,
 )
 
 #: machine epsilon -> floating dtype (the precision a sampler computes in, agreed across ranks)
@@ -88,6 +89,41 @@ def runner(sample_fn: Callable[[torch.Tensor], Any], seed: int,
     return run
 
 
+class Counted:
+    """The sampler, counting its calls (each one forward pass) for the cost report; attributes
+    pass through, and a float64 shadow (``at_dtype``) counts into the same tally."""
+
+    def __init__(self, inner: Callable[..., Any], tally: list[int] | None = None) -> None:
+        self.inner = inner
+        self.tally = tally if tally is not None else [0]
+
+    @property
+    def calls(self) -> int:
+        return self.tally[0]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.tally[0] += 1
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.inner, name)
+        if name == "at_dtype":
+            def at_dtype(dtype: torch.dtype) -> Any:
+                return Counted(value(dtype), self.tally)
+            return at_dtype
+        return value
+
+
+def cost_of(stages: list[tuple[str, int, int, float]], unit_s: float, checks: str) -> Cost:
+    """The :class:`Cost` of ``(stage, forwards, backwards, seconds)`` rows."""
+    unit = unit_s if unit_s > 0 else float("nan")
+    rows = [StageCost(stage=n, forwards=f, backwards=b, seconds=t, units=t / unit)
+            for n, f, b, t in stages]
+    return Cost(unit_s=unit_s, stages=rows, total_units=sum(r.units for r in rows),
+                forwards=sum(r.forwards for r in rows), backwards=sum(r.backwards for r in rows),
+                checks=checks)
+
+
 # -- stage 1: the loss ----------------------------------------------------------------------------
 
 @dataclass
@@ -103,15 +139,29 @@ class Loss:
 def build_loss(run: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
                loss_fn: Callable[[torch.Tensor], torch.Tensor] | None,
                target: torch.Tensor | None, objective: str | None, seed: int,
-               policy: Local) -> Loss:
+               policy: Local, random_target: bool = False) -> Loss:
     """The user's ``loss_fn``, MSE to ``target``, or (default) MSE to a baseline: the sampler's
-    output (no grad) from a different seeded noise draw. One forward pass for the baseline."""
+    output (no grad) from a different seeded noise draw. One forward pass for the baseline;
+    ``random_target`` (``checks="quick"``) saves it: MSE to seeded standard normal noise of the
+    output's shape, drawn when the first output is seen."""
     timings: dict[str, float] = {}
     if loss_fn is not None:
         loss = Loss(loss_fn, "user loss_fn(output)", "minimize")
     elif target is not None:
         tgt = target.detach()
         loss = Loss(lambda out: policy.mse(out, tgt), "MSE(output, target)", "minimize")
+    elif random_target:
+        drawn: dict[tuple, torch.Tensor] = {}
+
+        def to_noise(out: torch.Tensor) -> torch.Tensor:
+            key = tuple(out.shape)
+            if key not in drawn:
+                g = torch.Generator().manual_seed(int(seed) + 104729)
+                drawn[key] = torch.randn(key, generator=g, dtype=torch.float64)
+            return policy.mse(out, drawn[key].to(device=out.device, dtype=out.dtype))
+
+        loss = Loss(to_noise, f"MSE(output, seeded standard normal noise (seed {int(seed)})); "
+                    f"no baseline draw (checks=quick)", "maximize")
     else:
         z_base = policy.baseline_noise(z0, seed)
         t0 = time.perf_counter()
@@ -147,6 +197,7 @@ class Recording:
     raw_graph: Any = None  # the op-level graph above the cap (keep_raw_graph), not serialised
     timings: dict[str, float] = field(default_factory=dict)
     raised: Any = None  # a Raised record: the sampler or its backward raised (nothing else ran)
+    unit_s: float = 0.0  # this pass's forward + backward seconds (no graph walk): the cost unit
 
 
 def raised_record(exc: BaseException, phase: str, tr: Any) -> Raised:
@@ -183,7 +234,7 @@ def raised_record(exc: BaseException, phase: str, tr: Any) -> Raised:
 
 def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Loss, *,
            seed: int, capture_graph: bool, raw_graph_cap: int, keep_raw_graph: bool,
-           policy: Local, op_detail: str = "auto") -> Recording:
+           policy: Local, op_detail: str = "auto", grad_weights: bool = False) -> Recording:
     """One forward pass of the sampler under the trace, the loss, and one backward pass (with
     ``torch.autograd.grad``: the user's ``.grad`` fields are untouched). With ``op_detail`` the
     same pass also notes each op's source line and the gradient at its output
@@ -193,6 +244,7 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
     z = z0.detach().clone().requires_grad_(True)
     z_grad = None
     raw_full = None
+    grad_s = 0.0
     timings: dict[str, float] = {}
     phase = ["forward"]
     grad_mode = torch.is_grad_enabled()
@@ -251,10 +303,16 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 if keep_raw_graph:
                     raw_full = graph.op_graph(value)
             if loss_rg:
-                # differentiate w.r.t. every leaf: what backward() would compute, .grad untouched
-                inputs = [t for t in inputs if t.requires_grad]
+                # differentiate w.r.t. z0 and the probed leaves (step-noise leaves): a model's
+                # weights that require grad (a diffusers UNet's do) cost a third of the backward
+                # and tell nothing about z0, so they are left out unless asked; .grad untouched
+                keep = tr.probed_leaves() | {id(z)} | {
+                    id(t) for t in getattr(sample_fn, "leaves", [])}
+                inputs = [t for t in inputs if t.requires_grad and (grad_weights or id(t) in keep)]
                 phase[0] = "backward"
+                t_b = time.perf_counter()
                 grads = torch.autograd.grad(value, inputs, allow_unused=True) if inputs else []
+                grad_s = time.perf_counter() - t_b
                 phase[0] = "done"
                 for t, gr in zip(inputs, grads):
                     if t is z:
@@ -284,7 +342,8 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
     )
     return Recording(z=z, z_grad=z_grad, out=out.detach(), loss_value=loss_value,
                      out_requires_grad=out_rg, loss_requires_grad=loss_rg, probes=tr.stats,
-                     hygiene=hygiene, graph=step_graph, raw_graph=raw_full, timings=timings)
+                     hygiene=hygiene, graph=step_graph, raw_graph=raw_full, timings=timings,
+                     unit_s=timings["forward_s"] + (grad_s if loss_rg else 0.0))
 
 
 # -- stages 3 and 4: the numeric check and the optimizer probe ------------------------------------
@@ -300,12 +359,14 @@ def loss_at(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss,
 
 def numeric_check(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording, *,
                   seed: int, policy: Local, working: torch.dtype | None = None,
-                  directions: int | None = None) -> NumericResult:
+                  directions: int | None = None, full_sweep: bool = False,
+                  one_sided: bool = False) -> NumericResult:
     """Finite differences of the loss along seeded unit directions against <v, dL/dz0>
     (2 forward passes per step size; ``directions``: default by working precision)."""
     return directional_check(loss_at(run, loss, policy), rec.z, rec.z_grad, seed=seed,
                              working=working, straddles=straddles(run, policy),
-                             directions=directions, **policy.numeric_kw())
+                             directions=directions, full_sweep=full_sweep,
+                             l0=rec.loss_value if one_sided else None, **policy.numeric_kw())
 
 
 def straddles(run: Callable[[torch.Tensor], torch.Tensor],
@@ -318,6 +379,24 @@ def straddles(run: Callable[[torch.Tensor], torch.Tensor],
     def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
         return policy.any(signature(run, a) != signature(run, b))
     return differ
+
+
+_WARM: list[float] = []
+
+
+def warm_optimizer() -> float:
+    """Pay torch.optim's one-time cost (lazy imports, first-step set-up: about 2 s in a fresh
+    process) once per process, outside the timed stages; returns the seconds it took (0 after
+    the first call)."""
+    if _WARM:
+        return 0.0
+    t0 = time.perf_counter()
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=1e-3)
+    p.grad = torch.ones(1)
+    opt.step()
+    _WARM.append(time.perf_counter() - t0)
+    return _WARM[0]
 
 
 def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording, *,
@@ -337,9 +416,11 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
         delta = float((p.detach() - before).abs().max())
         if k == 0:
             changed, max_change = delta > 0, delta
-        value = loss.of(run(p))
+        last = k + 1 == steps
+        with torch.no_grad() if last else contextlib.nullcontext():  # the last needs no graph
+            value = loss.of(run(p))
         losses.append(policy.sum(float(value.detach())))
-        if k + 1 < steps:
+        if not last:
             grad = (torch.autograd.grad(value, [p], allow_unused=True)[0]
                     if value.requires_grad else None)
     sign = 1.0 if loss.objective == "maximize" else -1.0
@@ -556,7 +637,7 @@ def diagnose(
     mode: str | None = None,
     seed: int = 0,
     numeric: bool = True,
-    optim_steps: int = 3,
+    optim_steps: int | None = None,
     lr: float = 1e-2,
     raw_graph_cap: int = 600,
     keep_raw_graph: bool = False,
@@ -569,6 +650,8 @@ def diagnose(
     shadow: bool | None = None,
     allow_grad: bool = False,
     op_detail: str = "auto",
+    grad_weights: bool = False,
+    checks: str = "default",
 ) -> FlowReport:
     """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
 
@@ -590,7 +673,9 @@ def diagnose(
         seed: seeds the global RNG around every sampler call, the baseline draw and the numeric
             direction.
         numeric: run the finite-difference check (2 forward passes per step size).
-        optim_steps: Adam steps on a copy of z0 for the optimizer checks (0 skips them).
+        optim_steps: Adam steps on a copy of z0 for the optimizer checks (0 skips them; default
+            by ``checks``: 1, the first with the recorded gradient, so one forward pass; 3 in
+            ``full``, 0 in ``quick``).
         lr: Adam's learning rate for those steps.
         raw_graph_cap: keep the op-level autograd graph in the record only up to this many
             nodes; bigger graphs take minutes to lay out.
@@ -620,6 +705,15 @@ def diagnose(
             its output, for the report's op-level view of each step (:mod:`gradcheck.opdetail`;
             no extra pass, about 15% more time on tiny models). ``auto`` records it while the
             forward pass stays under 2 s, ``always``, ``never``.
+        checks: how much evidence to buy, counted in forward+backward passes of the sampler
+            (``report.cost``): ``default`` (the baseline draw, the record, one finite-difference
+            pair at the preferred step, sweeping only on disagreement, one Adam step),
+            ``quick`` (no baseline draw: MSE to a seeded random target unless a loss or target
+            is given; one direction; no Adam step), ``full`` (the whole step-size sweep, three
+            Adam steps).
+        grad_weights: also differentiate the leaves that are not z0 or probed (a model's weights
+            that require grad): what ``loss.backward()`` would compute. Off by default: they do
+            not change dL/dz0 and cost about a third of the backward pass.
 
     Returns:
         A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
@@ -629,6 +723,10 @@ def diagnose(
         raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {locate!r}")
     if op_detail not in OP_DETAIL_POLICIES:
         raise ConfigError(f"op_detail must be 'auto', 'always' or 'never', got {op_detail!r}")
+    if checks not in CHECK_LEVELS:
+        raise ConfigError(f"checks must be one of {', '.join(CHECK_LEVELS)}, got {checks!r}")
+    if optim_steps is None:
+        optim_steps = CHECK_LEVELS[checks]["optim_steps"]
     modes.get(mode)
     z0 = validate_z0(z0)
     allowing = None
@@ -636,53 +734,77 @@ def diagnose(
         from .allow import Allowing
 
         sample_fn = allowing = Allowing(sample_fn)
+    sample_fn = counted = Counted(sample_fn)
+    calls: dict[str, int] = {}
+
+    def tally(stage: str, since: int) -> None:
+        calls[stage] = calls.get(stage, 0) + counted.calls - since
+
     policy = policy or current(getattr(sample_fn, "shard_dim", 0))
     t_start = time.perf_counter()
     run = runner(sample_fn, seed, z0.device)
 
     try:
+        c0 = counted.calls
         loss = build_loss(run, z0, loss_fn=loss_fn, target=target, objective=objective,
-                          seed=seed, policy=policy)
+                          seed=seed, policy=policy,
+                          random_target=checks == "quick" and policy.world == 1)
+        tally("baseline", c0)
     except GradcheckError:
         raise
     except Exception:  # the sampler raises: the record pass below meets it again and says where
         loss = Loss(lambda out: out.double().square().mean(), "(no baseline: the sampler raised "
                     "while drawing it)", "maximize")
+    c0 = counted.calls
     rec = record(sample_fn, z0, loss, seed=seed, capture_graph=capture_graph,
                  raw_graph_cap=raw_graph_cap, keep_raw_graph=keep_raw_graph, policy=policy,
-                 op_detail=op_detail)
+                 op_detail=op_detail, grad_weights=grad_weights)
+    tally("record", c0)
     timings = {**loss.timings, **rec.timings}
-    if rec.raised is not None:  # nothing else can run: the report says where and what
-        report = assemble(rec, loss, mode=mode, numeric=None, optim=None, sample_fn=sample_fn,
-                          thresholds={"vanishing_rel": vanishing_rel,
-                                      "exploding_ratio": exploding_ratio})
+    level = CHECK_LEVELS[checks]
+
+    def finish(report: FlowReport) -> FlowReport:
         timings["total_s"] = time.perf_counter() - t_start
         report.timings = timings
+        report.cost = _ledger(timings, calls, rec, report, checks)
         report.sampler = getattr(sample_fn, "description", None)
         report.notes = [str(n) for n in getattr(sample_fn, "notes", ())]
         report = policy.merge(report, sample_fn)
         observers.notify(report)
         return report
+
+    if rec.raised is not None:  # nothing else can run: the report says where and what
+        report = assemble(rec, loss, mode=mode, numeric=None, optim=None, sample_fn=sample_fn,
+                          thresholds={"vanishing_rel": vanishing_rel,
+                                      "exploding_ratio": exploding_ratio})
+        return finish(report)
     shadow_num = None
     if numeric and loss_fn is None and z0.dtype != torch.float64 and policy.world == 1 and \
-            (shadow if shadow is not None else hasattr(sample_fn, "at_dtype")):
-        t0 = time.perf_counter()
+            checks != "quick" and (shadow if shadow is not None else hasattr(sample_fn, "at_dtype")):
+        t0, c0 = time.perf_counter(), counted.calls
         shadow_num = shadow_check(sample_fn, z0, loss, seed=seed, policy=policy)
         timings["shadow_s"] = time.perf_counter() - t0
+        tally("shadow", c0)
     num = None
     if numeric:
         # a float64 shadow run that was judged carries the power; the working-precision
         # check then needs one direction, not seven
         judged = shadow_num is not None and shadow_num.skipped is None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), counted.calls
         num = numeric_check(run, loss, rec, seed=seed, policy=policy,
-                            directions=1 if judged else None)
+                            directions=1 if judged or checks == "quick" else None,
+                            full_sweep=level["sweep"], one_sided=checks == "quick")
         timings["numeric_s"] = time.perf_counter() - t0
+        tally("numeric", c0)
     opt = None
     if optim_steps > 0:
-        t0 = time.perf_counter()
+        warm = warm_optimizer()
+        if warm:
+            timings["setup_s"] = warm  # once per process, not the diagnosis's cost
+        t0, c0 = time.perf_counter(), counted.calls
         opt = optimizer_probe(run, loss, rec, steps=optim_steps, lr=lr, policy=policy)
         timings["optim_s"] = time.perf_counter() - t0
+        tally("optim", c0)
     report = assemble(rec, loss, mode=mode, numeric=num, optim=opt, sample_fn=sample_fn,
                       thresholds={"vanishing_rel": vanishing_rel,
                                   "exploding_ratio": exploding_ratio})
@@ -697,21 +819,47 @@ def diagnose(
     report.timings = timings
     # a stationary loss (on any rank: every rank takes part): is the path itself alive?
     if policy.any(report.output_requires_grad and report.output_grad_max_abs == 0.0):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), counted.calls
         report.path_probe = probe_path(run, rec, seed=seed, policy=policy)
         timings["path_probe_s"] = time.perf_counter() - t0
+        tally("path_probe", c0)
         report.checks = run_checks(report)
     if scan_randomness is None:
         scan_randomness = modes.MODES[mode].step_noise == "unknown"
     # below float64 (or without it) the numeric check cannot prove the gradient right: the
     # provenance pass looks for values that leave autograd and come back (a proven bias)
     scan_bias = not numeric or z0.dtype != torch.float64
+    c0 = counted.calls
     locate_stage(sample_fn, z0, run, loss, rec, report, locate=locate,
                  scan_randomness=scan_randomness, scan_bias=scan_bias, seed=seed,
                  policy=policy)
-    timings["total_s"] = time.perf_counter() - t_start
-    report.sampler = getattr(sample_fn, "description", None)
-    report.notes = [str(n) for n in getattr(sample_fn, "notes", ())]
-    report = policy.merge(report, sample_fn)
-    observers.notify(report)
-    return report
+    tally("locate", c0)
+    return finish(report)
+
+
+#: what each ``checks`` level runs (see :func:`diagnose`)
+CHECK_LEVELS: dict[str, dict[str, Any]] = {
+    "quick": {"optim_steps": 0, "sweep": False},
+    "default": {"optim_steps": 1, "sweep": False},
+    "full": {"optim_steps": 3, "sweep": True},
+}
+
+
+def _ledger(timings: dict[str, float], calls: dict[str, int], rec: Recording,
+            report: FlowReport, checks: str) -> Cost:
+    """The diagnosis's cost per stage, from its timings and its counted sampler calls."""
+    backwards = {"record": 1 if rec.loss_requires_grad else 0,
+                 "shadow": 1 if "shadow_s" in timings else 0,
+                 "optim": max(0, len((report.optim.losses if report.optim else [None])) - 2),
+                 "path_probe": 1 if "path_probe_s" in timings else 0,
+                 "locate": (report.locator.bisection.backwards
+                            if report.locator and report.locator.bisection else 0)}
+    seconds = {"baseline": timings.get("baseline_s", 0.0),
+               "record": timings.get("forward_s", 0.0) + timings.get("backward_s", 0.0),
+               "shadow": timings.get("shadow_s", 0.0), "numeric": timings.get("numeric_s", 0.0),
+               "optim": timings.get("optim_s", 0.0),
+               "path_probe": timings.get("path_probe_s", 0.0),
+               "locate": timings.get("locate_s", 0.0)}
+    rows = [(k, calls.get(k, 0), backwards.get(k, 0), t) for k, t in seconds.items()
+            if t > 0 or calls.get(k, 0)]
+    return cost_of(rows, rec.unit_s, checks)

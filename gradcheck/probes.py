@@ -182,6 +182,10 @@ class Trace:
                 extra.append(e.ref)
         return graph.collapse(root, node_probes, leaf_probes, extra)
 
+    def probed_leaves(self) -> set[int]:
+        """ids of the leaf tensors probed in this trace (z0, step-noise leaves)."""
+        return {id(e.ref) for e in self._entries if isinstance(e.ref, torch.Tensor)}
+
     def own(self, handles: list[Any]) -> None:
         """Hooks registered for this trace elsewhere (the op detail's): removed when it closes,
         and counted in its hygiene."""

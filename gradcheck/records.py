@@ -329,6 +329,32 @@ class StepGraph(Record):
 
 
 @dataclass
+class StageCost(Record):
+    """What one stage of a diagnosis cost: sampler forward passes, backward passes, seconds, and
+    seconds in units of one forward+backward of the sampler (:class:`Cost`)."""
+
+    stage: str  # baseline, record, shadow, numeric, optim, path_probe, locate
+    forwards: int = 0  # calls of the sampler
+    backwards: int = 0  # backward passes through it
+    seconds: float = 0.0
+    units: float = 0.0
+
+
+@dataclass
+class Cost(Record):
+    """A diagnosis's cost per stage in units of one forward+backward of the same sampler: the
+    recorded pass's own forward and backward seconds (measured in this run, no extra pass; the
+    record phase costs about 1.0-1.1x a plain one, benchmarks/overhead.py)."""
+
+    unit_s: float  # one forward+backward, seconds
+    stages: list[StageCost] = field(default_factory=list)
+    total_units: float = 0.0
+    forwards: int = 0
+    backwards: int = 0
+    checks: str = "default"  # the --checks level that was run
+
+
+@dataclass
 class FlowReport(Record):
     """Everything one diagnosis observed for one noise mode, and the checks' findings.
 
@@ -368,6 +394,7 @@ class FlowReport(Record):
     raised: Raised | None = None  # the sampler or its backward raised: nothing else was run
     checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    cost: Cost | None = None  # the same in forward+backward units, with the passes counted
     handles: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,
                                     metadata={"transient": True})
 

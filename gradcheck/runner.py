@@ -43,10 +43,13 @@ class RunConfig:
     shape: tuple[int, ...] | None = None
     z0_path: str | None = None
     numeric: bool = True
-    optim_steps: int = 3
+    optim_steps: int | None = None  # None: as the checks level says
+    checks: str = "default"
+    threads: int | None = None  # torch CPU threads; None: 1 for the tiny built-in models
     lr: float = 1e-2
     locate: str = "auto"
     op_detail: str = "auto"
+    grad_weights: bool = False
     vanishing_rel: float = 1e-8
     exploding_ratio: float = 1e4
 
@@ -65,7 +68,11 @@ class RunConfig:
             raise ConfigError(f"batch must be >= 1, got {self.batch!r}")
         if self.shape is not None and (not self.shape or any(d < 1 for d in self.shape)):
             raise ConfigError(f"shape must be positive sizes like 1,8,8, got {self.shape!r}")
-        if self.optim_steps < 0:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads!r}")
+        if self.checks not in ("quick", "default", "full"):
+            raise ConfigError(f"checks must be quick, default or full, got {self.checks!r}")
+        if self.optim_steps is not None and self.optim_steps < 0:
             raise ConfigError(f"optim_steps must be >= 0, got {self.optim_steps!r}")
         if not (self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
@@ -306,6 +313,11 @@ def compare_truncation(rep, den, cfg: RunConfig, mode: str, z0: torch.Tensor) ->
     return d
 
 
+#: built-in denoisers whose ops are so small that one CPU thread is fastest: a 35-step run took
+#: 6 s with 1 thread and 85 s with torch's default 2 on a busy 2-core machine
+TINY_BUILTINS = ("digits", "conv", "gaussian")
+
+
 def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = False) -> RunRecord:
     """Diagnose the built-in (or the given) sampler in every mode of ``cfg``.
 
@@ -314,6 +326,12 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = Fals
     """
     cfg.validate()
     dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+    threads = cfg.threads
+    if threads is None and device.type == "cpu" and cfg.denoiser in TINY_BUILTINS and \
+            not cfg.sampler_spec:
+        threads = 1  # ops of a few microseconds: more threads only fight on a shared machine
+    if threads is not None:
+        torch.set_num_threads(threads)
     ctx = None
     if cfg.nproc > 1:  # first: it picks this rank's GPU before anything is put on one
         from . import distributed
@@ -354,11 +372,13 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = Fals
             sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
         modes[mode] = rep = diagnose(sampler, z_in, mode=sampler.mode, seed=cfg.seed,
                                      numeric=cfg.numeric, optim_steps=cfg.optim_steps,
+                                     checks=cfg.checks,
                                      lr=cfg.lr, raw_graph_cap=raw_graph_cap,
                                      keep_raw_graph=keep_raw_graph, locate=cfg.locate,
                                      vanishing_rel=cfg.vanishing_rel,
                                      exploding_ratio=cfg.exploding_ratio,
-                                     allow_grad=cfg.allow_grad, op_detail=cfg.op_detail)
+                                     allow_grad=cfg.allow_grad, op_detail=cfg.op_detail,
+                                     grad_weights=cfg.grad_weights)
         if cfg.sampler.truncate is not None:
             rep.truncation = compare_truncation(rep, den, cfg, mode, z0)
     config = cfg.to_dict()

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 
 #: Keys never compared: they measure the machine, not the behaviour.
-IGNORED_KEYS = {"timings", "environment", "seconds"}
+IGNORED_KEYS = {"timings", "environment", "seconds", "unit_s", "units", "total_units"}
 
 #: Paths (dotted, list indices as *) whose value may differ from the golden, and why.
 FORGIVEN: dict[str, str] = {

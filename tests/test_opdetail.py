@@ -101,3 +101,24 @@ def test_auto_drops_the_detail_of_a_forward_pass_past_its_budget(monkeypatch):
     assert all(r.grads is None and r.where is None for r in rep.graph.regions)
     hyg = next(c for c in rep.checks if c.name == "trace_hygiene")
     assert hyg.passed
+
+
+def test_weights_that_require_grad_are_not_differentiated_unless_asked():
+    """A diffusers UNet's weights require grad by default: the record pass leaves them out (they
+    do not change dL/dz0), and differentiates them with grad_weights=True."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 4).double()  # weights require grad, as a fresh model's do
+    fired = []
+    lin.weight.register_hook(lambda g: fired.append(1))
+
+    def sample(z):
+        return gradcheck.probe(lin(z).tanh(), "y", step=0, kind="state")
+
+    z0 = torch.randn(2, 4, dtype=torch.float64)
+    kw = dict(target=torch.zeros(2, 4, dtype=torch.float64), numeric=False, optim_steps=0)
+    a = gradcheck.diagnose(sample, z0, **kw)
+    assert fired == [] and a.passed and lin.weight.grad is None
+    b = gradcheck.diagnose(sample, z0, grad_weights=True, **kw)
+    assert fired == [1] and lin.weight.grad is None  # .grad untouched either way
+    # the same dL/dz0 either way
+    torch.testing.assert_close(a.handles["z0_grad"], b.handles["z0_grad"], rtol=0, atol=0)

@@ -90,7 +90,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 
 #: timings in the order the stages run (anything else after them, as recorded)
-TIMING_ORDER = ("baseline_s", "forward_s", "backward_s", "shadow_s", "numeric_s", "optim_s",
+TIMING_ORDER = ("setup_s", "baseline_s", "forward_s", "backward_s", "shadow_s", "numeric_s", "optim_s",
                 "path_probe_s", "locate_s", "total_s")
 
 
@@ -245,7 +245,7 @@ def _mode_view(name: str, r: FlowReport, out: Path, graphs: str, res: Rendered,
         "detail_skipped": g.detail_skipped if g else None,
         "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
                         f"{g.total_nodes} autograd nodes") if g else "",
-        "timings": r.timings, "probes": r.probes,
+        "timings": r.timings, "probes": r.probes, "cost": r.cost,
     }
     return view, data
 

@@ -68,7 +68,18 @@ def mode_summary(r: FlowReport) -> list[str]:
     lines += step_table(r)
     t = r.timings
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.3f}s" for k, v in t.items()))
+    if r.cost is not None:
+        lines.append("  " + cost_line(r.cost))
     return lines
+
+
+def cost_line(c) -> str:
+    """'cost: 2.1 x one forward+backward (checks default): baseline 0.3, record 1.0, ...;
+    5 sampler forward passes, 1 backward'."""
+    parts = ", ".join(f"{x.stage} {x.units:.2f}" for x in c.stages)
+    return (f"cost: {c.total_units:.2f} x one forward+backward of the sampler "
+            f"({c.unit_s:.3f}s; checks {c.checks}): {parts}; {c.forwards} sampler forward "
+            f"passes, {c.backwards} backward")
 
 
 def summary(rec: RunRecord) -> str:

@@ -1,0 +1,108 @@
+"""What a complete verdict costs, per ``--checks`` level, against a plain forward+backward.
+
+    .venv/bin/python benchmarks/verdict_cost.py [--steps 35] [--repeats 5]
+
+The built-in RES sampler (trained ``digits`` denoiser, float64, batch 2, 1 thread), both modes. In
+one process, after one warm-up of each: interleaved repeats of a plain forward+backward (the
+same sampler, z0 and loss, ``torch.autograd.grad`` w.r.t. z0 only) and of ``diagnose`` at each
+level (op detail off, as ``overhead.py``; the locator does not run on a healthy sampler). For each
+level: the diagnosis's wall time over the plain pass's (min / median / max of the per-repeat
+ratios), and its own ``report.cost.total_units`` (stages in units of its recorded pass).
+Bars (issue 15): default <= 2.5x, quick <= 1.3x. Writes ``results/verdict_cost.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_file  # noqa: E402
+
+import gradcheck  # noqa: E402
+from gradcheck.sampling import ResSampler, SamplerConfig, build_denoiser  # noqa: E402
+
+LEVELS = ("quick", "default", "full")
+BARS = {"quick": 1.3, "default": 2.5}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=35)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--denoiser", choices=("digits", "big"), default="digits",
+                    help="digits: the built-in (ops of microseconds, a forward is half of a "
+                    "forward+backward); big: a TinyUNet of width 112 (10x the parameters)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.denoiser == "big":
+        from gradcheck.sampling import EDMDenoiser, TinyUNet
+
+        torch.manual_seed(0)
+        den = EDMDenoiser(TinyUNet(width=112), sigma_data=0.75).requires_grad_(False).eval()
+        den = den.double()
+    else:
+        den = build_denoiser("digits").double()
+    z0 = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rows = []
+    print(f"denoiser {args.denoiser}, torch {torch.__version__}, 1 thread, {args.steps} steps, "
+          f"{args.repeats} interleaved "
+          f"repeats; ratio = diagnose wall time / plain forward+backward wall time")
+    for mode in ("default", "learnable_step_noise"):
+        smp = ResSampler(den, SamplerConfig(steps=args.steps), mode=mode)
+
+        def plain():
+            z = z0.clone().requires_grad_(True)
+            out = smp(z)
+            loss = out.square().mean()
+            torch.autograd.grad(loss, [z])
+
+        def diag(level):
+            return gradcheck.diagnose(smp, z0, checks=level, op_detail="never")
+
+        plain()
+        for level in LEVELS:
+            diag(level)
+        ratios = {lv: [] for lv in LEVELS}
+        units = {lv: [] for lv in LEVELS}
+        passes = {}
+        for _ in range(args.repeats):
+            for level in LEVELS:
+                t0 = time.perf_counter()
+                plain()
+                tp = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                rep = diag(level)
+                td = time.perf_counter() - t0 - rep.timings.get("setup_s", 0.0)
+                assert rep.passed, [f.message for f in rep.failed]
+                ratios[level].append(td / tp)
+                units[level].append(rep.cost.total_units)
+                passes[level] = {s.stage: [s.forwards, s.backwards] for s in rep.cost.stages}
+        for level in LEVELS:
+            r, u = ratios[level], units[level]
+            row = {"mode": mode, "checks": level,
+                   "ratio": {"min": min(r), "median": statistics.median(r), "max": max(r)},
+                   "units": {"min": min(u), "median": statistics.median(u), "max": max(u)},
+                   "passes": passes[level], "bar": BARS.get(level)}
+            rows.append(row)
+            bar = BARS.get(level)
+            verdict = "" if bar is None else (" ok" if row["ratio"]["median"] <= bar else " OVER")
+            print(f"{mode:<22}{level:<9} x plain f+b min/median/max "
+                  f"{min(r):.2f}/{statistics.median(r):.2f}/{max(r):.2f}"
+                  + (f" (bar {bar:g}{verdict})" if bar else "")
+                  + f"; own units median {statistics.median(u):.2f}; passes {passes[level]}",
+                  flush=True)
+    name = "verdict_cost" + ("" if args.denoiser == "digits" else "_big")
+    n_params = sum(p.numel() for p in den.parameters())
+    path = results_file.write(name, {"steps": args.steps, "repeats": args.repeats,
+                                     "denoiser": args.denoiser, "parameters": n_params,
+                                     "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""What a verdict costs: every diagnosis counts its sampler passes per stage and states them in
+units of one forward+backward; the check levels buy what they say; fewer passes catch the same
+wrong gradient."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import gradcheck
+from gradcheck.cli import main
+from gradcheck.sampling import ResSampler, SamplerConfig, build_denoiser
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return ResSampler(build_denoiser("digits").double(), SamplerConfig(steps=4),
+                      mode="learnable_step_noise")
+
+
+def _z0():
+    return torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+
+def _passes(rep):
+    return {s.stage: (s.forwards, s.backwards) for s in rep.cost.stages}
+
+
+def test_each_level_counts_the_passes_it_makes(sampler):
+    quick = gradcheck.diagnose(sampler, _z0(), checks="quick")
+    default = gradcheck.diagnose(sampler, _z0())
+    full = gradcheck.diagnose(sampler, _z0(), checks="full")
+    for r in (quick, default, full):
+        assert r.passed, [f.message for f in r.failed]
+        c = r.cost
+        assert c.unit_s > 0 and c.forwards == sum(s.forwards for s in c.stages)
+        assert c.total_units == pytest.approx(sum(s.units for s in c.stages))
+        rec = next(s for s in c.stages if s.stage == "record")
+        assert (rec.forwards, rec.backwards) == (1, 1) and 0.9 < rec.units < 2.0
+    # quick: no baseline draw, one one-sided difference, no Adam
+    assert _passes(quick) == {"record": (1, 1), "numeric": (1, 0)}
+    assert "seeded standard normal noise" in quick.loss_description
+    assert quick.numeric.sweep[0].get("one_sided") == 1.0
+    assert quick.cost.checks == "quick" and quick.check("loss_moves").level == "info"
+    # default: the baseline, the record, one central pair, one Adam step (no backward)
+    assert _passes(default) == {"baseline": (1, 0), "record": (1, 1), "numeric": (2, 0),
+                                "optim": (1, 0)}
+    assert len(default.numeric.sweep) == 1 and default.optim.steps == 1
+    # full: the whole sweep and three Adam steps (two more backward passes)
+    assert _passes(full) == {"baseline": (1, 0), "record": (1, 1), "numeric": (6, 0),
+                             "optim": (3, 2)}
+    assert len(full.numeric.sweep) == 3
+
+
+class _Scaled(torch.autograd.Function):
+    """A custom op whose backward is 1% too large: connected, wrong."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.01
+
+
+@pytest.mark.parametrize("checks", ["quick", "default", "full"])
+def test_a_wrong_gradient_is_caught_at_every_level(checks):
+    sig = SamplerConfig(steps=3).sigmas()
+    den = build_denoiser("conv").double()
+
+    def sample(z):
+        from gradcheck.sampling import sample_res
+
+        def cb(d):
+            if d["i"] == 1:
+                return _Scaled.apply(d["x"])
+        return sample_res(den, 80.0 * z, sig, solver="1euler", callback=cb)
+
+    rep = gradcheck.diagnose(sample, _z0(), checks=checks, locate="never")
+    f = rep.check("numeric_directional")
+    assert not f.passed, f.message
+    # the quick level escalated to central differences to judge it (evidence where needed)
+    if checks == "quick":
+        assert len(rep.numeric.sweep) >= 3 and not rep.numeric.sweep[0].get("one_sided")
+
+
+def test_cost_is_in_the_json_the_terminal_and_the_html(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "--mode", "default", "--checks", "quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cost: " in text and "x one forward+backward of the sampler" in text
+    assert "checks quick" in text and "2 sampler forward passes, 1 backward" in text
+    d = json.loads((out / "report.json").read_text())
+    cost = d["modes"]["default"]["cost"]
+    assert cost["checks"] == "quick" and [s["stage"] for s in cost["stages"]] == ["record",
+                                                                                   "numeric"]
+    assert d["environment"]["torch_threads"] == 1  # the tiny built-in model runs on one thread
+    html = (out / "index.html").read_text()
+    assert '<table class="cost">' in html and "forward passes" in html
+    assert main(["run", "--checks", "most", "--out", str(tmp_path / "bad")]) == 1

@@ -178,3 +178,31 @@ def test_long_runs_render_every_step_and_open_any_step(steps, tmp_path):
     assert head.startswith(f"step {last}:") and head2.startswith(f"step {steps // 2}:")
     _not_blank(shot, 900)
     _keep(shot, f"overview_{steps}.png")
+
+
+def test_pages_of_runs_that_raise_or_fail_unlocated_open_cleanly(tmp_path):
+    """A sampler that raises has no graph; a cut the locator was not asked to name opens on the
+    step the break point lies in."""
+    need_chromium()
+    sampler = _detached(3)
+
+    def raises(z):
+        raise ValueError("boom in the user's sampler")
+
+    raised = gradcheck.diagnose(raises, torch.randn(1, 1, 8, 8))
+    unlocated = gradcheck.diagnose(sampler, torch.randn(1, 1, 8, 8), locate="never",
+                                   optim_steps=0)
+    assert not raised.passed and not unlocated.passed and unlocated.locator is None
+    pages = {"raised": gradcheck.write_report(raised, tmp_path / "raised"),
+             "unlocated": gradcheck.write_report(unlocated, tmp_path / "unlocated")}
+    with Page() as page:
+        page.goto(pages["raised"])
+        text = page.evaluate("document.body.innerText")
+        e1 = page.errors()
+    with Page() as page:
+        page.goto(pages["unlocated"])
+        opened = page.evaluate("document.querySelector('.opview').dataset.step")
+        e2 = page.errors()
+    assert e1 == [] and e2 == []
+    assert "boom in the user's sampler" in text
+    assert opened in ("2", "3")  # the cut after step 2's state

@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from ..checks import break_between
+from ..checks import break_between, break_point
 from ..errors import ConfigError
 from ..records import FlowReport, OpGraph, OptimizeRecord, RunRecord
 from ..text import CAUSES, fmt, locator_failures, located, value

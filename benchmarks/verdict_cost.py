@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--denoiser", choices=("digits", "big"), default="digits",
                     help="digits: the built-in (ops of microseconds, a forward is half of a "
                     "forward+backward); big: a TinyUNet of width 112 (10x the parameters)")
+    ap.add_argument("--checkpoint", action="store_true", help="per-denoiser-call checkpointing, "
+                    "as big models run (the plain pass then recomputes each call's forward)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.denoiser == "big":
@@ -49,11 +51,12 @@ def main() -> None:
         den = build_denoiser("digits").double()
     z0 = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     rows = []
-    print(f"denoiser {args.denoiser}, torch {torch.__version__}, 1 thread, {args.steps} steps, "
+    print(f"denoiser {args.denoiser}{' checkpointed' if args.checkpoint else ''}, torch {torch.__version__}, 1 thread, {args.steps} steps, "
           f"{args.repeats} interleaved "
           f"repeats; ratio = diagnose wall time / plain forward+backward wall time")
     for mode in ("default", "learnable_step_noise"):
-        smp = ResSampler(den, SamplerConfig(steps=args.steps), mode=mode)
+        smp = ResSampler(den, SamplerConfig(steps=args.steps, checkpoint=args.checkpoint),
+                         mode=mode)
 
         def plain():
             z = z0.clone().requires_grad_(True)
@@ -96,10 +99,12 @@ def main() -> None:
                   + (f" (bar {bar:g}{verdict})" if bar else "")
                   + f"; own units median {statistics.median(u):.2f}; passes {passes[level]}",
                   flush=True)
-    name = "verdict_cost" + ("" if args.denoiser == "digits" else "_big")
+    name = "verdict_cost" + ("" if args.denoiser == "digits" else "_big") + (
+        "_checkpoint" if args.checkpoint else "")
     n_params = sum(p.numel() for p in den.parameters())
     path = results_file.write(name, {"steps": args.steps, "repeats": args.repeats,
                                      "denoiser": args.denoiser, "parameters": n_params,
+                                     "checkpoint": args.checkpoint,
                                      "rows": rows})
     print(f"wrote {path}")
 

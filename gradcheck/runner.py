@@ -325,13 +325,22 @@ def run(cfg: RunConfig, *, raw_graph_cap: int = 600, keep_raw_graph: bool = Fals
     reports (with their transient handles) stay reachable as ``record.modes[m]``.
     """
     cfg.validate()
-    dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     threads = cfg.threads
     if threads is None and device.type == "cpu" and cfg.denoiser in TINY_BUILTINS and \
             not cfg.sampler_spec:
         threads = 1  # ops of a few microseconds: more threads only fight on a shared machine
+    before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _run(cfg, raw_graph_cap=raw_graph_cap, keep_raw_graph=keep_raw_graph)
+    finally:  # the caller's process keeps its own setting
+        torch.set_num_threads(before)
+
+
+def _run(cfg: RunConfig, *, raw_graph_cap: int, keep_raw_graph: bool) -> RunRecord:
+    dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
     ctx = None
     if cfg.nproc > 1:  # first: it picks this rank's GPU before anything is put on one
         from . import distributed

@@ -136,11 +136,14 @@ def test_a_hook_that_only_watches_is_no_fault_and_costs_nothing():
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-5), (torch.float32, 2e-2),
                                         (torch.bfloat16, 1e-1)])
 def test_numeric_check_is_dtype_aware(dtype, rtol):
-    rep = gradcheck.diagnose(sampler(DEN, "learnable_step_noise"), z0_like(dtype=dtype))
-    n = rep.numeric
-    assert n.dtype == str(dtype).replace("torch.", "") and n.rtol == rtol
-    assert len(n.sweep) == 3 and n.eps in [row["eps"] for row in n.sweep]
-    assert rep.check("numeric_directional").passed, rep.check("numeric_directional").message
+    for checks, rows in (("default", 1), ("full", 3)):
+        # default: the precision's preferred step agrees, so the sweep stops there; full: all
+        rep = gradcheck.diagnose(sampler(DEN, "learnable_step_noise"), z0_like(dtype=dtype),
+                                 checks=checks, optim_steps=0)
+        n = rep.numeric
+        assert n.dtype == str(dtype).replace("torch.", "") and n.rtol == rtol
+        assert len(n.sweep) == rows and n.eps in [row["eps"] for row in n.sweep]
+        assert rep.check("numeric_directional").passed, rep.check("numeric_directional").message
 
 
 def test_locate_never_and_always():

@@ -29,6 +29,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; torchviz timeout "
           f"{args.timeout:g} s")
     print(f"{'steps':>6}{'autograd nodes':>16}{'step graph':>12}{'torchviz':>12}{'ratio':>10}")
+    rows = []
     for steps in args.steps:
         smp = ResSampler(den, SamplerConfig(steps=steps), mode="learnable_step_noise")
         rep = gradcheck.diagnose(smp, z0, numeric=False, optim_steps=0, raw_graph_cap=0)
@@ -57,6 +58,15 @@ def main() -> None:
             viz, ratio = what, (f"> {args.timeout / t_step:.0f}x" if "> " in what else "n/a")
         print(f"{steps:>6}{rep.graph.total_nodes:>16}{t_step:>10.2f} s{viz:>12}{ratio:>10}",
               flush=True)
+        rows.append({"steps": steps, "autograd_nodes": rep.graph.total_nodes,
+                     "step_graph_s": t_step, "torchviz": viz})
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_file import write
+
+    print(f"wrote {write('graph_render', {'timeout_s': args.timeout, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ def main() -> None:
     print(f"checkpointed peak at {hi} steps / at {lo} steps: {growth:.2f}x (bar 1.3x); "
           f"full unroll: {res[(hi, 0)]['peak_mb'] / res[(lo, 0)]['peak_mb']:.2f}x")
     print(f"checkpointed time / full unroll time at {hi} steps: {slow:.2f}x (bar 1.5x)")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results_file import write
+
+    print(f"wrote {write('memory', {'width': args.width, 'size': args.size, 'batch': args.batch, 'rows': [{'steps': st, 'checkpoint': bool(ck), **res[(st, ck)]} for st in args.steps for ck in (0, 1)], 'ckpt_growth': growth, 'ckpt_slowdown': slow})}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -82,6 +83,7 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
     import tempfile
 
     print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
+    rows = []
     for big in {"both": (False, True), "builtin": (False,), "big": (True,)}[which]:
         counts = {}
         with tempfile.TemporaryDirectory() as tmp:
@@ -103,6 +105,18 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
         label = "10x larger" if big else "built-in (digits)"
         print(f"{label:<20} plain {p / 1e6:9.1f} M instr   diagnosis {d / 1e6:9.1f} M instr   "
               f"ratio {d / p:.3f}", flush=True)
+        rows.append({"denoiser": label, "plain_minstr": p / 1e6, "diagnosis_minstr": d / 1e6,
+                     "ratio": d / p})
+    _write(f"overhead_instructions_{which}", {"steps": steps, "batch": batch, "rows": rows})
+
+
+def _write(name: str, data: dict) -> None:
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results_file import write
+
+    print(f"wrote {write(name, data)}")
 
 
 def main() -> None:
@@ -138,6 +152,7 @@ def main() -> None:
           f"{'wall' if args.wall else 'CPU'} time")
     print(f"{'denoiser':<24}{'mode':<22}{'plain':>10}{'diagnosis':>12}{'ratio min':>11}"
           f"{'ratio med':>11}{'bar':>6}{'no graph':>10}{'op detail':>11}")
+    rows = []
     for (label, den, shape, bar), mode in [(c, m) for c in cases
                                            for m in ("default", "learnable_step_noise")]:
         g = torch.Generator().manual_seed(0)
@@ -155,9 +170,18 @@ def main() -> None:
             to.append(CLOCK() - t0)
         ratio = min(td) / min(tp)
         med = statistics.median(td) / statistics.median(tp)
+        rows.append({"denoiser": label, "mode": mode, "plain_s": _mmm(tp), "diagnosis_s": _mmm(td),
+                     "no_graph_s": _mmm(tn), "op_detail_s": _mmm(to),
+                     "ratio_min": ratio, "ratio_median": med, "bar": bar})
         print(f"{label:<24}{mode:<22}{min(tp) * 1e3:>8.1f}ms{min(td) * 1e3:>10.1f}ms"
               f"{ratio:>11.3f}{med:>11.3f}{'ok' if ratio <= bar else 'OVER':>6}"
               f"{min(tn) / min(tp):>10.3f}{min(to) / min(tp):>11.3f}", flush=True)
+    _write("overhead", {"steps": args.steps, "batch": args.batch, "repeats": args.repeats,
+                        "clock": "wall" if args.wall else "cpu", "rows": rows})
+
+
+def _mmm(v: list[float]) -> dict[str, float]:
+    return {"min": min(v), "median": statistics.median(v), "max": max(v)}
 
 
 if __name__ == "__main__":

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--raw-graph-cap", type=int, default=600, help="draw the op-level autograd "
                    "graph only up to this many nodes (default 600; bigger ones take minutes)")
     c.add_argument("--no-html", action="store_true", help="write report.json only")
+    c.add_argument("--save-grad", default=None, metavar="PATH", help="also write dL/dz0 of every "
+                   "mode to PATH (torch.save of {mode: tensor or None}): to compare with your own "
+                   "run, or to start an optimisation from")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
 
     op = sub.add_parser("optimize", help="optimise z0 through the sampler for an objective",
@@ -259,6 +262,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--raw-graph-cap must be >= 0, got {args.raw_graph_cap}")
     from . import distributed
 
+    if args.save_grad and cfg.nproc > 1:
+        raise ConfigError("--save-grad writes one process's dL/dz0: run it without --nproc")
     if cfg.nproc > 1 and not distributed.launched():
         with output_dir(args.out, "report.json"):  # fail before launching, not after
             return distributed.launch(_without_nproc(args.argv), cfg.nproc)
@@ -283,6 +288,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
             rendered = render(record, out, graphs=args.graph, raw_graphs=raw)
+        if args.save_grad:
+            _save_grads(record, args.save_grad)
         path = write_json_atomic(out / "report.json", data)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
@@ -295,6 +302,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"[{mode}] the sampler's traceback:\n{rep.raised.traceback}")
     code = EXIT_OK if record.passed else EXIT_FAILED
     return distributed.report_status(code, distributed.context()) if cfg.nproc > 1 else code
+
+
+def _save_grads(record, path: str) -> None:
+    import torch
+
+    from .report.files import write_bytes_atomic
+
+    grads = {m: (None if r.handles.get("z0_grad") is None else
+                 r.handles["z0_grad"].detach().cpu()) for m, r in record.modes.items()}
+    import io
+
+    buf = io.BytesIO()
+    torch.save(grads, buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _nproc(args: argparse.Namespace) -> int:

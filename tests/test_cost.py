@@ -100,3 +100,14 @@ def test_cost_is_in_the_json_the_terminal_and_the_html(tmp_path, capsys):
     html = (out / "index.html").read_text()
     assert '<table class="cost">' in html and "forward passes" in html
     assert main(["run", "--checks", "most", "--out", str(tmp_path / "bad")]) == 1
+
+
+def test_save_grad_writes_the_recorded_gradient(tmp_path):
+    path = tmp_path / "g.pt"
+    assert main(["run", "--mode", "default", "--checks", "quick", "--no-html", "--save-grad",
+                 str(path), "--out", str(tmp_path / "r")]) == 0
+    grads = torch.load(path)
+    assert set(grads) == {"default"} and grads["default"].shape == (2, 1, 8, 8)
+    assert torch.isfinite(grads["default"]).all() and grads["default"].abs().sum() > 0
+    assert main(["run", "--nproc", "2", "--save-grad", str(path), "--out",
+                 str(tmp_path / "r2")]) == 1

@@ -322,7 +322,8 @@ def power(n) -> str:
     if n.detectable is None:
         return ""
     many = f"{n.directions} directions" if n.directions > 1 else "1 direction"
-    return f"; {many}: a gradient {n.detectable:.2%} off is caught with 99% probability"
+    return (f"; {many}: a gradient {n.detectable:.2%} off is caught with 99% probability"
+            + (f" ({n.limited})" if getattr(n, "limited", None) else ""))
 
 
 def numeric_directional(r: FlowReport) -> Finding:

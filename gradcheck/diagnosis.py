@@ -778,9 +778,15 @@ def diagnose(
                           thresholds={"vanishing_rel": vanishing_rel,
                                       "exploding_ratio": exploding_ratio})
         return finish(report)
+    # a float64 shadow buys the numeric check's full power below float64, at the price of a
+    # float64 forward+backward (several units on a CPU, far more on a GPU, twice the weights'
+    # memory): the default level pays it only for a sampler whose pass is cheap; checks="full"
+    # always, and shadow=True asks for it
+    expensive = rec.unit_s > SHADOW_BUDGET_S and checks == "default" and shadow is None
     shadow_num = None
     if numeric and loss_fn is None and z0.dtype != torch.float64 and policy.world == 1 and \
-            checks != "quick" and (shadow if shadow is not None else hasattr(sample_fn, "at_dtype")):
+            checks != "quick" and not expensive and \
+            (shadow if shadow is not None else hasattr(sample_fn, "at_dtype")):
         t0, c0 = time.perf_counter(), counted.calls
         shadow_num = shadow_check(sample_fn, z0, loss, seed=seed, policy=policy)
         timings["shadow_s"] = time.perf_counter() - t0
@@ -792,10 +798,15 @@ def diagnose(
         judged = shadow_num is not None and shadow_num.skipped is None
         t0, c0 = time.perf_counter(), counted.calls
         num = numeric_check(run, loss, rec, seed=seed, policy=policy,
-                            directions=1 if judged or checks == "quick" else None,
+                            directions=1 if judged or checks == "quick" or expensive
+                            else None,
                             full_sweep=level["sweep"], one_sided=checks == "quick")
         timings["numeric_s"] = time.perf_counter() - t0
         tally("numeric", c0)
+        if expensive and not judged and z0.dtype != torch.float64:
+            num.limited = (f"the recorded pass takes {rec.unit_s:.1f} s, so the default checks "
+                           f"skip the float64 shadow and further directions; --checks full "
+                           f"buys them")
     opt = None
     if optim_steps > 0:
         warm = warm_optimizer()
@@ -828,7 +839,8 @@ def diagnose(
         scan_randomness = modes.MODES[mode].step_noise == "unknown"
     # below float64 (or without it) the numeric check cannot prove the gradient right: the
     # provenance pass looks for values that leave autograd and come back (a proven bias)
-    scan_bias = not numeric or z0.dtype != torch.float64
+    scan_bias = (not numeric or z0.dtype != torch.float64) and checks != "quick" and \
+        not expensive  # an expensive pass: checks="full" (or locate="always") scans
     c0 = counted.calls
     locate_stage(sample_fn, z0, run, loss, rec, report, locate=locate,
                  scan_randomness=scan_randomness, scan_bias=scan_bias, seed=seed,
@@ -836,6 +848,11 @@ def diagnose(
     tally("locate", c0)
     return finish(report)
 
+
+#: the default level's float64 shadow and its 7 working-precision directions are for samplers
+#: whose recorded forward+backward takes at most this long; a slower one gets one direction,
+#: its power stated, and checks="full" buys the rest
+SHADOW_BUDGET_S = 2.0
 
 #: what each ``checks`` level runs (see :func:`diagnose`)
 CHECK_LEVELS: dict[str, dict[str, Any]] = {

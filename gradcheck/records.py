@@ -100,6 +100,8 @@ class NumericResult(Record):
     # evidence either way)
     verdict: str | None = None  # see above
     note: str | None = None  # what the kink test saw
+    # why fewer directions were taken than the precision's default (the check level's budget)
+    limited: str | None = None
     directions: int = 1  # random directions checked
     # the smallest relative gradient error |e|/|g| caught with >= 99% probability
     detectable: float | None = None  # see above

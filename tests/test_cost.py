@@ -111,3 +111,22 @@ def test_save_grad_writes_the_recorded_gradient(tmp_path):
     assert torch.isfinite(grads["default"]).all() and grads["default"].abs().sum() > 0
     assert main(["run", "--nproc", "2", "--save-grad", str(path), "--out",
                  str(tmp_path / "r2")]) == 1
+
+
+def test_an_expensive_pass_gets_the_default_budget_and_says_what_full_buys(monkeypatch):
+    """Below float64 the default level pays for the float64 shadow (a float64 forward+backward)
+    and the bias scan only for a cheap pass; a slow one gets one direction, its power stated."""
+    import gradcheck.diagnosis as d
+
+    smp = ResSampler(build_denoiser("conv"), SamplerConfig(steps=3), mode="default")
+    z0 = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cheap = gradcheck.diagnose(smp, z0)
+    assert cheap.numeric_shadow is not None and cheap.cost.stages[2].stage == "shadow"
+    monkeypatch.setattr(d, "SHADOW_BUDGET_S", 0.0)  # every pass is "expensive" now
+    slow = gradcheck.diagnose(smp, z0)
+    assert slow.passed and slow.numeric_shadow is None and slow.numeric.directions == 1
+    msg = slow.check("numeric_directional").message
+    assert "1 direction: a gradient" in msg and "--checks full buys them" in msg
+    assert "shadow" not in [s.stage for s in slow.cost.stages] and slow.locator is None
+    full = gradcheck.diagnose(smp, z0, checks="full")
+    assert full.numeric_shadow is not None and full.locator is not None  # full buys it all

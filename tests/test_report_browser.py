@@ -61,9 +61,17 @@ def test_clicking_a_step_opens_its_op_graph_with_grad_and_source_on_hover(run4, 
         z1 = float(page.evaluate("document.querySelector('.chain-box').dataset.zoom"))
         page.click('.mode-graph[data-mode="default"] .pane .tools button[data-act="fit-width"]')
         z2 = float(page.evaluate("document.querySelector('.chain-box').dataset.zoom"))
+        # opening other steps reuses the op view's viewer: one zoom click zooms once
+        page.click('.mode-graph[data-mode="default"] svg.chain .node[data-step="3"][data-kind="state"]')
+        page.click('.mode-graph[data-mode="default"] svg.chain .node[data-step="1"][data-kind="state"]')
+        sel = '.mode-graph[data-mode="default"] .op-box'
+        o0 = float(page.evaluate(f"document.querySelector('{sel}').dataset.zoom"))
+        page.click('.mode-graph[data-mode="default"] .opview .tools button[data-act="zoom-in"]')
+        o1 = float(page.evaluate(f"document.querySelector('{sel}').dataset.zoom"))
         shot = page.screenshot(tmp_path / "step2.png", full_page=False)
         errors = page.errors()
     assert errors == []
+    assert o1 / o0 == pytest.approx(1.4, rel=0.02), (o0, o1)
     assert head.startswith("step 2:") and "ops between" in head
     assert n_ops >= 30 and row_open == "2"
     assert "|g| " in info and ".py:" in info, info

@@ -35,15 +35,24 @@
                not_in_graph: "not in the autograd graph"};
 
   /* -- a pan/zoom viewer: wheel scrolls, ctrl+wheel zooms, drag pans ------------------------ */
+  /* one viewer per box, made once: load() swaps the drawing (an op view per step), so no
+     listener is ever added twice */
   function Viewer(box, svg) {
-    var W = +svg.getAttribute("width"), H = +svg.getAttribute("height");
-    var vb = {x: 0, y: 0, w: W, h: H};
-    // no taller than the drawing at full width (a 4-step chain needs no 640 px box)
-    var fitH = H * box.clientWidth / Math.max(1, W) + 4;
-    if (fitH < box.clientHeight) box.style.height = Math.max(160, fitH) + "px";
-    svg.setAttribute("width", "100%");
-    svg.setAttribute("height", "100%");
-    svg.setAttribute("preserveAspectRatio", "xMinYMin meet");
+    var W = 1, H = 1;
+    var vb = {x: 0, y: 0, w: 1, h: 1};
+    function load(next) {
+      svg = next;
+      W = +svg.getAttribute("width"); H = +svg.getAttribute("height");
+      self.W = W; self.H = H;
+      box.style.height = "";
+      // no taller than the drawing at full width (a 4-step chain needs no 640 px box)
+      var fitH = H * box.clientWidth / Math.max(1, W) + 4;
+      if (fitH < box.clientHeight) box.style.height = Math.max(160, fitH) + "px";
+      svg.setAttribute("width", "100%");
+      svg.setAttribute("height", "100%");
+      svg.setAttribute("preserveAspectRatio", "xMinYMin meet");
+      self.fitWidth();
+    }
     function aspect() { return Math.max(0.1, box.clientWidth / Math.max(1, box.clientHeight)); }
     function apply() {
       vb.h = vb.w / aspect();
@@ -54,7 +63,7 @@
       box.dataset.zoom = (W / vb.w).toFixed(3);
     }
     var self = {
-      W: W, H: H, vb: vb,
+      W: W, H: H, vb: vb, load: load,
       fitWidth: function () { vb.w = W; vb.x = 0; apply(); },
       fitAll: function () {
         vb.w = Math.max(W, H * aspect()); vb.x = (W - vb.w) / 2; vb.y = 0; apply();
@@ -112,7 +121,7 @@
           "zoom-out": function () { self.zoom(1.4); }})[b.dataset.act]();
       });
     }
-    self.fitWidth();
+    load(svg);
     return self;
   }
 
@@ -204,15 +213,19 @@
       '<div class="opinfo muted">hover an op for its |g| and source line</div>';
     box.hidden = false;
     box.innerHTML = opSvg(m, key, v);
-    var viewer = Viewer(box, box.querySelector("svg"));
+    var viewer = M.ops;
+    if (viewer) viewer.load(box.querySelector("svg"));
+    else {
+      viewer = M.ops = Viewer(box, box.querySelector("svg"));
+      box.addEventListener("mouseover", function (e) {
+        var g = e.target.closest(".on"); if (!g) return;
+        var info = panel.querySelector(".opinfo");
+        if (info) info.textContent = g.dataset.tip;
+      });
+    }
     viewer.fitAll();
     if (viewer.vb.w > 1400) { viewer.zoom(1400 / viewer.vb.w, 0, 0); viewer.vb.y = 0; viewer.apply(); }
-    M.ops = viewer;
     panel.dataset.step = key;
-    box.addEventListener("mouseover", function (e) {
-      var g = e.target.closest(".on"); if (!g) return;
-      panel.querySelector(".opinfo").textContent = g.dataset.tip;
-    });
     var bad = v.e.filter(function (e) { return e[2] === 2; })[0] || v.e.filter(function (e) { return e[2] === 1; })[0];
     if (bad && !highlight) {  // a failing step opens on its break
       var pts = bad[3], k = Math.floor(pts.length / 4) * 2;

@@ -25,7 +25,7 @@ import torch
 from . import graph, modes, observers
 from .checks import numeric_directional, run_checks
 from .errors import ConfigError, GradcheckError, InputError
-from .numeric import directional_check
+from .numeric import DIRECTIONS, directional_check
 from .opdetail import AUTO_BUDGET_S, POLICIES as OP_DETAIL_POLICIES, OpGrads, OpSources
 from .policy import Local, current
 from .probes import probe, trace
@@ -803,7 +803,8 @@ def diagnose(
                             full_sweep=level["sweep"], one_sided=checks == "quick")
         timings["numeric_s"] = time.perf_counter() - t0
         tally("numeric", c0)
-        if expensive and not judged and z0.dtype != torch.float64:
+        prec = getattr(torch, num.working_dtype or num.dtype, None)
+        if expensive and not judged and DIRECTIONS.get(prec, 1) > num.directions:
             num.limited = (f"the recorded pass takes {rec.unit_s:.1f} s, so the default checks "
                            f"skip the float64 shadow and further directions; --checks full "
                            f"buys them")

@@ -172,7 +172,9 @@ def main() -> None:
         med = statistics.median(td) / statistics.median(tp)
         rows.append({"denoiser": label, "mode": mode, "plain_s": _mmm(tp), "diagnosis_s": _mmm(td),
                      "no_graph_s": _mmm(tn), "op_detail_s": _mmm(to),
-                     "ratio_min": ratio, "ratio_median": med, "bar": bar})
+                     "ratio_min": ratio, "ratio_median": med, "bar": bar,
+                     "no_graph_ratio_min": min(tn) / min(tp),
+                     "op_detail_ratio_min": min(to) / min(tp)})
         print(f"{label:<24}{mode:<22}{min(tp) * 1e3:>8.1f}ms{min(td) * 1e3:>10.1f}ms"
               f"{ratio:>11.3f}{med:>11.3f}{'ok' if ratio <= bar else 'OVER':>6}"
               f"{min(tn) / min(tp):>10.3f}{min(to) / min(tp):>11.3f}", flush=True)

@@ -11,7 +11,9 @@ Both ride on the one recorded forward+backward; neither makes a pass of its own:
   gradient arriving at the node's output as a 0-d tensor (no device sync); the norms are read
   once, after the backward.
 
-Cost: about 15% each on the built-in model, whose ops are tiny; relatively less on big models.
+Cost: together about 2x the record phase on the built-in model, whose ops take microseconds, and
+about 1.3x on a model with 10x its parameters (``benchmarks/overhead.py``); relatively less on big
+models.
 ``auto`` keeps it bounded in absolute terms: when the recorded forward runs past
 :data:`AUTO_BUDGET_S`, the sources are dropped and the gradients not hooked (the report says so,
 and ``op_detail="always"`` records them anyway).
@@ -88,8 +90,8 @@ class OpSources(TorchFunctionMode):
         if self.budget_s is not None and self._n % 64 == 0 and \
                 time.perf_counter() - self.t0 > self.budget_s:
             self.drop(f"the forward pass ran past {self.budget_s:g} s (op_detail='auto'); "
-                      f"op_detail='always' (--op-detail always) records it anyway, at about "
-                      f"15% more time")
+                      f"op_detail='always' (--op-detail always) records it anyway, at more "
+                      f"time (about 2x the record on tiny models)")
 
     def drop(self, why: str) -> None:
         self.skipped = why

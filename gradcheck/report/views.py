@@ -496,7 +496,6 @@ def op_views(r: FlowReport, strings: dict[str, int]) -> dict[str, Any]:
 
         def pnode(order: int, outside: bool) -> int:
             if order not in probe_node:
-                p = by_order[order]
                 probe_node[order] = len(nodes)
                 nodes.append({"p": order, "out": outside})
             return probe_node[order]
@@ -528,8 +527,8 @@ def op_views(r: FlowReport, strings: dict[str, int]) -> dict[str, Any]:
             b_n = pnode(bp[1].order, str(bp[1].step) != key)
             cut = [a_n, b_n]
             edges.append((a_n, b_n))
-        xs, ys, pts = _layout(len(nodes), list(dict.fromkeys(edges)))
-        uniq = list(dict.fromkeys(edges))
+        uniq = list(dict.fromkeys(edges))  # an edge met twice is drawn once
+        xs, ys, pts = _layout(len(nodes), uniq)
         out_nodes = []
         for i, nd in enumerate(nodes):
             x, y = round(xs[i]), round(ys[i])

@@ -430,11 +430,19 @@ def optimizer_changes_z0(r: FlowReport) -> Finding:
 
 def loss_moves(r: FlowReport) -> Finding:
     o = r.optim
-    if o is None or o.skipped or len(o.losses) < 2:
+    if o is None or o.skipped or (len(o.losses) < 2 and not o.unmeasured):
         return Finding("loss_moves", True, level="info", value=None, threshold=None,
                        message="optimizer check skipped")
-    first, last = o.losses[0], o.losses[-1]
     sign = 1.0 if o.objective == "maximize" else -1.0
+    way = "up" if o.objective == "maximize" else "down"
+    if o.unmeasured:
+        pred = o.predicted if o.predicted is not None else math.nan
+        return Finding("loss_moves", sign * pred > 0, level="info", value=pred,
+                       threshold=way,
+                       message=f"one Adam step (lr {o.lr:g}) moves the loss {way} by "
+                       f"{abs(pred):.3g} to first order (<dL/dz0, dz0> = {pred:+.3g}); its "
+                       f"forward pass was not paid: {o.unmeasured}")
+    first, last = o.losses[0], o.losses[-1]
     ok = math.isfinite(last) and sign * (last - first) > 0
     way = "up" if o.objective == "maximize" else "down"
     moved = [(lr, v) for lr, v in o.backtrack if math.isfinite(v) and sign * (v - first) > 0]

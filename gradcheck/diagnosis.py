@@ -399,16 +399,43 @@ def warm_optimizer() -> float:
     return _WARM[0]
 
 
+def verified(num: NumericResult | None, shadow: NumericResult | None) -> str | None:
+    """Why a measured Adam step would add nothing about the gradient: the numeric check agreed
+    with reverse mode on smooth evidence in float64 (the sampler's own run or a judged float64
+    shadow). None where it did not (skipped, a kink, inconclusive, below float64)."""
+    for n, what in ((num, "the sampler's run"), (shadow, "a float64 shadow run")):
+        if n is not None and n.skipped is None and n.verdict == "agrees" and \
+                (n.working_dtype or n.dtype) == "float64" and n.rel_error <= n.rtol:
+            return (f"the numeric check verified dL/dz0 in float64 on {what} (relative error "
+                    f"{n.rel_error:.1e}), so the step's forward pass would only test whether "
+                    f"lr suits the loss's curvature; --checks full measures it")
+    return None
+
+
 def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording, *,
-                    steps: int, lr: float, policy: Local) -> OptimResult:
+                    steps: int, lr: float, policy: Local,
+                    unmeasured: str | None = None) -> OptimResult:
     """``steps`` Adam steps on a copy of z0, the first with the recorded gradient (each step one
     forward pass, and one backward pass but for the last): does z0 change, does the loss move
-    the intended way?"""
+    the intended way? With ``unmeasured`` (why) and one step, no forward pass: the step is
+    taken and its first-order effect on the loss, <dL/dz0, dz0>, reported instead."""
     p = rec.z.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([p], lr=lr, maximize=loss.objective == "maximize")
     losses = [rec.loss_value]
     changed, max_change = False, 0.0
     grad = rec.z_grad
+    if unmeasured is not None and steps == 1 and grad is not None:
+        p.grad = grad.detach().clone()
+        opt.step()
+        dz = p.detach() - rec.z.detach()
+        predicted = policy.sum(float((grad.detach().double() * dz.double()).sum()))
+        sign = 1.0 if loss.objective == "maximize" else -1.0
+        if sign * predicted > 0:  # else measure: a zero step, or one the wrong way
+            return OptimResult(lr=lr, steps=steps, objective=loss.objective, z0_changed=True,
+                               max_abs_change=float(dz.abs().max()), losses=losses,
+                               predicted=predicted, unmeasured=unmeasured)
+        p = rec.z.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=lr, maximize=loss.objective == "maximize")
     for k in range(steps):
         p.grad = None if grad is None else grad.detach().clone()
         before = p.detach().clone()
@@ -725,6 +752,7 @@ def diagnose(
         raise ConfigError(f"op_detail must be 'auto', 'always' or 'never', got {op_detail!r}")
     if checks not in CHECK_LEVELS:
         raise ConfigError(f"checks must be one of {', '.join(CHECK_LEVELS)}, got {checks!r}")
+    asked_optim = optim_steps is not None
     if optim_steps is None:
         optim_steps = CHECK_LEVELS[checks]["optim_steps"]
     modes.get(mode)
@@ -800,7 +828,7 @@ def diagnose(
         num = numeric_check(run, loss, rec, seed=seed, policy=policy,
                             directions=1 if judged or checks == "quick" or expensive
                             else None,
-                            full_sweep=level["sweep"], one_sided=checks == "quick")
+                            full_sweep=level["sweep"], one_sided=checks != "full")
         timings["numeric_s"] = time.perf_counter() - t0
         tally("numeric", c0)
         prec = getattr(torch, num.working_dtype or num.dtype, None)
@@ -814,7 +842,12 @@ def diagnose(
         if warm:
             timings["setup_s"] = warm  # once per process, not the diagnosis's cost
         t0, c0 = time.perf_counter(), counted.calls
-        opt = optimizer_probe(run, loss, rec, steps=optim_steps, lr=lr, policy=policy)
+        # the default level's one Adam step: its forward pass is paid only where the numeric
+        # check has not already verified the gradient in float64 (it would then only say
+        # whether lr suits the loss's curvature, nothing about the gradient)
+        why = None if asked_optim or checks != "default" else verified(num, shadow_num)
+        opt = optimizer_probe(run, loss, rec, steps=optim_steps, lr=lr, policy=policy,
+                              unmeasured=why)
         timings["optim_s"] = time.perf_counter() - t0
         tally("optim", c0)
     report = assemble(rec, loss, mode=mode, numeric=num, optim=opt, sample_fn=sample_fn,

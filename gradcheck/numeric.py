@@ -26,10 +26,14 @@ SETTINGS: dict[torch.dtype, tuple[tuple[float, ...], float]] = {
     torch.bfloat16: ((3e-1, 1e-1, 3e-2), 1e-1),
 }
 ROUNDOFF_FACTOR = 8.0
-#: the relative step of a one-sided difference from the recorded loss (``checks="quick"``): small
-#: enough that its truncation error (h/2 v'Hv) stays well under the precision's tolerance, large
-#: enough that round-off does; half precision has no such step and differences centrally
+#: the relative step of a one-sided difference from the recorded loss (the ``quick`` and
+#: ``default`` levels): small enough that its truncation error (h/2 v'Hv) stays well under the
+#: precision's tolerance, large enough that round-off does; half precision has no such step and
+#: differences centrally
 ONE_SIDED = {torch.float64: 1e-6, torch.float32: 3e-3}
+#: a one-sided difference is accepted only where its round-off allowance is at most this part of
+#: the relative tolerance (so the check's stated power holds); otherwise the central pair decides
+ONE_SIDED_FLOOR = 0.25
 
 
 def unit_direction(like: torch.Tensor, seed: int,
@@ -90,10 +94,15 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
     first = one_direction(loss_at, z0, grad, seed=seed, working=working, reduce=reduce,
                           shard_of=shard_of, straddles=straddles, full_sweep=full_sweep, l0=l0)
     main, others = first, []
+    # the further directions at the first one's central step, each one-sided first where the
+    # first direction may be (one forward pass instead of two; the central pair on disagreement)
+    one = bool(first.sweep) and bool(first.sweep[0].get("one_sided"))
     if first.skipped is None:
         for j in range(1, k):
             res = one_direction(loss_at, z0, grad, seed=seed + 7919 * j, working=working,
-                                reduce=reduce, shard_of=shard_of, steps=(first.eps,))
+                                reduce=reduce, shard_of=shard_of,
+                                steps=None if one else (first.eps,),
+                                l0=None if full_sweep else l0)
             if res.verdict != "agrees":  # a full sweep (and the kink judgement) for this one
                 res = one_direction(loss_at, z0, grad, seed=seed + 7919 * j, working=working,
                                     reduce=reduce, shard_of=shard_of, straddles=straddles)
@@ -145,7 +154,9 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
             agrees (``checks="full"``); by default the rest of the sweep runs only on
             disagreement.
         l0: the loss at z0 as recorded: first a one-sided difference from it (one forward
-            pass, ``checks="quick"``); where it disagrees, the central differences decide.
+            pass; the ``quick`` and ``default`` levels), accepted where it agrees within the
+            tolerance and its round-off allowance stays under ``ONE_SIDED_FLOOR`` of it; else
+            the central differences decide (not with ``full_sweep``).
     """
     prec = working or z0.dtype
     hs, rtol = SETTINGS.get(prec, SETTINGS[torch.float32])
@@ -165,14 +176,16 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         # there (agreement at one step is agreement of the sweep's best: same verdict, 2
         # forward passes instead of 6)
         plan.insert(0, plan.pop(len(plan) // 2))
-    one = ONE_SIDED.get(prec) if l0 is not None and early and math.isfinite(l0) else None
+    one = ONE_SIDED.get(prec) if l0 is not None and not full_sweep and math.isfinite(l0) \
+        else None
     if one is not None:
         h = one * scale
         lp = loss_at(z + h * v)
         fd = (lp - l0) / h
         floor = ROUNDOFF_FACTOR * eps_mach * max(abs(lp), abs(l0)) / h
         err = abs(fd - reverse)
-        if err <= rtol * max(abs(fd), abs(reverse)) + floor:
+        allowed = rtol * max(abs(fd), abs(reverse))
+        if err <= allowed + floor and floor <= ONE_SIDED_FLOOR * allowed:
             mag = max(abs(fd), abs(reverse))
             return NumericResult(
                 dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=h,
@@ -182,7 +195,8 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
                         "one_sided": 1.0}],
                 working_dtype=str(working).replace("torch.", "") if working is not None else None,
                 verdict="agrees", note="one-sided difference from the recorded loss (1 forward "
-                                       "pass); a disagreement would have been judged centrally")
+                                       "pass); a disagreement would have been judged by central "
+                                       "differences")
     for i, h in enumerate(plan):
         lp, lm = loss_at(z + h * v), loss_at(z - h * v)
         losses.append((lp, lm))

@@ -52,6 +52,7 @@ class _Entry:
     connected_to_z0: bool | None
     numel: int = 0
     stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see _grad_stats)
+    grad: torch.Tensor | None = None  # a small gradient held until the trace closes (_Deferred)
     fired: int = 0
     ref: Any = None  # the grad_fn (or the leaf tensor) while the trace is open, for graph capture
 
@@ -64,13 +65,67 @@ def _grad_stats(g: torch.Tensor) -> torch.Tensor:
         if g.numel() == 0:
             return torch.zeros(4, dtype=torch.float32, device=g.device)
         acc = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
-        a = g.abs()
         return torch.stack([
             torch.linalg.vector_norm(g, dtype=acc),
-            a.sum(dtype=acc),
-            a.amax().to(acc),
+            torch.linalg.vector_norm(g, 1, dtype=acc),
+            torch.linalg.vector_norm(g, math.inf, dtype=acc),
             torch.isfinite(g).sum(dtype=acc),
         ])
+
+
+#: gradients of at most this many elements are held (not copied) until the trace closes and then
+#: summarised all together, a few batched reductions instead of a handful of small ops a probe:
+#: on a small model those ops are a measurable part of the backward pass. Larger gradients (a
+#: video latent's), and any beyond DEFER_BYTES in all, are summarised in the hook as before.
+DEFER_NUMEL = 1 << 15
+DEFER_BYTES = 32 << 20
+
+
+class _Deferred:
+    """The small gradients a trace holds, summarised in one batch (``_foreach_norm``) per device
+    and dtype. Holding a reference never changes the gradient: autograd accumulates in place
+    only into a buffer nobody else refers to."""
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.nbytes = 0
+
+    def take(self, g: torch.Tensor, e: _Entry) -> bool:
+        """Hold ``g`` for ``e`` if it is small and the budget allows; False: summarise it now."""
+        if not 0 < g.numel() <= DEFER_NUMEL or g.dtype not in (torch.float32, torch.float64) or \
+                g.layout != torch.strided or type(g) is not torch.Tensor:
+            return False
+        size = g.numel() * g.element_size()
+        if e.grad is None:
+            if self.nbytes + size > DEFER_BYTES:
+                return False
+            self.entries.append(e)
+            self.nbytes += size
+        e.grad = g.detach()  # a hook that fires again (a reused tensor) keeps the last, as before
+        e.stats = None
+        return True
+
+    def flush(self) -> dict[int, list[float]]:
+        """Summarise every held gradient, let go of it: entry order -> [L2 norm, sum |g|,
+        max |g|, finite count] (one transfer per device and dtype)."""
+        groups: dict[tuple[torch.device, torch.dtype], list[_Entry]] = {}
+        for e in self.entries:
+            if e.grad is not None:
+                groups.setdefault((e.grad.device, e.grad.dtype), []).append(e)
+        values: dict[int, list[float]] = {}
+        with torch.no_grad():
+            for group in groups.values():
+                gs = [e.grad for e in group]
+                rows = torch.stack([torch.stack(torch._foreach_norm(gs, p))
+                                    for p in (2, 1, math.inf)], dim=1).tolist()
+                for e, (n2, n1, ninf) in zip(group, rows):
+                    # a finite L2 norm means every element is finite; count only otherwise
+                    finite = e.grad.numel() if math.isfinite(n2) else \
+                        int(torch.isfinite(e.grad).sum())
+                    values[e.order] = [n2, n1, ninf, float(finite)]
+                    e.grad = None
+        self.entries, self.nbytes = [], 0
+        return values
 
 
 class Trace:
@@ -81,6 +136,7 @@ class Trace:
         self._handles: list[Any] = []
         self._seen: dict[tuple[int, str], weakref.ref] = {}
         self._calls = 0
+        self._deferred = _Deferred()
         self._token = None
         self._grad_mode_before = True
         self.z0: torch.Tensor | None = None
@@ -156,8 +212,12 @@ class Trace:
         if self.observer is not None:
             self.observer(entry.order, t)
         if t.requires_grad:
+            deferred = self._deferred
+
             def hook(g: torch.Tensor, _e: _Entry = entry) -> None:
-                _e.stats = _grad_stats(g)
+                if not deferred.take(g, _e):
+                    _e.stats = _grad_stats(g)
+                    _e.grad = None
                 _e.fired += 1
 
             self._handles.append(t.register_hook(hook))
@@ -193,7 +253,7 @@ class Trace:
 
     def _materialise(self) -> list[ProbeStats]:
         """Turn the 0-d statistics into floats: one transfer per device, not one per probe."""
-        values: dict[int, list[float]] = {}
+        values: dict[int, list[float]] = self._deferred.flush()
         by_device: dict[torch.device, list[int]] = {}
         for i, e in enumerate(self._entries):
             if e.stats is not None:

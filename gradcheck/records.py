@@ -121,6 +121,10 @@ class OptimResult(Record):
     skipped: str | None = None
     # when the loss moved the wrong way: [lr, loss after one step] for halved learning rates
     backtrack: list[list[float]] = field(default_factory=list)  # see above
+    # the step's forward pass not paid (why; the default level after a float64-verified
+    # gradient): its first-order change of the loss, <dL/dz0, dz0>, instead of a measured one
+    unmeasured: str | None = None
+    predicted: float | None = None
 
 
 @dataclass

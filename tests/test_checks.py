@@ -26,7 +26,9 @@ def test_healthy_gaussian_sampler_passes_everything(solver, mode, steps, gaussia
     rep = gradcheck.diagnose(sampler(gaussian, mode, solver=solver, steps=steps), z0_like())
     assert rep.passed, [f.message for f in rep.failed]
     names = {f.name for f in rep.checks if f.level == "error"}
-    assert ERROR_CHECKS <= names
+    # loss_moves: the gradient verified in float64, the Adam step's forward is not paid
+    assert ERROR_CHECKS - {"loss_moves"} <= names
+    assert rep.optim.unmeasured and rep.check("loss_moves").level == "info"
     expected_noise = {"learnable_step_noise": "error", "independent_leaves": "error"}
     assert rep.check("step_noise").level == expected_noise.get(mode, "info")
     # float64 oracle: reverse mode and finite differences agree tightly

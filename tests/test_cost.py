@@ -43,14 +43,37 @@ def test_each_level_counts_the_passes_it_makes(sampler):
     assert "seeded standard normal noise" in quick.loss_description
     assert quick.numeric.sweep[0].get("one_sided") == 1.0
     assert quick.cost.checks == "quick" and quick.check("loss_moves").level == "info"
-    # default: the baseline, the record, one central pair, one Adam step (no backward)
-    assert _passes(default) == {"baseline": (1, 0), "record": (1, 1), "numeric": (2, 0),
-                                "optim": (1, 0)}
-    assert len(default.numeric.sweep) == 1 and default.optim.steps == 1
+    # default: the baseline, the record, one one-sided difference that agrees in float64, so
+    # the Adam step's forward pass is not paid (its first-order change is reported)
+    assert _passes(default) == {"baseline": (1, 0), "record": (1, 1), "numeric": (1, 0),
+                                "optim": (0, 0)}
+    assert len(default.numeric.sweep) == 1 and default.numeric.sweep[0].get("one_sided")
+    assert default.optim.steps == 1 and default.optim.unmeasured and default.optim.z0_changed
+    moves = default.check("loss_moves")
+    assert moves.passed and moves.level == "info" and "not paid" in moves.message
+    assert moves.value == pytest.approx(default.optim.predicted) and moves.value > 0
     # full: the whole sweep and three Adam steps (two more backward passes)
     assert _passes(full) == {"baseline": (1, 0), "record": (1, 1), "numeric": (6, 0),
                              "optim": (3, 2)}
     assert len(full.numeric.sweep) == 3
+
+
+def test_the_adam_step_is_measured_where_the_gradient_is_not_verified_in_float64(sampler):
+    """Asked for explicitly, or below float64 without a float64 shadow, or at the full level,
+    the Adam step's forward pass runs and the loss it reaches is judged."""
+    asked = gradcheck.diagnose(sampler, _z0(), optim_steps=1)
+    assert _passes(asked)["optim"] == (1, 0) and not asked.optim.unmeasured
+    assert len(asked.optim.losses) == 2
+    smp32 = ResSampler(build_denoiser("digits"), SamplerConfig(steps=4),
+                       mode="learnable_step_noise")
+    f32 = gradcheck.diagnose(smp32, _z0().float(), shadow=False)
+    assert f32.passed and _passes(f32)["optim"] == (1, 0) and not f32.optim.unmeasured
+    assert f32.check("loss_moves").level == "error" and "as intended" in \
+        f32.check("loss_moves").message
+    # the float32 sampler whose float64 shadow verified the gradient: not paid again
+    shadowed = gradcheck.diagnose(smp32, _z0().float())
+    assert shadowed.numeric_shadow is not None and shadowed.optim.unmeasured
+    assert "float64 shadow" in shadowed.optim.unmeasured
 
 
 class _Scaled(torch.autograd.Function):

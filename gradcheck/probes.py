@@ -82,8 +82,7 @@ DEFER_BYTES = 32 << 20
 
 
 class _Deferred:
-    """The small gradients a trace holds, summarised in one batch (``_foreach_norm``) per device
-    and dtype. Holding a reference never changes the gradient: autograd accumulates in place
+    """The small gradients a trace holds, summarised in one batch per device, dtype and shape. Holding a reference never changes the gradient: autograd accumulates in place
     only into a buffer nobody else refers to."""
 
     def __init__(self) -> None:
@@ -107,16 +106,18 @@ class _Deferred:
 
     def flush(self) -> dict[int, list[float]]:
         """Summarise every held gradient, let go of it: entry order -> [L2 norm, sum |g|,
-        max |g|, finite count] (one transfer per device and dtype)."""
-        groups: dict[tuple[torch.device, torch.dtype], list[_Entry]] = {}
+        max |g|, finite count]. Gradients of one shape (a sampler's states and denoiser
+        inputs share the latent's) are stacked and reduced along a dimension: three reductions
+        and one transfer for the lot."""
+        groups: dict[tuple, list[_Entry]] = {}
         for e in self.entries:
             if e.grad is not None:
-                groups.setdefault((e.grad.device, e.grad.dtype), []).append(e)
+                groups.setdefault((e.grad.device, e.grad.dtype, e.grad.shape), []).append(e)
         values: dict[int, list[float]] = {}
         with torch.no_grad():
             for group in groups.values():
-                gs = [e.grad for e in group]
-                rows = torch.stack([torch.stack(torch._foreach_norm(gs, p))
+                flat = torch.stack([e.grad for e in group]).reshape(len(group), -1)
+                rows = torch.stack([torch.linalg.vector_norm(flat, p, dim=1)
                                     for p in (2, 1, math.inf)], dim=1).tolist()
                 for e, (n2, n1, ninf) in zip(group, rows):
                     # a finite L2 norm means every element is finite; count only otherwise

@@ -39,6 +39,58 @@ def test_statistics_match_the_gradient_exactly():
             assert not isinstance(v, torch.Tensor)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_held_and_immediate_statistics_agree(monkeypatch, dtype):
+    """Small gradients are held until the trace closes and summarised together; large ones (or
+    past the byte budget, or of another dtype) in the hook. Both give the same numbers, also
+    for a tensor whose gradient is accumulated from two uses, an overflowing and a NaN one."""
+    import gradcheck.probes as P
+
+    def run(defer):
+        monkeypatch.setattr(P, "DEFER_NUMEL", defer)
+        x = torch.linspace(-2, 3, 60, dtype=torch.float64).reshape(6, 10).to(dtype)
+        x.requires_grad_(True)
+        big = torch.full((3,), 1e30 if dtype != torch.bfloat16 else 1e30, dtype=dtype)
+        with trace() as tr:
+            y = probe(x * 2.0, "y", kind="state")
+            twice = probe(x.exp(), "twice", kind="state")
+            over = probe(x[0, :3] * 1.0, "over", kind="state")
+            bad = probe(x[1, :3] * 1.0, "bad", kind="state")
+            loss = (y * y).sum() + (twice * 3).sum() + twice.sin().sum() \
+                + (over * big).sum() + (bad * torch.tensor([1.0, float("nan"), 1.0],
+                                                            dtype=dtype)).sum()
+            loss.backward()
+        return {s.name: (s.norm, s.mean_abs, s.max_abs, s.nonfinite) for s in tr.stats}
+
+    held, now = run(1 << 15), run(0)
+    assert set(held) == set(now) == {"y", "twice", "over", "bad"}
+    for name in held:
+        for a, b in zip(held[name], now[name]):
+            assert a == pytest.approx(b, rel=1e-6, nan_ok=True), (name, held[name], now[name])
+    assert held["bad"][3] == 1 and held["y"][3] == 0
+    if dtype == torch.float32:  # 1e30 squared overflows the L2 norm: counted, all finite
+        assert held["over"][0] == float("inf") and held["over"][3] == 0
+
+
+def test_held_gradients_are_released_and_the_budget_holds(monkeypatch):
+    import gc
+    import weakref
+
+    import gradcheck.probes as P
+
+    monkeypatch.setattr(P, "DEFER_BYTES", 3 * 8 * 8)  # room for three 8-element float64 grads
+    x = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    refs = []
+    with trace() as tr:
+        ys = [probe(x * float(i + 1), f"y{i}", kind="state") for i in range(5)]
+        ys[0].register_hook(lambda g: refs.append(weakref.ref(g)))
+        sum(y.sum() for y in ys).backward()
+        assert len(tr._deferred.entries) == 3  # the other two summarised in their hooks
+    assert [s.norm for s in tr.stats] == pytest.approx([8 ** 0.5] * 5)
+    gc.collect()
+    assert tr._deferred.entries == [] and all(r() is None for r in refs)
+
+
 def test_none_vs_zero_vs_nonfinite_vs_not_in_graph():
     x = torch.randn(3, requires_grad=True)
     with trace() as tr:

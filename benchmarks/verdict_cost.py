@@ -7,7 +7,11 @@ one process, after one warm-up of each: interleaved repeats of a plain forward+b
 same sampler, z0 and loss, ``torch.autograd.grad`` w.r.t. z0 only) and of ``diagnose`` at each
 level (op detail off, as ``overhead.py``; the locator does not run on a healthy sampler). For each
 level: the diagnosis's wall time over the plain pass's (min / median / max of the per-repeat
-ratios), and its own ``report.cost.total_units`` (stages in units of its recorded pass).
+ratios), and its own ``report.cost.total_units`` (stages in units of its recorded pass), beside
+the floor of the passes it made: the plain pass plus a no-grad forward (timed in the same
+repeat) for each further forward and the rest of a plain pass for each further backward. A
+level cannot cost less than its floor; on a model whose backward w.r.t. the input costs about
+a forward (the tiny built-in, weights frozen) each further forward is about half a unit.
 Bars (issue 15): default <= 2.5x, quick <= 1.3x. Writes ``results/verdict_cost.json``.
 """
 from __future__ import annotations
@@ -67,17 +71,28 @@ def main() -> None:
         def diag(level):
             return gradcheck.diagnose(smp, z0, checks=level, op_detail="never")
 
+        def forward():  # what each further sampler pass of a diagnosis costs at least
+            with torch.no_grad():
+                smp(z0)
+
         plain()
+        forward()
         for level in LEVELS:
             diag(level)
         ratios = {lv: [] for lv in LEVELS}
         units = {lv: [] for lv in LEVELS}
+        floors = {lv: [] for lv in LEVELS}
+        fwd_share = []
         passes = {}
         for _ in range(args.repeats):
             for level in LEVELS:
                 t0 = time.perf_counter()
+                forward()
+                tf = time.perf_counter() - t0
+                t0 = time.perf_counter()
                 plain()
                 tp = time.perf_counter() - t0
+                fwd_share.append(tf / tp)
                 t0 = time.perf_counter()
                 rep = diag(level)
                 td = time.perf_counter() - t0 - rep.timings.get("setup_s", 0.0)
@@ -85,11 +100,20 @@ def main() -> None:
                 ratios[level].append(td / tp)
                 units[level].append(rep.cost.total_units)
                 passes[level] = {s.stage: [s.forwards, s.backwards] for s in rep.cost.stages}
+                # the floor: the plain pass plus each further forward at a no-grad forward's
+                # price and each further backward at the rest of a forward+backward's
+                more_f = rep.cost.forwards - 1
+                more_b = sum(s.backwards for s in rep.cost.stages) - 1
+                floors[level].append(1 + more_f * tf / tp + more_b * (1 - tf / tp))
+        share = statistics.median(fwd_share)
+        print(f"{mode}: a no-grad forward costs {share:.2f} of a plain forward+backward "
+              f"(median), so each further forward pass adds at least that")
         for level in LEVELS:
-            r, u = ratios[level], units[level]
+            r, u, fl = ratios[level], units[level], floors[level]
             row = {"mode": mode, "checks": level,
                    "ratio": {"min": min(r), "median": statistics.median(r), "max": max(r)},
                    "units": {"min": min(u), "median": statistics.median(u), "max": max(u)},
+                   "floor": statistics.median(fl), "forward_share": share,
                    "passes": passes[level], "bar": BARS.get(level)}
             rows.append(row)
             bar = BARS.get(level)
@@ -97,6 +121,7 @@ def main() -> None:
             print(f"{mode:<22}{level:<9} x plain f+b min/median/max "
                   f"{min(r):.2f}/{statistics.median(r):.2f}/{max(r):.2f}"
                   + (f" (bar {bar:g}{verdict})" if bar else "")
+                  + f"; floor of its passes {row['floor']:.2f}"
                   + f"; own units median {statistics.median(u):.2f}; passes {passes[level]}",
                   flush=True)
     name = "verdict_cost" + ("" if args.denoiser == "digits" else "_big") + (

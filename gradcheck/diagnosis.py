@@ -256,8 +256,12 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
             sources = None
             if capture_graph and op_detail != "never":
                 sources = OpSources(AUTO_BUDGET_S if op_detail == "auto" else None)
-            with seeded(seed, z0.device), (sources or contextlib.nullcontext()):
-                out = sample_fn(z)
+            try:
+                with seeded(seed, z0.device), (sources or contextlib.nullcontext()):
+                    out = sample_fn(z)
+            finally:
+                if sources is not None:  # its hooks on the ops' outputs go with the trace
+                    tr.own(sources.hooks)
             changed = torch.is_grad_enabled() != grad_mode
             torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported, not obeyed
             probe(_as_output(out), "output", kind="output")
@@ -284,8 +288,7 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                     reg.where = sources.sources(nodes)
                 step_graph.detail = True
                 if loss_rg:  # no backward, no gradient: the lines still say where each op is
-                    op_grads = OpGrads(op_regions)
-                    tr.own(op_grads.install())
+                    op_grads = OpGrads(op_regions, sources)
             elif capture_graph:
                 step_graph.detail_skipped = (
                     "op_detail='never'" if sources is None else sources.skipped

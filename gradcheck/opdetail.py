@@ -7,9 +7,9 @@ Both ride on the one recorded forward+backward; neither makes a pass of its own:
   ``grad_fn``, the first frame outside torch and gradcheck (``path:line``). Nodes are keyed by
   ``(id, sequence number)``, so a node freed during the forward cannot lend its line to a later
   one at the same address.
-- :class:`OpGrads` puts a pre-hook on every node of the op-level view that stores the norm of the
-  gradient arriving at the node's output as a 0-d tensor (no device sync); the norms are read
-  once, after the backward.
+- the same mode puts a hook on every op's output tensors, which holds the gradient arriving there
+  (small ones: :class:`gradcheck.probes.HeldGrads`) or its norm as a 0-d tensor (no device sync);
+  :class:`OpGrads` reads the norms of the op-level view's nodes once, after the backward.
 
 Cost: together about 2x the record phase on the built-in model, whose ops take microseconds, and
 about 1.3x on a model with 10x its parameters (``benchmarks/overhead.py``); relatively less on big
@@ -42,32 +42,42 @@ def node_key(node: Any) -> tuple[int, int]:
 class OpSources(TorchFunctionMode):
     """Notes the user's ``path:line`` that made each autograd node during the forward pass."""
 
-    def __init__(self, budget_s: float | None) -> None:
+    def __init__(self, budget_s: float | None, grads: bool = True) -> None:
+        from .probes import HeldGrads
+
         super().__init__()
         self.where: dict[tuple[int, int], tuple[str, str]] = {}
+        # |dL/d(output)| of each noted op, by a hook on the output tensor registered here (a
+        # tensor hook costs a fifth of a node pre-hook registered after the forward)
+        self.grads = grads
+        self.hooks: list[Any] = []
+        self.held = HeldGrads()
+        self.squares: dict[tuple[tuple[int, int], int], torch.Tensor] = {}
         self.budget_s = budget_s
         self.t0 = time.perf_counter()
         self.skipped: str | None = None
         self.failed = 0
-        self._user: dict[str, bool] = {}
+        self._user: dict[str, str] = {}
         self._n = 0
 
     def _location(self) -> str | None:
         f = sys._getframe(2)
-        user = self._user
+        user = self._user  # file name -> its relative path for a user file, "" otherwise
         while f is not None:
             name = f.f_code.co_filename
-            ok = user.get(name)
-            if ok is None:
-                ok = user[name] = is_user_file(name)
-            if ok:
-                return f"{rel_path(name)}:{f.f_lineno}"
+            rel = user.get(name)
+            if rel is None:
+                rel = user[name] = rel_path(name) if is_user_file(name) else ""
+            if rel:
+                return f"{rel}:{f.f_lineno}"
             f = f.f_back
         return None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self.skipped is None:
+        # the common cases first, in few bytecodes: most calls return a tensor without a new
+        # node (a property, a view of a constant) or exactly one tensor with one
+        if self.skipped is None and (type(out) is not torch.Tensor or out.grad_fn is not None):
             try:
                 self._note(out)
             except Exception:  # noqa: BLE001  the bookkeeping never breaks the user's code
@@ -82,10 +92,13 @@ class OpSources(TorchFunctionMode):
             if gf is None:
                 continue
             k = node_key(gf)
-            if k not in self.where:
+            new = k not in self.where
+            if new:
                 if loc is None:
                     loc = self._location() or "?"
                 self.where[k] = (type(gf).__name__, loc)
+            if self.grads and (new or len(outs) > 1):  # each output of a new node
+                self.hooks.append(t.register_hook(self._grad_hook((k, t.output_nr))))
         self._n += 1
         if self.budget_s is not None and self._n % 64 == 0 and \
                 time.perf_counter() - self.t0 > self.budget_s:
@@ -93,9 +106,39 @@ class OpSources(TorchFunctionMode):
                       f"op_detail='always' (--op-detail always) records it anyway, at more "
                       f"time (about 2x the record on tiny models)")
 
+    def _grad_hook(self, key: tuple[tuple[int, int], int]):
+        held, squares = self.held, self.squares
+
+        def hook(g: torch.Tensor) -> None:
+            if g is None or held.take(key, g) or not g.is_floating_point():
+                return
+            acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+            with torch.no_grad():
+                squares[key] = torch.linalg.vector_norm(g.detach(), dtype=acc).square()
+        return hook
+
+    def grad_norms(self) -> dict[tuple[int, int], float]:
+        """After the backward: node key -> |dL/d(outputs)| (the outputs' norms combined);
+        lets go of the held gradients."""
+        sq: dict[tuple[int, int], float] = {}
+        for (k, _), row in self.held.flush(norms=(2,)).items():
+            sq[k] = sq.get(k, 0.0) + row[0] ** 2
+        if self.squares:
+            keys = list(self.squares)
+            vals = torch.stack([self.squares[k].double().cpu() for k in keys]).tolist()
+            for (k, _), v in zip(keys, vals):
+                sq[k] = sq.get(k, 0.0) + v
+        self.squares = {}
+        return {k: v ** 0.5 for k, v in sq.items()}
+
     def drop(self, why: str) -> None:
         self.skipped = why
         self.where.clear()
+        self.grads = False
+        for h in self.hooks:
+            h.remove()
+        self.held = type(self.held)()
+        self.squares = {}
 
     def sources(self, nodes: list[Any]) -> list[str | None]:
         out = []
@@ -106,49 +149,18 @@ class OpSources(TorchFunctionMode):
 
 
 class OpGrads:
-    """Pre-hooks on the op-level view's nodes: |dL/d(output)| at each, as 0-d tensors."""
+    """|dL/d(output)| at each node of the op-level view, from the tensor hooks that
+    :class:`OpSources` put on every op's outputs during the forward pass: held small gradients
+    are reduced all at once after the backward (:class:`gradcheck.probes.HeldGrads`), larger
+    ones in the hook to a 0-d tensor; one transfer per device."""
 
-    def __init__(self, regions: list[tuple[OpRegion, list[Any]]]) -> None:
+    def __init__(self, regions: list[tuple[OpRegion, list[Any]]], sources: OpSources) -> None:
         self.regions = regions
-        self.stats: list[list[torch.Tensor | None]] = [[None] * len(nodes)
-                                                       for _, nodes in regions]
-        self.handles: list[Any] = []
-
-    def install(self) -> list[Any]:
-        for r, (_, nodes) in enumerate(self.regions):
-            slot = self.stats[r]
-            for i, n in enumerate(nodes):
-                self.handles.append(n.register_prehook(self._hook(slot, i)))
-        return self.handles
-
-    @staticmethod
-    def _hook(slot: list[torch.Tensor | None], i: int):
-        def pre(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
-            with torch.no_grad():
-                sq = None
-                for g in grad_outputs:
-                    if g is None or not g.is_floating_point():
-                        continue
-                    acc = torch.float64 if g.dtype == torch.float64 else torch.float32
-                    v = torch.linalg.vector_norm(g.detach(), dtype=acc).square()
-                    sq = v if sq is None else sq + v.to(sq.dtype)
-                if sq is not None:
-                    slot[i] = sq
-        return pre
+        self.sources = sources
 
     def materialise(self) -> None:
-        """Write the norms into the regions: one transfer per device."""
-        flat = [(r, i, t) for r, row in enumerate(self.stats) for i, t in enumerate(row)
-                if t is not None]
-        by_dev: dict[Any, list[tuple[int, int, torch.Tensor]]] = {}
-        for item in flat:
-            by_dev.setdefault(item[2].device, []).append(item)
-        grads = [[None] * len(nodes) for _, nodes in self.regions]
-        for items in by_dev.values():
-            vals = torch.stack([t.double() for _, _, t in items]).sqrt().tolist()
-            for (r, i, _), v in zip(items, vals):
-                grads[r][i] = v
-        for (reg, _), g in zip(self.regions, grads):
-            reg.grads = g
-        self.stats = []
-        self.regions = [(reg, []) for reg, _ in self.regions]  # let the graph go
+        """Write the norms into the regions and let the graph go."""
+        norms = self.sources.grad_norms()
+        for reg, nodes in self.regions:
+            reg.grads = [norms.get(node_key(n)) for n in nodes]
+        self.regions = [(reg, []) for reg, _ in self.regions]

@@ -52,7 +52,6 @@ class _Entry:
     connected_to_z0: bool | None
     numel: int = 0
     stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see _grad_stats)
-    grad: torch.Tensor | None = None  # a small gradient held until the trace closes (_Deferred)
     fired: int = 0
     ref: Any = None  # the grad_fn (or the leaf tensor) while the trace is open, for graph capture
 
@@ -76,56 +75,64 @@ def _grad_stats(g: torch.Tensor) -> torch.Tensor:
 #: gradients of at most this many elements are held (not copied) until the trace closes and then
 #: summarised all together, a few batched reductions instead of a handful of small ops a probe:
 #: on a small model those ops are a measurable part of the backward pass. Larger gradients (a
-#: video latent's), and any beyond DEFER_BYTES in all, are summarised in the hook as before.
-DEFER_NUMEL = 1 << 15
-DEFER_BYTES = 32 << 20
+#: video latent's), and any beyond DEFER_BYTES in all, are summarised in the hook as before:
+#: stacking them for a batched reduction copies more than the per-op overhead it saves (the
+#: break-even on this CPU is a few thousand elements).
+DEFER_NUMEL = 1 << 12
+DEFER_BYTES = 8 << 20
 
 
-class _Deferred:
-    """The small gradients a trace holds, summarised in one batch per device, dtype and shape. Holding a reference never changes the gradient: autograd accumulates in place
-    only into a buffer nobody else refers to."""
+class HeldGrads:
+    """Small gradients held by key until :meth:`flush`, then summarised in one batch per device,
+    dtype and shape. Holding a reference never changes the gradient: autograd accumulates in
+    place only into a buffer nobody else refers to. Used by the probes and by the op detail's
+    per-op norms (:class:`gradcheck.opdetail.OpGrads`)."""
 
     def __init__(self) -> None:
-        self.entries: list[_Entry] = []
+        self.held: dict[Any, torch.Tensor] = {}
         self.nbytes = 0
 
-    def take(self, g: torch.Tensor, e: _Entry) -> bool:
-        """Hold ``g`` for ``e`` if it is small and the budget allows; False: summarise it now."""
+    def take(self, key: Any, g: torch.Tensor) -> bool:
+        """Hold ``g`` under ``key`` (replacing an earlier one: a hook that fires again keeps
+        the last) if it is small and the budget allows; False: the caller summarises it now."""
         if not 0 < g.numel() <= DEFER_NUMEL or g.dtype not in (torch.float32, torch.float64) or \
                 g.layout != torch.strided or type(g) is not torch.Tensor:
+            self.drop(key)
             return False
+        old = self.held.get(key)
         size = g.numel() * g.element_size()
-        if e.grad is None:
-            if self.nbytes + size > DEFER_BYTES:
-                return False
-            self.entries.append(e)
+        if old is None and self.nbytes + size > DEFER_BYTES:
+            return False
+        if old is None:
             self.nbytes += size
-        e.grad = g.detach()  # a hook that fires again (a reused tensor) keeps the last, as before
-        e.stats = None
+        self.held[key] = g.detach()
         return True
 
-    def flush(self) -> dict[int, list[float]]:
-        """Summarise every held gradient, let go of it: entry order -> [L2 norm, sum |g|,
-        max |g|, finite count]. Gradients of one shape (a sampler's states and denoiser
-        inputs share the latent's) are stacked and reduced along a dimension: three reductions
-        and one transfer for the lot."""
-        groups: dict[tuple, list[_Entry]] = {}
-        for e in self.entries:
-            if e.grad is not None:
-                groups.setdefault((e.grad.device, e.grad.dtype, e.grad.shape), []).append(e)
-        values: dict[int, list[float]] = {}
+    def drop(self, key: Any) -> None:
+        """Forget what is held under ``key`` (it was summarised in its hook since)."""
+        self.held.pop(key, None)
+
+    def flush(self, norms: tuple[float, ...] = (2, 1, math.inf)) -> dict[Any, list[float]]:
+        """Summarise every held gradient, let go of it: key -> [L2 norm, sum |g|, max |g|,
+        finite count] (``norms=(2,)``: [L2 norm, finite count]). Gradients of one shape (a
+        sampler's states and denoiser inputs share the latent's) are stacked and reduced along
+        a dimension: a reduction a norm and one transfer for the lot."""
+        groups: dict[tuple, list[Any]] = {}
+        held = self.held
+        for k, g in held.items():
+            groups.setdefault((g.device, g.dtype, g.shape), []).append(k)
+        values: dict[Any, list[float]] = {}
         with torch.no_grad():
-            for group in groups.values():
-                flat = torch.stack([e.grad for e in group]).reshape(len(group), -1)
+            for keys in groups.values():
+                flat = torch.stack([held[k] for k in keys]).reshape(len(keys), -1)
                 rows = torch.stack([torch.linalg.vector_norm(flat, p, dim=1)
-                                    for p in (2, 1, math.inf)], dim=1).tolist()
-                for e, (n2, n1, ninf) in zip(group, rows):
+                                    for p in norms], dim=1).tolist()
+                n = flat.shape[1]
+                for k, row in zip(keys, rows):
                     # a finite L2 norm means every element is finite; count only otherwise
-                    finite = e.grad.numel() if math.isfinite(n2) else \
-                        int(torch.isfinite(e.grad).sum())
-                    values[e.order] = [n2, n1, ninf, float(finite)]
-                    e.grad = None
-        self.entries, self.nbytes = [], 0
+                    finite = n if math.isfinite(row[0]) else int(torch.isfinite(held[k]).sum())
+                    values[k] = [*row, float(finite)]
+        self.held, self.nbytes = {}, 0
         return values
 
 
@@ -137,7 +144,7 @@ class Trace:
         self._handles: list[Any] = []
         self._seen: dict[tuple[int, str], weakref.ref] = {}
         self._calls = 0
-        self._deferred = _Deferred()
+        self._held = HeldGrads()
         self._token = None
         self._grad_mode_before = True
         self.z0: torch.Tensor | None = None
@@ -213,12 +220,13 @@ class Trace:
         if self.observer is not None:
             self.observer(entry.order, t)
         if t.requires_grad:
-            deferred = self._deferred
+            held = self._held
 
             def hook(g: torch.Tensor, _e: _Entry = entry) -> None:
-                if not deferred.take(g, _e):
+                if held.take(_e.order, g):
+                    _e.stats = None
+                else:
                     _e.stats = _grad_stats(g)
-                    _e.grad = None
                 _e.fired += 1
 
             self._handles.append(t.register_hook(hook))
@@ -254,7 +262,7 @@ class Trace:
 
     def _materialise(self) -> list[ProbeStats]:
         """Turn the 0-d statistics into floats: one transfer per device, not one per probe."""
-        values: dict[int, list[float]] = self._deferred.flush()
+        values: dict[int, list[float]] = self._held.flush()
         by_device: dict[torch.device, list[int]] = {}
         for i, e in enumerate(self._entries):
             if e.stats is not None:

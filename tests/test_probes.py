@@ -85,10 +85,10 @@ def test_held_gradients_are_released_and_the_budget_holds(monkeypatch):
         ys = [probe(x * float(i + 1), f"y{i}", kind="state") for i in range(5)]
         ys[0].register_hook(lambda g: refs.append(weakref.ref(g)))
         sum(y.sum() for y in ys).backward()
-        assert len(tr._deferred.entries) == 3  # the other two summarised in their hooks
+        assert len(tr._held.held) == 3  # the other two summarised in their hooks
     assert [s.norm for s in tr.stats] == pytest.approx([8 ** 0.5] * 5)
     gc.collect()
-    assert tr._deferred.entries == [] and all(r() is None for r in refs)
+    assert tr._held.held == {} and all(r() is None for r in refs)
 
 
 def test_none_vs_zero_vs_nonfinite_vs_not_in_graph():

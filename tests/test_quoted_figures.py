@@ -4,7 +4,7 @@ file it comes from, and must equal that file's value as formatted:
     ... renders in 1.29 s<!-- q report_render rows.0.render_s.median .2f --> ...
 
 ``rows.0.x`` indexes a list; ``rows.mode=default&checks=quick.x`` picks the first element whose
-fields match. The number right before the tag (a unit of up to a few characters may sit between)
+fields match; ``a.x/a.y`` quotes a ratio of two values of the file (a share, a mean). The number right before the tag (a unit of up to a few characters may sit between)
 is compared with ``format(value, spec)``. A benchmark rerun that changes a figure fails here until
 the text is updated: the README cannot drift from the numbers it cites."""
 from __future__ import annotations
@@ -52,7 +52,9 @@ def test_the_readmes_quote_benchmark_files():
 def test_a_quoted_figure_equals_its_results_file(doc, text, unit, name, path, spec):
     f = ROOT / "benchmarks" / "results" / f"{name}.json"
     assert f.exists(), f"{doc} quotes {name}, but benchmarks/results/{name}.json is missing"
-    value = _lookup(json.loads(f.read_text())["results"], path)
+    data = json.loads(f.read_text())["results"]
+    num, _, den = path.partition("/")
+    value = _lookup(data, num) / _lookup(data, den) if den else _lookup(data, num)
     want = format(value, spec.replace("_", ","))
     if spec.endswith("%"):  # the % sign is the unit beside the number
         want = want[:-1]

@@ -376,5 +376,7 @@ def test_configuration_and_timings_read_cleanly(run_dir, tmp_path):
         assert "None" not in rows.values() and "Infinity" not in config
         timings = html.split('<section id="timings">')[1].split("</section>")[0]
         heads = re.findall(r'<th class="num">(\w+) \(s\)</th>', timings)
+        if heads[0] == "setup":  # torch.optim's one-time set-up, paid by the first run of a process
+            heads = heads[1:]
         assert heads[:3] == ["baseline", "forward", "backward"] and heads[-1] == "total"
         assert heads.index("numeric") < heads.index("optim")

@@ -259,13 +259,16 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
             try:
                 with seeded(seed, z0.device), (sources or contextlib.nullcontext()):
                     out = sample_fn(z)
+                changed = torch.is_grad_enabled() != grad_mode
+                torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported
+                probe(_as_output(out), "output", kind="output")
+                # the loss's ops too: their lines (the user's loss_fn) and |g| in the op view
+                with (sources if sources is not None and sources.skipped is None
+                      else contextlib.nullcontext()):
+                    value = loss.of(out)
             finally:
                 if sources is not None:  # its hooks on the ops' outputs go with the trace
                     tr.own(sources.hooks)
-            changed = torch.is_grad_enabled() != grad_mode
-            torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported, not obeyed
-            probe(_as_output(out), "output", kind="output")
-            value = loss.of(out)
             if not (isinstance(value, torch.Tensor) and value.numel() == 1):
                 raise GradcheckError(f"loss_fn must return a scalar tensor, got {value!r:.80}")
             probe(value, "loss", kind="loss")

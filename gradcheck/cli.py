@@ -132,9 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "default otherwise)")
     c.add_argument("--checks", default="default", choices=("quick", "default", "full"),
                    help="how much evidence to buy (the report counts it in forward+backward "
-                   "passes): default (baseline draw, record, one finite-difference pair, one Adam "
-                   "step: about 2x), quick (no baseline draw, one one-sided difference, no Adam: "
-                   "about 1.3x), full (the whole step-size sweep, 3 Adam steps)")
+                   "passes): default (baseline draw, record, one one-sided difference from the "
+                   "recorded loss, central pair and sweep only on disagreement, one Adam step "
+                   "whose forward runs unless the gradient was verified in float64: record + 2 "
+                   "forwards on a healthy float64 run), quick (no baseline draw, one one-sided "
+                   "difference, no Adam: record + 1 forward), full (the whole central sweep, 3 "
+                   "measured Adam steps)")
     c.add_argument("--locate", default="auto", choices=("auto", "always", "never"),
                    help="name where and why the gradient breaks: auto (default; only when a "
                    "check fails, so healthy runs pay nothing), always, never")

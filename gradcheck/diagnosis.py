@@ -707,8 +707,9 @@ def diagnose(
             direction.
         numeric: run the finite-difference check (2 forward passes per step size).
         optim_steps: Adam steps on a copy of z0 for the optimizer checks (0 skips them; default
-            by ``checks``: 1, the first with the recorded gradient, so one forward pass; 3 in
-            ``full``, 0 in ``quick``).
+            by ``checks``: 1, the first with the recorded gradient, so one forward pass, not paid
+            after a float64 verification; 3 in ``full``, 0 in ``quick``). Given explicitly,
+            every step is measured.
         lr: Adam's learning rate for those steps.
         raw_graph_cap: keep the op-level autograd graph in the record only up to this many
             nodes; bigger graphs take minutes to lay out.
@@ -739,11 +740,13 @@ def diagnose(
             no extra pass; about 2x the record phase on the tiny built-in model, 1.3x on a 10x larger one). ``auto`` records it while the
             forward pass stays under 2 s, ``always``, ``never``.
         checks: how much evidence to buy, counted in forward+backward passes of the sampler
-            (``report.cost``): ``default`` (the baseline draw, the record, one finite-difference
-            pair at the preferred step, sweeping only on disagreement, one Adam step),
-            ``quick`` (no baseline draw: MSE to a seeded random target unless a loss or target
-            is given; one direction; no Adam step), ``full`` (the whole step-size sweep, three
-            Adam steps).
+            (``report.cost``): ``default`` (the baseline draw, the record, a one-sided difference
+            from the recorded loss, the central pair at the preferred step and then the sweep
+            only on disagreement, one Adam step: its forward pass is not paid where the numeric
+            check verified dL/dz0 in float64, ``loss_moves`` then reports the step's first-order
+            change), ``quick`` (no baseline draw: MSE to a seeded random target unless a loss or
+            target is given; one direction; no Adam step), ``full`` (central differences over
+            the whole step-size sweep, three measured Adam steps).
         grad_weights: also differentiate the leaves that are not z0 or probed (a model's weights
             that require grad): what ``loss.backward()`` would compute. Off by default: they do
             not change dL/dz0 and cost about a third of the backward pass.

@@ -101,6 +101,21 @@ def test_auto_drops_the_detail_of_a_forward_pass_past_its_budget(monkeypatch):
     assert all(r.grads is None and r.where is None for r in rep.graph.regions)
     hyg = next(c for c in rep.checks if c.name == "trace_hygiene")
     assert hyg.passed
+    # the hooks it had put on the ops' outputs before it stopped were taken off then
+    assert rep.hygiene.hooks_left == 0 and rep.hygiene.hooks_registered > 0
+
+
+def test_the_op_hooks_leave_the_gradient_and_the_users_tensors_alone():
+    """The op detail's hooks on every op output only read: dL/dz0 is bit-identical with and
+    without them, and none stays on a tensor the sampler hands back."""
+    s = ResSampler(build_denoiser("conv").double(), SamplerConfig(steps=3), mode="default")
+    z0 = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    on = gradcheck.diagnose(s, z0, numeric=False, optim_steps=0, op_detail="always")
+    off = gradcheck.diagnose(s, z0, numeric=False, optim_steps=0, op_detail="never")
+    assert on.graph.detail and not off.graph.detail
+    assert torch.equal(on.handles["z0_grad"], off.handles["z0_grad"])
+    assert on.hygiene.hooks_left == 0
+    assert on.hygiene.hooks_registered > off.hygiene.hooks_registered
 
 
 def test_weights_that_require_grad_are_not_differentiated_unless_asked():

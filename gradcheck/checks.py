@@ -354,6 +354,12 @@ def _numeric_directional(r: FlowReport) -> Finding:
                        message=f"numeric check skipped{': ' + n.skipped if n and n.skipped else ''}")
     tol = n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol
     ok = n.abs_error <= tol
+    if ok and n.verdict == "inconclusive":  # both sides under the round-off: no evidence
+        return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
+                       level="warning",
+                       message=f"inconclusive: <v, dL/dz0> = {n.reverse:.6e}, finite "
+                       f"differences {n.fd:.6e}: {n.note}"
+                       + (f" ({n.limited})" if getattr(n, "limited", None) else ""))
     if not ok and n.verdict in ("kink", "inconclusive"):
         # a piecewise-smooth sampler (clamp, clip_sample, relu): the central difference crosses
         # a kink; judged on one-sided evidence, or said to be inconclusive, never failed

@@ -134,6 +134,7 @@ class Loss:
     description: str
     objective: str
     timings: dict[str, float] = field(default_factory=dict)
+    user: bool = False  # the user's loss_fn (its ops have the user's lines), not a built-in one
 
 
 def build_loss(run: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
@@ -146,7 +147,7 @@ def build_loss(run: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     output's shape, drawn when the first output is seen."""
     timings: dict[str, float] = {}
     if loss_fn is not None:
-        loss = Loss(loss_fn, "user loss_fn(output)", "minimize")
+        loss = Loss(loss_fn, "user loss_fn(output)", "minimize", user=True)
     elif target is not None:
         tgt = target.detach()
         loss = Loss(lambda out: policy.mse(out, tgt), "MSE(output, target)", "minimize")
@@ -262,8 +263,10 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 changed = torch.is_grad_enabled() != grad_mode
                 torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported
                 probe(_as_output(out), "output", kind="output")
-                # the loss's ops too: their lines (the user's loss_fn) and |g| in the op view
-                with (sources if sources is not None and sources.skipped is None
+                # the loss's ops too: their |g| in the op view, and their lines (the user's
+                # loss_fn; a built-in loss is named as gradcheck's, not by a line of its code)
+                with (sources.labelled(None if loss.user else "gradcheck's loss")
+                      if sources is not None and sources.skipped is None
                       else contextlib.nullcontext()):
                     value = loss.of(out)
             finally:
@@ -366,9 +369,15 @@ def loss_at(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss,
 def numeric_check(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording, *,
                   seed: int, policy: Local, working: torch.dtype | None = None,
                   directions: int | None = None, full_sweep: bool = False,
-                  one_sided: bool = False) -> NumericResult:
+                  one_sided: bool | str = False) -> NumericResult:
     """Finite differences of the loss along seeded unit directions against <v, dL/dz0>
-    (2 forward passes per step size; ``directions``: default by working precision)."""
+    (2 forward passes per step size; ``directions``: default by working precision).
+    ``one_sided``: first a one-sided difference from the recorded loss (one forward pass);
+    ``"float64"``: only where the working precision is float64, whose round-off leaves the
+    one-sided difference the central pair's power (below it, its smaller step's round-off
+    allowance would weaken the check: the ``default`` level differences centrally there)."""
+    if one_sided == "float64":
+        one_sided = (working or rec.z.dtype) == torch.float64
     return directional_check(loss_at(run, loss, policy), rec.z, rec.z_grad, seed=seed,
                              working=working, straddles=straddles(run, policy),
                              directions=directions, full_sweep=full_sweep,
@@ -837,7 +846,8 @@ def diagnose(
         num = numeric_check(run, loss, rec, seed=seed, policy=policy,
                             directions=1 if judged or checks == "quick" or expensive
                             else None,
-                            full_sweep=level["sweep"], one_sided=checks != "full")
+                            full_sweep=level["sweep"],
+                            one_sided={"quick": True, "default": "float64"}.get(checks, False))
         timings["numeric_s"] = time.perf_counter() - t0
         tally("numeric", c0)
         prec = getattr(torch, num.working_dtype or num.dtype, None)

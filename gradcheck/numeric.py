@@ -97,13 +97,14 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
     # the further directions at the first one's central step, each one-sided first where the
     # first direction may be (one forward pass instead of two; the central pair on disagreement)
     one = bool(first.sweep) and bool(first.sweep[0].get("one_sided"))
-    if first.skipped is None:
+    if first.skipped is None and not below_round_off(first):
         for j in range(1, k):
             res = one_direction(loss_at, z0, grad, seed=seed + 7919 * j, working=working,
                                 reduce=reduce, shard_of=shard_of,
                                 steps=None if one else (first.eps,),
                                 l0=None if full_sweep else l0)
-            if res.verdict != "agrees":  # a full sweep (and the kink judgement) for this one
+            if res.verdict != "agrees" and not below_round_off(res):
+                # a full sweep (and the kink judgement) for this one
                 res = one_direction(loss_at, z0, grad, seed=seed + 7919 * j, working=working,
                                     reduce=reduce, shard_of=shard_of, straddles=straddles)
             others.append({"direction_seed": res.direction_seed, "eps": res.eps, "fd": res.fd,
@@ -114,8 +115,15 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
                 main = res
             if main.verdict == "disagrees":  # failed on smooth evidence: more cannot undo it
                 break
-    main.directions = k
-    main.detectable = detectable(main.rtol, k)
+    main.directions = 1 if below_round_off(first) else k
+    # the power at the relative tolerance; where the first direction's round-off allowance is
+    # larger than that, at the tolerance actually applied; none where even a gradient 100% off
+    # would have agreed (the loss does not change measurably along v at this precision)
+    mag = max(abs(first.fd), abs(first.reverse))
+    eff = (first.rtol * mag + first.atol) / mag if mag > 0 else math.inf
+    if first.atol <= first.rtol * mag:
+        eff = first.rtol
+    main.detectable = detectable(eff, k) if eff < 1 else None
     main.others = [o for o in others if o["direction_seed"] != main.direction_seed]
     if main is not first:
         main.others.insert(0, {"direction_seed": first.direction_seed, "eps": first.eps,
@@ -185,6 +193,17 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         floor = ROUNDOFF_FACTOR * eps_mach * max(abs(lp), abs(l0)) / h
         err = abs(fd - reverse)
         allowed = rtol * max(abs(fd), abs(reverse))
+        mag = max(abs(fd), abs(reverse))
+        below = floor >= mag and floor * h / max(plan) >= mag
+        if below:  # not even the sweep's largest central step would rise above round-off
+            return NumericResult(
+                dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=h,
+                fd=fd, reverse=reverse, abs_error=err, rel_error=err / mag if mag > 0 else 0.0,
+                rtol=rtol, atol=floor,
+                sweep=[{"eps": h, "fd": fd, "abs_error": err, "roundoff_floor": floor,
+                        "one_sided": 1.0}],
+                working_dtype=str(working).replace("torch.", "") if working is not None else None,
+                verdict="inconclusive", note=_below_round_off(prec, reverse, fd, floor, h))
         if err <= allowed + floor and floor <= ONE_SIDED_FLOOR * allowed:
             mag = max(abs(fd), abs(reverse))
             return NumericResult(
@@ -227,6 +246,12 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
     elif best["abs_error"] > rtol * mag + best["roundoff_floor"]:
         verdict = "disagrees"  # at one step size: the caller sweeps before it judges
     mag = max(abs(best["fd"]), abs(reverse))
+    if verdict == "agrees" and best["roundoff_floor"] >= mag:
+        # agreement only because both sides are under the round-off allowance: the loss does
+        # not change measurably along v at this precision, so even a gradient 100% off would
+        # pass. Said, never counted as evidence
+        verdict = "inconclusive"
+        note = _below_round_off(prec, reverse, best["fd"], best["roundoff_floor"], best["eps"])
     return NumericResult(
         dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=best["eps"],
         fd=best["fd"], reverse=reverse, abs_error=best["abs_error"],
@@ -235,6 +260,24 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         working_dtype=str(working).replace("torch.", "") if working is not None else None,
         verdict=verdict, note=note,
     )
+
+
+#: how a result below the round-off begins its note (no further directions or sweeps are bought
+#: for it: at this precision they would stay below it too)
+BELOW_ROUND_OFF = "the loss changes along v by less than its round-off"
+
+
+def below_round_off(res: NumericResult) -> bool:
+    return res.verdict == "inconclusive" and (res.note or "").startswith(BELOW_ROUND_OFF)
+
+
+def _below_round_off(prec: torch.dtype, reverse: float, fd: float, floor: float,
+                     h: float) -> str:
+    return (f"{BELOW_ROUND_OFF} at "
+            f"{str(prec).replace('torch.', '')} (|<v, dL/dz0>| {abs(reverse):.2e}, |finite "
+            f"difference| {abs(fd):.2e}, round-off allowance {floor:.2e} at step {h:.1e}): the "
+            f"difference cannot tell a right gradient from a wrong one here; a float64 shadow "
+            f"run (shadow=True, --checks full) can")
 
 
 def judge_branches(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v: torch.Tensor,

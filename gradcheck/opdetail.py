@@ -20,9 +20,10 @@ and ``op_detail="always"`` records them anyway).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -58,9 +59,23 @@ class OpSources(TorchFunctionMode):
         self.skipped: str | None = None
         self.failed = 0
         self._user: dict[str, str] = {}
+        self.label: str | None = None
         self._n = 0
 
+    @contextlib.contextmanager
+    def labelled(self, label: str | None) -> Iterator[OpSources]:
+        """This mode, active; the ops made inside are located at ``label`` (not by the frame
+        that made them) when one is given."""
+        self.label = label
+        try:
+            with self:
+                yield self
+        finally:
+            self.label = None
+
     def _location(self) -> str | None:
+        if self.label is not None:
+            return self.label
         f = sys._getframe(2)
         user = self._user  # file name -> its relative path for a user file, "" otherwise
         while f is not None:

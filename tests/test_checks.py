@@ -337,6 +337,33 @@ def test_the_numeric_check_catches_a_2_percent_gradient_error_with_the_power_it_
     assert caught[1] / trials < 0.75, caught
 
 
+def test_a_difference_below_round_off_is_inconclusive_not_a_pass_with_power():
+    """float32, a loss that moves along v by less than its round-off: both ends of the
+    difference are equal, and even a gradient 100% off would agree. That is said (a warning,
+    no stated power), not counted as evidence (found at the Cosmos-shaped size)."""
+    def sample(z):
+        return 1.0 + 1e-7 * z
+
+    z0 = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    rep = gradcheck.diagnose(sample, z0, target=torch.zeros(2, 1, 16, 16), locate="never")
+    n, f = rep.numeric, rep.check("numeric_directional")
+    assert n.verdict == "inconclusive" and n.detectable is None and n.fd == 0.0
+    assert f.passed and f.level == "warning"
+    assert "less than its round-off" in f.message and "float64 shadow" in f.message
+    assert "caught with 99% probability" not in f.message
+    # quick's one-sided difference sees the same and buys no central pair that could not
+    # rise above the round-off either: one forward pass
+    q = gradcheck.diagnose(sample, z0, target=torch.zeros(2, 1, 16, 16), checks="quick",
+                           locate="never")
+    assert q.numeric.verdict == "inconclusive" and q.numeric.sweep[0].get("one_sided")
+    assert {s.stage: s.forwards for s in q.cost.stages}["numeric"] == 1
+    # in float64 the same sampler's loss does move: agreement with its stated power
+    rep64 = gradcheck.diagnose(sample, z0.double(), target=torch.zeros(2, 1, 16, 16,
+                                                                          dtype=torch.float64),
+                               locate="never")
+    assert rep64.numeric.verdict == "agrees" and rep64.numeric.detectable is not None
+
+
 def test_the_report_states_the_power_of_its_numeric_check(gaussian):
     rep = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like(dtype=torch.float32),
                              shadow=False)

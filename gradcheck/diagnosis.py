@@ -727,8 +727,9 @@ def diagnose(
         locate: ``auto`` re-runs the forward pass under provenance tracking to name where and why
             the gradient breaks, only when a check found a problem; ``always``; ``never``.
         capture_graph: record the autograd graph collapsed onto the probes (the report's step
-            graph); one Python walk of the graph, about 10 us per autograd node. Without it, the
-            backward differentiates z0 and the step-noise leaves only.
+            graph); one Python walk of the graph, a few us per autograd node
+            (``benchmarks/overhead.py`` times it). Without it, the backward differentiates z0
+            and the step-noise leaves only.
         vanishing_rel: a probe whose |g| is below this fraction of the output's is vanishing.
         exploding_ratio: a state whose |g| is more than this many times the next step's is
             exploding.
@@ -746,8 +747,10 @@ def diagnose(
             change (:mod:`gradcheck.allow`; check ``grad_allowed``). Global state is restored.
         op_detail: in the recorded pass, also note every op's source line and the gradient at
             its output, for the report's op-level view of each step (:mod:`gradcheck.opdetail`;
-            no extra pass; about 2x the record phase on the tiny built-in model, 1.3x on a 10x larger one). ``auto`` records it while the
-            forward pass stays under 2 s, ``always``, ``never``.
+            no extra pass; its cost over the record phase is measured by
+            ``benchmarks/overhead.py``: large on the tiny built-in model, whose ops take
+            microseconds, small on big ones). ``auto`` records it while the forward pass stays
+            under 2 s, ``always``, ``never``.
         checks: how much evidence to buy, counted in forward+backward passes of the sampler
             (``report.cost``): ``default`` (the baseline draw, the record, a one-sided difference
             from the recorded loss, the central pair at the preferred step and then the sweep

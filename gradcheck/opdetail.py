@@ -11,9 +11,9 @@ Both ride on the one recorded forward+backward; neither makes a pass of its own:
   (small ones: :class:`gradcheck.probes.HeldGrads`) or its norm as a 0-d tensor (no device sync);
   :class:`OpGrads` reads the norms of the op-level view's nodes once, after the backward.
 
-Cost: together about 2x the record phase on the built-in model, whose ops take microseconds, and
-about 1.3x on a model with 10x its parameters (``benchmarks/overhead.py``); relatively less on big
-models.
+Cost (``benchmarks/overhead.py``, ``results/overhead.json``): large relative to the record phase
+of the tiny built-in model, whose ops take microseconds (a Python call per op and per op output),
+small on models whose ops take milliseconds.
 ``auto`` keeps it bounded in absolute terms: when the recorded forward runs past
 :data:`AUTO_BUDGET_S`, the sources are dropped and the gradients not hooked (the report says so,
 and ``op_detail="always"`` records them anyway).
@@ -118,8 +118,8 @@ class OpSources(TorchFunctionMode):
         if self.budget_s is not None and self._n % 64 == 0 and \
                 time.perf_counter() - self.t0 > self.budget_s:
             self.drop(f"the forward pass ran past {self.budget_s:g} s (op_detail='auto'); "
-                      f"op_detail='always' (--op-detail always) records it anyway, at more "
-                      f"time (about 2x the record on tiny models)")
+                      f"op_detail='always' (--op-detail always) records it anyway, at a "
+                      f"Python call per op and per op output")
 
     def _grad_hook(self, key: tuple[tuple[int, int], int]):
         held, squares = self.held, self.squares

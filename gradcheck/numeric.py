@@ -192,10 +192,17 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         fd = (lp - l0) / h
         floor = ROUNDOFF_FACTOR * eps_mach * max(abs(lp), abs(l0)) / h
         err = abs(fd - reverse)
-        allowed = rtol * max(abs(fd), abs(reverse))
         mag = max(abs(fd), abs(reverse))
-        below = floor >= mag and floor * h / max(plan) >= mag
-        if below:  # not even the sweep's largest central step would rise above round-off
+        allowed = rtol * mag
+        verdict = None
+        if floor >= mag and floor * h / max(plan) >= mag:
+            # not even the sweep's largest central step would rise above the round-off
+            verdict, note = "inconclusive", _below_round_off(prec, reverse, fd, floor, h)
+        elif err <= allowed + floor and floor <= ONE_SIDED_FLOOR * allowed:
+            verdict, note = "agrees", ("one-sided difference from the recorded loss (1 forward "
+                                       "pass); a disagreement would have been judged by "
+                                       "central differences")
+        if verdict is not None:
             return NumericResult(
                 dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=h,
                 fd=fd, reverse=reverse, abs_error=err, rel_error=err / mag if mag > 0 else 0.0,
@@ -203,19 +210,7 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
                 sweep=[{"eps": h, "fd": fd, "abs_error": err, "roundoff_floor": floor,
                         "one_sided": 1.0}],
                 working_dtype=str(working).replace("torch.", "") if working is not None else None,
-                verdict="inconclusive", note=_below_round_off(prec, reverse, fd, floor, h))
-        if err <= allowed + floor and floor <= ONE_SIDED_FLOOR * allowed:
-            mag = max(abs(fd), abs(reverse))
-            return NumericResult(
-                dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=h,
-                fd=fd, reverse=reverse, abs_error=err, rel_error=err / mag if mag > 0 else 0.0,
-                rtol=rtol, atol=floor,
-                sweep=[{"eps": h, "fd": fd, "abs_error": err, "roundoff_floor": floor,
-                        "one_sided": 1.0}],
-                working_dtype=str(working).replace("torch.", "") if working is not None else None,
-                verdict="agrees", note="one-sided difference from the recorded loss (1 forward "
-                                       "pass); a disagreement would have been judged by central "
-                                       "differences")
+                verdict=verdict, note=note)
     for i, h in enumerate(plan):
         lp, lm = loss_at(z + h * v), loss_at(z - h * v)
         losses.append((lp, lm))

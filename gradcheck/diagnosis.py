@@ -935,4 +935,6 @@ def _ledger(timings: dict[str, float], calls: dict[str, int], rec: Recording,
                "locate": timings.get("locate_s", 0.0)}
     rows = [(k, calls.get(k, 0), backwards.get(k, 0), t) for k, t in seconds.items()
             if t > 0 or calls.get(k, 0)]
-    return cost_of(rows, rec.unit_s, checks)
+    cost = cost_of(rows, rec.unit_s, checks)
+    cost.unit_op_detail = bool(rec.graph.detail)
+    return cost

@@ -358,6 +358,9 @@ class Cost(Record):
     forwards: int = 0
     backwards: int = 0
     checks: str = "default"  # the --checks level that was run
+    # the unit's pass also recorded the op detail (a Python call per op: on a tiny model it
+    # takes about twice a plain pass, so the stages' units read low there; overhead.py)
+    unit_op_detail: bool = False
 
 
 @dataclass

@@ -122,6 +122,9 @@ def test_cost_is_in_the_json_the_terminal_and_the_html(tmp_path, capsys):
     assert d["environment"]["torch_threads"] == 1  # the tiny built-in model runs on one thread
     html = (out / "index.html").read_text()
     assert '<table class="cost">' in html and "forward passes" in html
+    # the built-in model's recorded pass carries the op detail (auto): the unit says so
+    assert cost["unit_op_detail"] and "with its op detail" in text and \
+        "the recorded pass with its op detail" in html
     assert main(["run", "--checks", "most", "--out", str(tmp_path / "bad")]) == 1
 
 

@@ -73,12 +73,17 @@ def mode_summary(r: FlowReport) -> list[str]:
     return lines
 
 
+#: said beside the unit when its pass also recorded the op detail
+UNIT_OP_DETAIL = ", the recorded pass with its op detail (--op-detail never: without)"
+
+
 def cost_line(c) -> str:
     """'cost: 2.1 x one forward+backward (checks default): baseline 0.3, record 1.0, ...;
     5 sampler forward passes, 1 backward'."""
     parts = ", ".join(f"{x.stage} {x.units:.2f}" for x in c.stages)
     return (f"cost: {c.total_units:.2f} x one forward+backward of the sampler "
-            f"({c.unit_s:.3f}s; checks {c.checks}): {parts}; {c.forwards} sampler forward "
+            f"({c.unit_s:.3f}s{UNIT_OP_DETAIL if getattr(c, 'unit_op_detail', False) else ''}; "
+            f"checks {c.checks}): {parts}; {c.forwards} sampler forward "
             f"passes, {c.backwards} backward")
 
 

@@ -139,8 +139,10 @@ class OpSources(TorchFunctionMode):
         for (k, _), row in self.held.flush(norms=(2,)).items():
             sq[k] = sq.get(k, 0.0) + row[0] ** 2
         if self.squares:
+            from .probes import _floats
+
             keys = list(self.squares)
-            vals = torch.stack([self.squares[k].double().cpu() for k in keys]).tolist()
+            vals = _floats([self.squares[k] for k in keys])
             for (k, _), v in zip(keys, vals):
                 sq[k] = sq.get(k, 0.0) + v
         self.squares = {}

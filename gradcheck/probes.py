@@ -271,7 +271,7 @@ class Trace:
             rows = torch.stack([self._entries[i].stats.to(torch.float64) for i in idx]).tolist()
             values.update(zip(idx, rows))
         sig = [e.sigma for e in self._entries if isinstance(e.sigma, torch.Tensor)]
-        sig_vals = iter(torch.stack([s.double().cpu() for s in sig]).tolist() if sig else [])
+        sig_vals = iter(_floats(sig))
         out = []
         for i, e in enumerate(self._entries):
             sigma = next(sig_vals) if isinstance(e.sigma, torch.Tensor) else e.sigma
@@ -289,6 +289,20 @@ class Trace:
                 nonfinite=int(v[3]) if v and math.isfinite(v[3]) else None,
             ))
         return out
+
+
+def _floats(scalars: list[torch.Tensor]) -> list[float]:
+    """0-d tensors as floats, in order: one stack and one transfer per device and dtype (not two
+    ops a value)."""
+    out: list[float] = [0.0] * len(scalars)
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(scalars):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    for idx in groups.values():
+        vals = torch.stack([scalars[i] for i in idx]).double().cpu().tolist()
+        for i, v in zip(idx, vals):
+            out[i] = v
+    return out
 
 
 def trace() -> Trace:

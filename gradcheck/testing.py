@@ -234,6 +234,11 @@ def assert_gradient_matches_numeric(sample_fn: Callable[..., Any], z0: Any, *,
     if n is None or n.skipped:
         raise GradientFlowError(_message(
             f"the numeric check could not run: {n.skipped if n else 'numeric=False'}", r, None), r)
+    from .numeric import below_round_off
+
+    if below_round_off(n):  # agreement within the round-off is no evidence either way
+        raise GradientFlowError(_message(f"the numeric check is inconclusive: {n.note}", r,
+                                         None), r)
     tol_rel = n.rtol if rtol is None else rtol
     tol = tol_rel * max(abs(n.fd), abs(n.reverse)) + n.atol
     if not n.abs_error <= tol:

@@ -351,6 +351,12 @@ def test_a_difference_below_round_off_is_inconclusive_not_a_pass_with_power():
     assert f.passed and f.level == "warning"
     assert "less than its round-off" in f.message and "float64 shadow" in f.message
     assert "caught with 99% probability" not in f.message
+    # asserted in a test, it is no evidence: the assertion says so instead of passing
+    from gradcheck.testing import GradientFlowError, assert_gradient_matches_numeric
+
+    with pytest.raises(GradientFlowError, match="inconclusive"):
+        assert_gradient_matches_numeric(sample, z0, target=torch.zeros(2, 1, 16, 16),
+                                        locate="never")
     # quick's one-sided difference sees the same and buys no central pair that could not
     # rise above the round-off either: one forward pass
     q = gradcheck.diagnose(sample, z0, target=torch.zeros(2, 1, 16, 16), checks="quick",

@@ -427,6 +427,15 @@ def verified(num: NumericResult | None, shadow: NumericResult | None) -> str | N
     return None
 
 
+def _adam_step(rec: Recording, lr: float, objective: str) -> torch.Tensor:
+    """z0 after one Adam step at ``lr`` along the recorded gradient (no forward pass)."""
+    q = rec.z.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([q], lr=lr, maximize=objective == "maximize")
+    q.grad = rec.z_grad.detach().clone()
+    opt.step()
+    return q.detach()
+
+
 def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording, *,
                     steps: int, lr: float, policy: Local,
                     unmeasured: str | None = None) -> OptimResult:
@@ -434,23 +443,19 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
     forward pass, and one backward pass but for the last): does z0 change, does the loss move
     the intended way? With ``unmeasured`` (why) and one step, no forward pass: the step is
     taken and its first-order effect on the loss, <dL/dz0, dz0>, reported instead."""
+    sign = 1.0 if loss.objective == "maximize" else -1.0
+    if unmeasured is not None and steps == 1 and rec.z_grad is not None:
+        dz = _adam_step(rec, lr, loss.objective) - rec.z.detach()
+        predicted = policy.sum(float((rec.z_grad.detach().double() * dz.double()).sum()))
+        if sign * predicted > 0:  # else measure: a zero step, or one the wrong way
+            return OptimResult(lr=lr, steps=steps, objective=loss.objective, z0_changed=True,
+                               max_abs_change=float(dz.abs().max()), losses=[rec.loss_value],
+                               predicted=predicted, unmeasured=unmeasured)
     p = rec.z.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([p], lr=lr, maximize=loss.objective == "maximize")
     losses = [rec.loss_value]
     changed, max_change = False, 0.0
     grad = rec.z_grad
-    if unmeasured is not None and steps == 1 and grad is not None:
-        p.grad = grad.detach().clone()
-        opt.step()
-        dz = p.detach() - rec.z.detach()
-        predicted = policy.sum(float((grad.detach().double() * dz.double()).sum()))
-        sign = 1.0 if loss.objective == "maximize" else -1.0
-        if sign * predicted > 0:  # else measure: a zero step, or one the wrong way
-            return OptimResult(lr=lr, steps=steps, objective=loss.objective, z0_changed=True,
-                               max_abs_change=float(dz.abs().max()), losses=losses,
-                               predicted=predicted, unmeasured=unmeasured)
-        p = rec.z.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([p], lr=lr, maximize=loss.objective == "maximize")
     for k in range(steps):
         p.grad = None if grad is None else grad.detach().clone()
         before = p.detach().clone()
@@ -465,7 +470,6 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
         if not last:
             grad = (torch.autograd.grad(value, [p], allow_unused=True)[0]
                     if value.requires_grad else None)
-    sign = 1.0 if loss.objective == "maximize" else -1.0
     backtrack: list[list[float]] = []
     if rec.z_grad is not None and not sign * (losses[-1] - losses[0]) > 0:
         # the loss went the wrong way: is the step too large for a curved or kinked loss, or
@@ -473,11 +477,7 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
         # pass each, only in this case); a wrong gradient does not get better
         at = loss_at(run, loss, policy)
         for k in range(1, 4):
-            q = rec.z.detach().clone().requires_grad_(True)
-            small = torch.optim.Adam([q], lr=lr / 2 ** k, maximize=loss.objective == "maximize")
-            q.grad = rec.z_grad.detach().clone()
-            small.step()
-            value = at(q)
+            value = at(_adam_step(rec, lr / 2 ** k, loss.objective))
             backtrack.append([lr / 2 ** k, value])
             if sign * (value - losses[0]) > 0:
                 break

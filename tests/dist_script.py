@@ -57,6 +57,10 @@ for layout in ("ddp", "fsdp", "cp"):
                 "grad": max(errs), "loss": rel(rep.loss, one.loss), "probe_norms": worst,
                 "reverse": rel(rep.numeric.reverse, one.numeric.reverse),
                 "fd": rel(rep.numeric.fd, one.numeric.fd),
+                # the difference is taken from losses summed over ranks in another order: equal
+                # within the round-off allowance the check itself applies
+                "fd_over_roundoff": abs(rep.numeric.fd - one.numeric.fd) / one.numeric.atol,
+                "one_sided": bool(one.numeric.sweep[0].get("one_sided")),
                 "loss_probe": rep.probe("loss").norm, "passed": rep.passed,
                 "same_probes": sorted(probes) == sorted(p.name for p in rep.probes)}
 

@@ -26,8 +26,8 @@ SETTINGS: dict[torch.dtype, tuple[tuple[float, ...], float]] = {
     torch.bfloat16: ((3e-1, 1e-1, 3e-2), 1e-1),
 }
 ROUNDOFF_FACTOR = 8.0
-#: the relative step of a one-sided difference from the recorded loss (the ``quick`` and
-#: ``default`` levels): small enough that its truncation error (h/2 v'Hv) stays well under the
+#: the relative step of a one-sided difference from the recorded loss (the ``quick`` level, and
+#: the ``default`` level in float64): small enough that its truncation error (h/2 v'Hv) stays well under the
 #: precision's tolerance, large enough that round-off does; half precision has no such step and
 #: differences centrally
 ONE_SIDED = {torch.float64: 1e-6, torch.float32: 3e-3}
@@ -268,11 +268,12 @@ def below_round_off(res: NumericResult) -> bool:
 
 def _below_round_off(prec: torch.dtype, reverse: float, fd: float, floor: float,
                      h: float) -> str:
+    what = ("the loss is flat along v at float64 resolution" if prec == torch.float64 else
+            "a float64 shadow run (shadow=True, --checks full) can")
     return (f"{BELOW_ROUND_OFF} at "
             f"{str(prec).replace('torch.', '')} (|<v, dL/dz0>| {abs(reverse):.2e}, |finite "
             f"difference| {abs(fd):.2e}, round-off allowance {floor:.2e} at step {h:.1e}): the "
-            f"difference cannot tell a right gradient from a wrong one here; a float64 shadow "
-            f"run (shadow=True, --checks full) can")
+            f"difference cannot tell a right gradient from a wrong one here; {what}")
 
 
 def judge_branches(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v: torch.Tensor,

@@ -323,7 +323,12 @@ def power(n) -> str:
         return ""
     many = f"{n.directions} directions" if n.directions > 1 else "1 direction"
     return (f"; {many}: a gradient {n.detectable:.2%} off is caught with 99% probability"
-            + (f" ({n.limited})" if getattr(n, "limited", None) else ""))
+            + limits(n))
+
+
+def limits(n) -> str:
+    """' (why the check bought less than it could)', or ''."""
+    return f" ({n.limited})" if getattr(n, "limited", None) else ""
 
 
 def numeric_directional(r: FlowReport) -> Finding:
@@ -359,7 +364,7 @@ def _numeric_directional(r: FlowReport) -> Finding:
                        level="warning",
                        message=f"inconclusive: <v, dL/dz0> = {n.reverse:.6e}, finite "
                        f"differences {n.fd:.6e}: {n.note}"
-                       + (f" ({n.limited})" if getattr(n, "limited", None) else ""))
+                       + limits(n))
     if not ok and n.verdict in ("kink", "inconclusive"):
         # a piecewise-smooth sampler (clamp, clip_sample, relu): the central difference crosses
         # a kink; judged on one-sided evidence, or said to be inconclusive, never failed

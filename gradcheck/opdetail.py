@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .probes import HeldGrads, scalars_to_floats
 from .records import OpRegion
 from .torch_internals import is_user_file, rel_path
 
@@ -44,8 +45,6 @@ class OpSources(TorchFunctionMode):
     """Notes the user's ``path:line`` that made each autograd node during the forward pass."""
 
     def __init__(self, budget_s: float | None, grads: bool = True) -> None:
-        from .probes import HeldGrads
-
         super().__init__()
         self.where: dict[tuple[int, int], tuple[str, str]] = {}
         # |dL/d(output)| of each noted op, by a hook on the output tensor registered here (a
@@ -139,10 +138,8 @@ class OpSources(TorchFunctionMode):
         for (k, _), row in self.held.flush(norms=(2,)).items():
             sq[k] = sq.get(k, 0.0) + row[0] ** 2
         if self.squares:
-            from .probes import _floats
-
             keys = list(self.squares)
-            vals = _floats([self.squares[k] for k in keys])
+            vals = scalars_to_floats([self.squares[k] for k in keys])
             for (k, _), v in zip(keys, vals):
                 sq[k] = sq.get(k, 0.0) + v
         self.squares = {}

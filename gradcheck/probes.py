@@ -271,7 +271,7 @@ class Trace:
             rows = torch.stack([self._entries[i].stats.to(torch.float64) for i in idx]).tolist()
             values.update(zip(idx, rows))
         sig = [e.sigma for e in self._entries if isinstance(e.sigma, torch.Tensor)]
-        sig_vals = iter(_floats(sig))
+        sig_vals = iter(scalars_to_floats(sig))
         out = []
         for i, e in enumerate(self._entries):
             sigma = next(sig_vals) if isinstance(e.sigma, torch.Tensor) else e.sigma
@@ -291,7 +291,7 @@ class Trace:
         return out
 
 
-def _floats(scalars: list[torch.Tensor]) -> list[float]:
+def scalars_to_floats(scalars: list[torch.Tensor]) -> list[float]:
     """0-d tensors as floats, in order: one stack and one transfer per device and dtype (not two
     ops a value)."""
     out: list[float] = [0.0] * len(scalars)

@@ -43,10 +43,23 @@ _DTYPE_OF_EPS = {torch.finfo(d).eps: d for d in (torch.float64, torch.float32, t
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Fork the global RNG (CPU, and the CUDA device if any) and seed it, so a sampler that draws
     from the global generator is the same function of z0 on every call."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    # the generators a sampler on this device draws from, forked and seeded by hand: not
+    # torch.manual_seed, which also (re)seeds every other device's generator (not forked here,
+    # so the user's would stay changed) and, while CUDA is not initialised, queues that with a
+    # formatted stack trace (about 0.25 ms a call: a measurable part of a small model's pass)
+    gens = [torch.default_generator]
+    if device.type == "cuda":
+        torch.cuda.init()
+        gens.append(torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()])
+    states = [g.get_state() for g in gens]
+    try:
+        for g in gens:
+            g.manual_seed(seed)
         yield
+    finally:
+        for g, st in zip(gens, states):
+            g.set_state(st)
 
 
 def validate_z0(z0: Any) -> torch.Tensor:
@@ -278,28 +291,32 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
             timings["forward_s"] = time.perf_counter() - t0
             out_rg, loss_rg = bool(out.requires_grad), bool(value.requires_grad)
             t0 = time.perf_counter()
-            if capture_graph:
-                inputs, total, edges, regions, op_regions = tr.collapse(value if loss_rg else None)
-            else:  # no walk: gradients for z0 and the step-noise leaves only
-                inputs = [z, *getattr(sample_fn, "leaves", [])] if loss_rg else []
-                total, edges, regions, op_regions = 0, [], {}, []
-            step_graph = StepGraph(
-                nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
-                region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
-                raw_cap=raw_graph_cap, regions=[reg for reg, _ in op_regions],
-            )
-            op_grads = None
-            if sources is not None and sources.skipped is None:
-                for reg, nodes in op_regions:
-                    reg.where = sources.sources(nodes)
-                step_graph.detail = True
-                if loss_rg:  # no backward, no gradient: the lines still say where each op is
-                    op_grads = OpGrads(op_regions, sources)
-            elif capture_graph:
-                step_graph.detail_skipped = (
-                    "op_detail='never'" if sources is None else sources.skipped
-                    or "the loss is not in an autograd graph")
-            del op_regions, sources
+            # the walk and what is built from its nodes, with the collector paused (see
+            # graph.collector_paused): the node wrappers are gone before it runs again
+            with graph.collector_paused():
+                if capture_graph:
+                    inputs, total, edges, regions, op_regions = tr.collapse(
+                        value if loss_rg else None)
+                else:  # no walk: gradients for z0 and the step-noise leaves only
+                    inputs = [z, *getattr(sample_fn, "leaves", [])] if loss_rg else []
+                    total, edges, regions, op_regions = 0, [], {}, []
+                step_graph = StepGraph(
+                    nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
+                    region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
+                    raw_cap=raw_graph_cap, regions=[reg for reg, _ in op_regions],
+                )
+                op_grads = None
+                if sources is not None and sources.skipped is None:
+                    for reg, nodes in op_regions:
+                        reg.where = sources.sources(nodes)
+                    step_graph.detail = True
+                    if loss_rg:  # no backward, no gradient: the lines still say where each op is
+                        op_grads = OpGrads(op_regions, sources)
+                elif capture_graph:
+                    step_graph.detail_skipped = (
+                        "op_detail='never'" if sources is None else sources.skipped
+                        or "the loss is not in an autograd graph")
+                del op_regions, sources
             if not capture_graph:
                 step_graph.raw_skipped = "graph capture was off (capture_graph=False)"
             elif not loss_rg:

@@ -4,6 +4,8 @@ Sampler graphs are deep (steps x ops per denoiser call), so nothing here recurse
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +61,9 @@ def is_connected(tensor: torch.Tensor, target: torch.Tensor) -> bool:
     return False
 
 
+#: the autograd node type of a leaf tensor's gradient accumulator
+_ACCUMULATE_GRAD = type(torch.zeros(1, requires_grad=True).expand(1).grad_fn.next_functions[0][0])
+
 #: Ops kept per region of the op-level view (a denoiser call of a large U-Net has a few thousand);
 #: beyond it a region keeps its op counts only.
 REGION_CAP = 5_000
@@ -84,6 +89,33 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
         probe region, the op-level regions with their autograd nodes in node order). An edge
         [a, b] means probe b was computed from probe a through unprobed ops only.
     """
+    with collector_paused():
+        return _collapse(root, node_probes, leaf_probes, extra_roots, region_cap)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused inside (restored as it was; nested uses leave it
+    to the outermost). A graph walk allocates a few small tuples and a node wrapper a node, all
+    alive until it ends: with the collector on they trigger several young collections a walk,
+    promote what is alive into the old generation and, every twenty-odd diagnoses, a full
+    collection of the whole process (tens of ms on the built-in model's process: most of a record
+    phase's overhead there). Only for gradcheck's own code, which makes no reference cycles: the
+    user's sampler always runs with the collector as the user left it."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
+              leaf_probes: dict[int, list[int]], extra_roots: list[Any], region_cap: int,
+              ) -> tuple[list[torch.Tensor], int, list[list[int]], dict[int, dict[str, int]],
+                         list[tuple[OpRegion, list[Any]]]]:
     loss_fn = root.grad_fn if root is not None else None
     if loss_fn is None and root is not None and root.requires_grad:
         return [root], 0, [], {}, []
@@ -99,6 +131,7 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
         key[id(loss_fn)] = []
         starts.insert(0, loss_fn)
     seen_all: set[int] = set(key)
+    names: dict[type, str] = {}
     leaves: dict[int, torch.Tensor] = {}
     edges: list[list[int]] = []
     regions: dict[int, dict[str, int]] = {}
@@ -117,19 +150,22 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
         weights: set[int] = set()
         stack = [(c, 0) for c, _ in n.next_functions if c is not None]
         push, pop = stack.append, stack.pop
-        seen: set[int] = set()
         srcs: set[int] = set()
+        over: set[int] = set()  # nodes met beyond region_cap (counted, not kept)
+        accs: set[int] = set()  # the leaves' accumulators met
         reg_ops = reg.ops
-        # the hot loop of a diagnosis's record phase (a few us a node): the type name once a
-        # visit, leaves told by it (only AccumulateGrad has .variable), no generators
+        # the hot loop of a diagnosis's record phase (about a us a node). A node's first visit
+        # is told by ``local`` (its index in the region), so no separate seen-set; a type's name
+        # is looked up once per walk (``type.__name__`` builds a new string a call); leaves are
+        # told by their type (only AccumulateGrad has .variable); no generators
         while stack:
             c, parent = pop()
             cid = id(c)
-            tname = type(c).__name__
-            if tname == "AccumulateGrad":  # a leaf: z0, a step-noise leaf, a weight
+            tc = type(c)
+            if tc is _ACCUMULATE_GRAD:  # a leaf: z0, a step-noise leaf, a weight
                 var = c.variable
-                if cid not in seen:
-                    leaves[id(var)] = var
+                accs.add(cid)
+                leaves[id(var)] = var
                 lp = leaf_probes.get(id(var))
                 if lp is not None:
                     srcs.add(lp[-1])
@@ -144,22 +180,31 @@ def collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
                         o_srcs.add((key[cid][-1], parent))
             else:
                 i = local.get(cid)
-                if i is None and len(nodes) < region_cap:
-                    i = local[cid] = len(nodes)
-                    nodes.append(c)
-                    reg_ops.append(tname)
-                if i is not None and parent >= 0:
-                    o_edges.add((i, parent))
-                if cid not in seen:
-                    if i is None:
+                if i is None:  # first visit (or beyond the cap)
+                    if len(nodes) < region_cap:
+                        i = local[cid] = len(nodes)
+                        nodes.append(c)
+                        child_parent = i
+                    elif cid in over:
+                        continue
+                    else:
+                        over.add(cid)
                         reg.dropped += 1
+                        child_parent = -1
+                    tname = names.get(tc)
+                    if tname is None:
+                        tname = names[tc] = tc.__name__
+                    if child_parent >= 0:
+                        reg_ops.append(tname)
                     ops[tname] = ops.get(tname, 0) + 1
-                    child_parent = i if i is not None else -1
                     for x, _ in c.next_functions:
                         if x is not None:
                             push((x, child_parent))
-            seen.add(cid)
-        seen_all |= seen
+                if i is not None and parent >= 0:
+                    o_edges.add((i, parent))
+        seen_all.update(local)
+        seen_all |= over
+        seen_all |= accs
         if len(seen_all) > MAX_NODES:
             raise RuntimeError(f"autograd graph has more than {MAX_NODES} nodes; walk stopped")
         if here:
@@ -192,11 +237,12 @@ def op_graph(root: torch.Tensor, max_nodes: int = 20_000) -> OpGraph | None:
                           else type(node).__name__)
         return ids[id(node)]
 
-    for count, n in enumerate(iter_nodes([root.grad_fn]), 1):
-        if count > max_nodes:
-            return None
-        dst = num(n)
-        for c, _ in n.next_functions:
-            if c is not None:
-                edges.append([num(c), dst])
+    with collector_paused():
+        for count, n in enumerate(iter_nodes([root.grad_fn]), 1):
+            if count > max_nodes:
+                return None
+            dst = num(n)
+            for c, _ in n.next_functions:
+                if c is not None:
+                    edges.append([num(c), dst])
     return OpGraph(labels=labels, edges=edges)

@@ -29,6 +29,9 @@ from .errors import DenoiserError, GradcheckError
 from .records import ProbeStats
 from .torch_internals import hook_registered
 
+#: torch dtype -> its name without "torch." (a probe's dtype field)
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
 _ACTIVE: ContextVar[Trace | None] = ContextVar("gradcheck_active_trace", default=None)
 
 
@@ -37,8 +40,11 @@ def current_trace() -> Trace | None:
     return _ACTIVE.get()
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class _Entry:
+    """One probe of a trace; also the hook on its tensor (``__call__``): a probe allocates as few
+    objects as it can, since every one that lives until the trace closes counts towards the
+    cyclic collector's next young collection."""
     name: str
     kind: str
     order: int
@@ -46,7 +52,7 @@ class _Entry:
     call: int | None
     sigma: Any
     dtype: str
-    shape: list[int]
+    shape: tuple[int, ...]
     requires_grad: bool
     grad_fn: str | None
     connected_to_z0: bool | None
@@ -54,6 +60,16 @@ class _Entry:
     stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see _grad_stats)
     fired: int = 0
     ref: Any = None  # the grad_fn (or the leaf tensor) while the trace is open, for graph capture
+    held: HeldGrads | None = None  # the trace's held small gradients
+
+    def __call__(self, g: torch.Tensor) -> None:
+        """The tensor hook: hold a small gradient for the batched summary at trace close, or
+        summarise it now."""
+        if self.held is not None and self.held.take(self.order, g):
+            self.stats = None
+        else:
+            self.stats = _grad_stats(g)
+        self.fired += 1
 
 
 def _grad_stats(g: torch.Tensor) -> torch.Tensor:
@@ -142,7 +158,7 @@ class Trace:
     def __init__(self) -> None:
         self._entries: list[_Entry] = []
         self._handles: list[Any] = []
-        self._seen: dict[tuple[int, str], weakref.ref] = {}
+        self._seen: dict[str, weakref.ref] = {}
         self._calls = 0
         self._held = HeldGrads()
         self._token = None
@@ -174,7 +190,7 @@ class Trace:
             self.stats = self._materialise()
             self.z0 = None  # drop the references to the user's tensors and graph
             for e in self._entries:
-                e.ref = None
+                e.ref = e.held = None
         return False
 
     @property
@@ -195,7 +211,7 @@ class Trace:
     def add(self, t: torch.Tensor, name: str, *, step: int | None, kind: str | None,
             sigma: Any = None, call: int | None = None) -> torch.Tensor:
         kind = kind or "custom"
-        key = (id(t), name)
+        key = f"{id(t)} {name}"  # a str: not tracked by the cyclic collector, unlike a tuple
         ref = self._seen.get(key)
         if ref is not None and ref() is t:
             return t
@@ -206,30 +222,26 @@ class Trace:
             connected = graph.is_connected(t, self.z0)
         elif kind == "z0":
             connected = True
+        rg = t.requires_grad
+        fn = t.grad_fn
+        dtype = _DTYPE_NAMES.get(t.dtype)
+        if dtype is None:
+            dtype = _DTYPE_NAMES[t.dtype] = str(t.dtype).replace("torch.", "")
         entry = _Entry(
             name=str(name), kind=kind, order=len(self._entries), step=step, call=call,
             sigma=sigma.detach().reshape(-1)[0] if isinstance(sigma, torch.Tensor) else sigma,
-            dtype=str(t.dtype).replace("torch.", ""), shape=list(t.shape),
-            requires_grad=bool(t.requires_grad),
-            grad_fn=type(t.grad_fn).__name__ if t.grad_fn is not None else None,
+            dtype=dtype, shape=tuple(t.shape), requires_grad=bool(rg),
+            grad_fn=type(fn).__name__ if fn is not None else None,
             connected_to_z0=connected, numel=t.numel(),
-            ref=(t.grad_fn if t.grad_fn is not None else t) if t.requires_grad else None,
+            ref=(fn if fn is not None else t) if rg else None,
+            held=self._held,
         )
         self._entries.append(entry)
         self._seen[key] = weakref.ref(t)
         if self.observer is not None:
             self.observer(entry.order, t)
-        if t.requires_grad:
-            held = self._held
-
-            def hook(g: torch.Tensor, _e: _Entry = entry) -> None:
-                if held.take(_e.order, g):
-                    _e.stats = None
-                else:
-                    _e.stats = _grad_stats(g)
-                _e.fired += 1
-
-            self._handles.append(t.register_hook(hook))
+        if rg:
+            self._handles.append(t.register_hook(entry))
         if self.perturber is not None:
             return self.perturber(entry.order, t)
         return t
@@ -281,7 +293,7 @@ class Trace:
                 v = [v[0], v[1] / n, v[2], e.numel - v[3]]
             out.append(ProbeStats(
                 name=e.name, kind=e.kind, order=e.order, step=e.step, call=e.call,
-                sigma=float(sigma) if sigma is not None else None, dtype=e.dtype, shape=e.shape,
+                sigma=float(sigma) if sigma is not None else None, dtype=e.dtype, shape=list(e.shape),
                 requires_grad=e.requires_grad, grad_fn=e.grad_fn,
                 connected_to_z0=e.connected_to_z0, reached=v is not None,
                 norm=v[0] if v else None, mean_abs=v[1] if v else None,

@@ -80,10 +80,13 @@ def _grad_stats(g: torch.Tensor) -> torch.Tensor:
         if g.numel() == 0:
             return torch.zeros(4, dtype=torch.float32, device=g.device)
         acc = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
+        # |g| summed and maximised directly: torch's vector_norm takes a slow path for the 1- and
+        # inf-norms on CPU (6x and 20x a sum of |g| on a video latent's gradient, 1.8M elements)
+        a = g.abs()
         return torch.stack([
             torch.linalg.vector_norm(g, dtype=acc),
-            torch.linalg.vector_norm(g, 1, dtype=acc),
-            torch.linalg.vector_norm(g, math.inf, dtype=acc),
+            a.sum(dtype=acc),
+            a.amax().to(acc),
             torch.isfinite(g).sum(dtype=acc),
         ])
 
@@ -96,6 +99,18 @@ def _grad_stats(g: torch.Tensor) -> torch.Tensor:
 #: break-even on this CPU is a few thousand elements).
 DEFER_NUMEL = 1 << 12
 DEFER_BYTES = 8 << 20
+
+
+def _norms_along(flat: torch.Tensor, p: float) -> torch.Tensor:
+    """The p-norm (2, 1 or inf) of each row: sums and maxima of |x| for 1 and inf (torch's
+    vector_norm along a dimension is 7x and 17x slower there for the held gradients' 112 x 256)."""
+    if p == 2:
+        return torch.linalg.vector_norm(flat, dim=1)
+    if p == 1:
+        return flat.abs().sum(1)
+    if p == math.inf:
+        return flat.abs().amax(1)
+    return torch.linalg.vector_norm(flat, p, dim=1)
 
 
 class HeldGrads:
@@ -141,8 +156,7 @@ class HeldGrads:
         with torch.no_grad():
             for keys in groups.values():
                 flat = torch.stack([held[k] for k in keys]).reshape(len(keys), -1)
-                rows = torch.stack([torch.linalg.vector_norm(flat, p, dim=1)
-                                    for p in norms], dim=1).tolist()
+                rows = torch.stack([_norms_along(flat, p) for p in norms], dim=1).tolist()
                 n = flat.shape[1]
                 for k, row in zip(keys, rows):
                     # a finite L2 norm means every element is finite; count only otherwise

@@ -29,6 +29,7 @@ from .numeric import DIRECTIONS, directional_check
 from .opdetail import AUTO_BUDGET_S, POLICIES as OP_DETAIL_POLICIES, OpGrads, OpSources
 from .policy import Local, current
 from .probes import probe, trace
+from .rng import seeded
 from .records import (
     Cost, FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, Raised,
     StageCost, StepGraph,
@@ -37,29 +38,6 @@ from .records import (
 #: machine epsilon -> floating dtype (the precision a sampler computes in, agreed across ranks)
 _DTYPE_OF_EPS = {torch.finfo(d).eps: d for d in (torch.float64, torch.float32, torch.bfloat16,
                                                  torch.float16)}
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Fork the global RNG (CPU, and the CUDA device if any) and seed it, so a sampler that draws
-    from the global generator is the same function of z0 on every call."""
-    # the generators a sampler on this device draws from, forked and seeded by hand: not
-    # torch.manual_seed, which also (re)seeds every other device's generator (not forked here,
-    # so the user's would stay changed) and, while CUDA is not initialised, queues that with a
-    # formatted stack trace (about 0.25 ms a call: a measurable part of a small model's pass)
-    gens = [torch.default_generator]
-    if device.type == "cuda":
-        torch.cuda.init()
-        gens.append(torch.cuda.default_generators[
-            device.index if device.index is not None else torch.cuda.current_device()])
-    states = [g.get_state() for g in gens]
-    try:
-        for g in gens:
-            g.manual_seed(seed)
-        yield
-    finally:
-        for g, st in zip(gens, states):
-            g.set_state(st)
 
 
 def validate_z0(z0: Any) -> torch.Tensor:

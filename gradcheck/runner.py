@@ -288,7 +288,7 @@ def compare_truncation(rep, den, cfg: RunConfig, mode: str, z0: torch.Tensor) ->
     against the full one of the same loss and seed."""
     from dataclasses import replace
 
-    from .diagnosis import seeded
+    from .rng import seeded
 
     full = ResSampler(den, replace(cfg.sampler, truncate=None), mode=mode, seed=cfg.seed)
     z = z0.detach().clone().requires_grad_(True)

@@ -192,3 +192,19 @@ def test_built_in_sampler_probes_every_state_call_and_noise(conv32):
     assert all(p.connected_to_z0 for p in tr.stats if p.kind == "step_noise")
     sig = {p.name: p.sigma for p in tr.stats}
     assert sig["x_T"] == pytest.approx(80.0) and sig["D_in[3]"] == pytest.approx(0.002)
+
+
+def test_seeded_draws_the_seeded_stream_and_restores_the_generator():
+    from gradcheck.rng import seeded
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with seeded(7, torch.device("cpu")):
+        inside = torch.randn(5)
+    assert torch.equal(inside, torch.randn(5, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(torch.get_rng_state(), before)  # the user's stream goes on unchanged
+    with pytest.raises(RuntimeError):
+        with seeded(7, torch.device("cpu")):
+            torch.rand(1)
+            raise RuntimeError("the sampler raised")
+    assert torch.equal(torch.get_rng_state(), before)

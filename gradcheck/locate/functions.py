@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..records import BreakEvent
+from ..rng import seeded
 from ..torch_internals import tensors_in, user_frame
 
 #: at most this many applications are recorded (the first ones, in forward order)
@@ -146,8 +147,7 @@ def wrong_backwards(calls: list[dict[str, Any]], seed: int) -> tuple[list[BreakE
         if key in seen:  # the same Function at the same line: its first application tells
             continue
         seen.add(key)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, torch.device("cpu")):
             try:
                 res = check_call(call, seed + k)
             except Exception:  # noqa: BLE001 - a Function that cannot be re-run alone

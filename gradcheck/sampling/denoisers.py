@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..rng import seeded
 
 
 def _sigma_like(sigma: Any, x: torch.Tensor) -> torch.Tensor:
@@ -169,14 +170,12 @@ def build_denoiser(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float
     if name == "gaussian":
         return GaussianDenoiser(mu=0.0, s=0.5)
     if name == "conv":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, torch.device("cpu")):
             model = EDMDenoiser(TinyUNet(channels=BUILTIN_SHAPES["conv"][0]))
         model.requires_grad_(False)  # noise optimisation: the weights are frozen
         return model.to(device=device, dtype=dtype).eval()
     if name == "conv3d":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, torch.device("cpu")):
             model = EDMDenoiser(TinyVideoNet(channels=BUILTIN_SHAPES["conv3d"][0]))
         model.requires_grad_(False)
         model.sample_shape = BUILTIN_SHAPES["conv3d"]

@@ -210,8 +210,9 @@ def _collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
         if here:
             edges.extend([src, here[0]] for src in sorted(srcs))
             regions[here[0]] = ops
-            reg.edges = [list(e) for e in sorted(o_edges)]
-            reg.sources = [list(e) for e in sorted(o_srcs)]
+            reg.edges = sorted(o_edges)  # (a, b) pairs: tuples of ints, which the cyclic collector
+            # stops tracking, unlike ~2,000 small lists a run kept by the report
+            reg.sources = sorted(o_srcs)
             reg.weights = len(weights)
             op_regions.append((reg, nodes))
     return list(leaves.values()), len(seen_all), edges, regions, op_regions

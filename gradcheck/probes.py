@@ -99,6 +99,7 @@ def _grad_stats(g: torch.Tensor) -> torch.Tensor:
 #: break-even on this CPU is a few thousand elements).
 DEFER_NUMEL = 1 << 12
 DEFER_BYTES = 8 << 20
+_HELD_DTYPES = (torch.float32, torch.float64)
 
 
 def _norms_along(flat: torch.Tensor, p: float) -> torch.Tensor:
@@ -126,17 +127,18 @@ class HeldGrads:
     def take(self, key: Any, g: torch.Tensor) -> bool:
         """Hold ``g`` under ``key`` (replacing an earlier one: a hook that fires again keeps
         the last) if it is small and the budget allows; False: the caller summarises it now."""
-        if not 0 < g.numel() <= DEFER_NUMEL or g.dtype not in (torch.float32, torch.float64) or \
-                g.layout != torch.strided or type(g) is not torch.Tensor:
+        n = g.numel()
+        if type(g) is not torch.Tensor or not 0 < n <= DEFER_NUMEL or \
+                g.dtype not in _HELD_DTYPES or g.layout is not torch.strided:
             self.drop(key)
             return False
-        old = self.held.get(key)
-        size = g.numel() * g.element_size()
-        if old is None and self.nbytes + size > DEFER_BYTES:
-            return False
-        if old is None:
+        held = self.held
+        if key not in held:
+            size = n * g.element_size()
+            if self.nbytes + size > DEFER_BYTES:
+                return False
             self.nbytes += size
-        self.held[key] = g.detach()
+        held[key] = g.detach() if g.requires_grad else g  # (create_graph: not the graph)
         return True
 
     def drop(self, key: Any) -> None:
@@ -204,7 +206,7 @@ class Trace:
             self.stats = self._materialise()
             self.z0 = None  # drop the references to the user's tensors and graph
             for e in self._entries:
-                e.ref = e.held = None
+                e.ref = e.held = e.sigma = None
         return False
 
     @property
@@ -243,7 +245,7 @@ class Trace:
             dtype = _DTYPE_NAMES[t.dtype] = str(t.dtype).replace("torch.", "")
         entry = _Entry(
             name=str(name), kind=kind, order=len(self._entries), step=step, call=call,
-            sigma=sigma.detach().reshape(-1)[0] if isinstance(sigma, torch.Tensor) else sigma,
+            sigma=sigma,  # a tensor's first element is read at trace close, with the others
             dtype=dtype, shape=tuple(t.shape), requires_grad=bool(rg),
             grad_fn=type(fn).__name__ if fn is not None else None,
             connected_to_z0=connected, numel=t.numel(),
@@ -297,7 +299,7 @@ class Trace:
             rows = torch.stack([self._entries[i].stats.to(torch.float64) for i in idx]).tolist()
             values.update(zip(idx, rows))
         sig = [e.sigma for e in self._entries if isinstance(e.sigma, torch.Tensor)]
-        sig_vals = iter(scalars_to_floats(sig))
+        sig_vals = iter(first_values(sig))
         out = []
         for i, e in enumerate(self._entries):
             sigma = next(sig_vals) if isinstance(e.sigma, torch.Tensor) else e.sigma
@@ -315,6 +317,28 @@ class Trace:
                 nonfinite=int(v[3]) if v and math.isfinite(v[3]) else None,
             ))
         return out
+
+
+def first_values(tensors: list[torch.Tensor]) -> list[float | None]:
+    """The first element of each tensor as a float (None for an empty one), in order: one
+    concatenation, one gather and one transfer per device and dtype (a sampler's sigma tensors:
+    reading each one's first element as it is probed costs three ops a probe)."""
+    out: list[float | None] = [None] * len(tensors)
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.numel():
+            groups.setdefault((t.device, t.dtype), []).append(i)
+    with torch.no_grad():
+        for idx in groups.values():
+            at, starts = 0, []
+            for i in idx:
+                starts.append(at)
+                at += tensors[i].numel()
+            flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+            pick = flat[torch.tensor(starts, device=flat.device)] if at > len(idx) else flat
+            for i, v in zip(idx, pick.double().cpu().tolist()):
+                out[i] = v
+    return out
 
 
 def scalars_to_floats(scalars: list[torch.Tensor]) -> list[float]:

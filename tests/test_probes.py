@@ -208,3 +208,22 @@ def test_seeded_draws_the_seeded_stream_and_restores_the_generator():
             torch.rand(1)
             raise RuntimeError("the sampler raised")
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_first_values_reads_each_tensors_first_element_in_order():
+    from gradcheck.probes import first_values
+
+    ts = [torch.tensor(2.5), torch.full((4,), 0.75), torch.empty(0),
+          torch.tensor([3.0, 9.0], dtype=torch.float64), torch.arange(6.).reshape(2, 3).t()[1:],
+          torch.tensor(7.0, requires_grad=True)]
+    assert first_values(ts) == [2.5, 0.75, None, 3.0, 1.0, 7.0]
+    assert first_values([]) == []
+
+
+def test_a_probes_sigma_tensor_is_reported_as_its_first_element():
+    with trace() as tr:
+        x = torch.randn(2, 3, requires_grad=True)
+        probe(x * 2, "y", kind="state", sigma=torch.full((2,), 1.5))
+        probe(x * 3, "w", kind="state", sigma=0.25)
+        (x * 2).sum().backward()
+    assert [s.sigma for s in tr.stats] == [1.5, 0.25]

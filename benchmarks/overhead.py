@@ -23,6 +23,8 @@ forward+backward / one diagnosis; the differences are the two costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import statistics
 import sys
 import time
@@ -181,9 +183,12 @@ def main() -> None:
         smp = ResSampler(den, SamplerConfig(steps=args.steps), mode=mode)
         torch.testing.assert_close(plain(smp, z0, target), diagnosis(smp, z0, target))
         tp, td, tn, to = [], [], [], []
+        gcs = {"plain": [0, 0, 0], "diagnosis": [0, 0, 0]}
         for _ in range(args.repeats):
-            t0 = CLOCK(); plain(smp, z0, target); tp.append(CLOCK() - t0)
-            t0 = CLOCK(); diagnosis(smp, z0, target); td.append(CLOCK() - t0)
+            with _collections(gcs["plain"]):
+                t0 = CLOCK(); plain(smp, z0, target); tp.append(CLOCK() - t0)
+            with _collections(gcs["diagnosis"]):
+                t0 = CLOCK(); diagnosis(smp, z0, target); td.append(CLOCK() - t0)
             t0 = CLOCK(); diagnosis(smp, z0, target, False)
             tn.append(CLOCK() - t0)
             t0 = CLOCK(); diagnosis(smp, z0, target, True, "always")
@@ -198,13 +203,29 @@ def main() -> None:
                      "bar": bar, "graph_nodes": nodes, "walk_s": walk_s,
                      "walk_us_per_node": walk_s / nodes * 1e6,
                      "no_graph_ratio_min": min(tn) / min(tp),
-                     "op_detail_ratio_min": min(to) / min(tp)})
+                     "op_detail_ratio_min": min(to) / min(tp),
+                     # Python's cyclic collector: collections of generation 0 / 1 / 2 (a full
+                     # one: the whole process's objects) per run
+                     "gc_per_run": {k: [c / args.repeats for c in v] for k, v in gcs.items()}})
         print(f"{label:<24}{mode:<22}{min(tp) * 1e3:>8.1f}ms{min(td) * 1e3:>10.1f}ms"
               f"{ratio:>11.3f}{med:>11.3f}{paired:>8.3f}{'ok' if ratio <= bar else 'OVER':>6}"
               f"{min(tn) / min(tp):>10.3f}{min(to) / min(tp):>11.3f}"
               f"{walk_s / nodes * 1e6:>9.2f}us", flush=True)
     _write("overhead", {"steps": args.steps, "batch": args.batch, "repeats": args.repeats,
                         "clock": "wall" if args.wall else "cpu", "rows": rows})
+
+
+@contextlib.contextmanager
+def _collections(counts: list[int]):
+    """Count the cyclic collector's collections by generation into ``counts`` inside."""
+    def note(phase: str, info: dict) -> None:
+        if phase == "start":
+            counts[info["generation"]] += 1
+    gc.callbacks.append(note)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(note)
 
 
 def _mmm(v: list[float]) -> dict[str, float]:

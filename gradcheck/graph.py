@@ -148,7 +148,8 @@ def _collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
         o_edges: set[tuple[int, int]] = set()
         o_srcs: set[tuple[int, int]] = set()
         weights: set[int] = set()
-        stack = [(c, 0) for c, _ in n.next_functions if c is not None]
+        # a stack of (a node's next_functions, its index): one entry a node, not one an edge
+        stack = [(n.next_functions, 0)]
         push, pop = stack.append, stack.pop
         srcs: set[int] = set()
         over: set[int] = set()  # nodes met beyond region_cap (counted, not kept)
@@ -159,49 +160,54 @@ def _collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
         # is looked up once per walk (``type.__name__`` builds a new string a call); leaves are
         # told by their type (only AccumulateGrad has .variable); no generators
         while stack:
-            c, parent = pop()
-            cid = id(c)
-            tc = type(c)
-            if tc is _ACCUMULATE_GRAD:  # a leaf: z0, a step-noise leaf, a weight
-                var = c.variable
-                accs.add(cid)
-                leaves[id(var)] = var
-                lp = leaf_probes.get(id(var))
-                if lp is not None:
-                    srcs.add(lp[-1])
-                    if parent >= 0:
-                        o_srcs.add((lp[-1], parent))
-                else:
-                    weights.add(id(var))
-            elif cid in key:
-                if key[cid]:
-                    srcs.add(key[cid][-1])
-                    if parent >= 0:
-                        o_srcs.add((key[cid][-1], parent))
-            else:
+            nf, parent = pop()
+            for c, _ in nf:
+                if c is None:
+                    continue
+                cid = id(c)
                 i = local.get(cid)
-                if i is None:  # first visit (or beyond the cap)
-                    if len(nodes) < region_cap:
-                        i = local[cid] = len(nodes)
-                        nodes.append(c)
-                        child_parent = i
-                    elif cid in over:
-                        continue
+                if i is not None:  # an op met before in this region: one more edge
+                    if parent >= 0:
+                        o_edges.add((i, parent))
+                    continue
+                tc = type(c)
+                if tc is _ACCUMULATE_GRAD:  # a leaf: z0, a step-noise leaf, a weight
+                    var = c.variable
+                    accs.add(cid)
+                    leaves[id(var)] = var
+                    lp = leaf_probes.get(id(var))
+                    if lp is not None:
+                        srcs.add(lp[-1])
+                        if parent >= 0:
+                            o_srcs.add((lp[-1], parent))
                     else:
-                        over.add(cid)
-                        reg.dropped += 1
-                        child_parent = -1
-                    tname = names.get(tc)
-                    if tname is None:
-                        tname = names[tc] = tc.__name__
-                    if child_parent >= 0:
-                        reg_ops.append(tname)
-                    ops[tname] = ops.get(tname, 0) + 1
-                    for x, _ in c.next_functions:
-                        if x is not None:
-                            push((x, child_parent))
-                if i is not None and parent >= 0:
-                    o_edges.add((i, parent))
+                        weights.add(id(var))
+                    continue
+                pk = key.get(cid)
+                if pk is not None:  # a probe's value: the region ends here
+                    if pk:
+                        srcs.add(pk[-1])
+                        if parent >= 0:
+                            o_srcs.add((pk[-1], parent))
+                    continue
+                tname = names.get(tc)
+                if tname is None:
+                    tname = names[tc] = tc.__name__
+                k = len(nodes)
+                if k < region_cap:
+                    local[cid] = k
+                    nodes.append(c)
+                    reg_ops.append(tname)
+                    if parent >= 0:
+                        o_edges.add((k, parent))
+                elif cid in over:
+                    continue
+                else:
+                    over.add(cid)
+                    reg.dropped += 1
+                    k = -1
+                ops[tname] = ops.get(tname, 0) + 1
+                push((c.next_functions, k))
         seen_all.update(local)
         seen_all |= over
         seen_all |= accs

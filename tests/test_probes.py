@@ -227,3 +227,44 @@ def test_a_probes_sigma_tensor_is_reported_as_its_first_element():
         probe(x * 3, "w", kind="state", sigma=0.25)
         (x * 2).sum().backward()
     assert [s.sigma for s in tr.stats] == [1.5, 0.25]
+
+
+def test_the_collector_is_paused_only_inside_gradchecks_walk_and_restored_as_found():
+    import gc
+
+    from gradcheck.graph import collector_paused
+
+    seen = []
+    assert gc.isenabled()
+    with collector_paused():
+        seen.append(gc.isenabled())
+        with collector_paused():  # nested: the outer one restores
+            pass
+        seen.append(gc.isenabled())
+    assert seen == [False, False] and gc.isenabled()
+    with pytest.raises(ValueError):
+        with collector_paused():
+            raise ValueError("raised inside")
+    assert gc.isenabled()
+    gc.disable()  # a user who runs with the collector off keeps it off
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_diagnosis_runs_the_users_sampler_with_the_collector_as_the_user_left_it():
+    import gc
+
+    states = []
+
+    def sampler(z):
+        states.append(gc.isenabled())
+        return (z * 2).sin()
+
+    z0 = torch.randn(2, 3)
+    rep = gradcheck.diagnose(sampler, z0, target=torch.zeros(2, 3), optim_steps=0)
+    assert states and all(states) and gc.isenabled(), states
+    assert rep.handles["z0_grad"] is not None

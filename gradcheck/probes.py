@@ -309,7 +309,8 @@ class Trace:
                 v = [v[0], v[1] / n, v[2], e.numel - v[3]]
             out.append(ProbeStats(
                 name=e.name, kind=e.kind, order=e.order, step=e.step, call=e.call,
-                sigma=float(sigma) if sigma is not None else None, dtype=e.dtype, shape=list(e.shape),
+                sigma=float(sigma) if sigma is not None else None, dtype=e.dtype,
+                shape=list(e.shape),
                 requires_grad=e.requires_grad, grad_fn=e.grad_fn,
                 connected_to_z0=e.connected_to_z0, reached=v is not None,
                 norm=v[0] if v else None, mean_abs=v[1] if v else None,

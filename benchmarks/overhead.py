@@ -15,7 +15,8 @@ median of the repeat-by-repeat ratios ("paired"). Bar (issue 15): <= 1.05x at 35
 graph walk alone is timed on one recorded graph ("walk/node": microseconds per autograd node).
 
 Timings on a shared machine scatter by +-20% from run to run; ``--instructions`` counts CPU
-instructions instead with valgrind's callgrind (repeatable to the instruction; the built-in model
+instructions instead with valgrind's callgrind (repeatable to a few tenths of a percent: hash
+randomisation and address layout move the counts of the same pass between processes; the built-in model
 takes about 7 minutes, the 10x one well over an hour on a quiet machine: ``--which big|builtin``):
 three processes, run side by side, that do the same set-up and warm-up, then nothing / one plain
 forward+backward / one diagnosis; the differences are the two costs.

@@ -356,25 +356,84 @@ def launch(argv: list[str], nproc: int) -> int:
         errors = sorted(Path(tmp).glob("status.rank*.err"))
         if errors:
             raise GradcheckError(errors[0].read_text().strip())
-        if proc.returncode != 0 or not status.exists():
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            why = next((ln.strip() for ln in reversed(lines) if "Error" in ln), None) or \
-                (lines[-1].strip() if lines else "no output")
+        if not status.exists():
             raise GradcheckError(f"the {nproc} processes failed (torchrun exit code "
-                                 f"{proc.returncode}): {why}")
+                                 f"{proc.returncode}): {launch_failure(proc.stderr)}")
+        if proc.returncode != 0:
+            # every rank passed the closing barrier and rank 0 wrote its verdict: the run and its
+            # report are complete, and a process died while shutting down
+            sys.stderr.write(f"gradcheck: warning: the run completed, then a process failed while "
+                             f"shutting down (torchrun exit code {proc.returncode}): "
+                             f"{launch_failure(proc.stderr)}\n")
         return int(status.read_text())
+
+
+def launch_failure(stderr: str) -> str:
+    """One line on why torchrun failed, from its stderr: the rank of the first failure, its exit
+    code or signal, and the last error line that rank's process printed (a C++ ``what():``, a
+    Python exception), where there is one."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    agent = next((i for i, ln in enumerate(lines) if ln.startswith("Traceback")
+                  and any("torch/distributed/run.py" in x for x in lines[i:i + 8])), len(lines))
+    cause = next((i for i, ln in enumerate(lines) if ln.startswith("Root Cause")), None)
+    own = [ln for ln in lines[:agent] if "what():" in ln or _is_error_line(ln)]
+    parts = []
+    if cause is not None:
+        fields = {}
+        for ln in lines[cause + 1:cause + 10]:
+            key, sep, value = ln.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+        rank = fields.get("rank", "?").split(" ")[0]
+        code = fields.get("exitcode", "")
+        sig = code[code.find("(SIG") + 1:code.rfind(")")] if "(SIG" in code else ""
+        head = code.split(" ")[0] if code else "?"
+        parts.append(f"rank {rank} " + (f"was killed by {sig} (exit code {head})" if sig
+                                        else f"exited with code {head}"))
+    if own:
+        parts.append(own[-1])
+    if not parts:
+        tail = next((ln for ln in reversed(lines) if "Error" in ln), None)
+        parts.append(tail or (lines[-1] if lines else "no output"))
+    return ": ".join(parts)
+
+
+def _is_error_line(line: str) -> bool:
+    head = line.split(":", 1)[0].split(" ")[-1]
+    return head.endswith(("Error", "Exception")) and ":" in line and \
+        not head.endswith("ChildFailedError")
 
 
 def report_status(code: int, ctx: Context | None) -> int:
     """In a launched process: rank 0 hands its exit code to the launcher; every rank exits 0
-    (torchrun counts any other code as a crash). Outside our launcher the code is returned."""
+    (torchrun counts any other code as a crash). Outside our launcher the code is returned.
+
+    With a process group, every rank first waits at a closing barrier (so no rank exits while
+    another still talks to it: gloo may abort a process whose peer vanished) and then destroys
+    the group. A teardown that fails after the barrier does not change the verdict."""
     path = os.environ.get(STATUS_ENV)
+    if ctx is not None:
+        finished = True
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer died: the launcher reports it
+            finished = False
+        if finished and path and ctx.rank == 0:
+            _write_status(path, code)
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - shutting down: nothing left to report
+            pass
+        return 0 if path else code
     if not path:
         return code
-    if ctx is None or ctx.rank == 0:
-        with open(path, "w") as f:
-            f.write(str(code))
+    _write_status(path, code)
     return 0
+
+
+def _write_status(path: str, code: int) -> None:
+    with open(path, "w") as f:
+        f.write(str(code))
 
 
 def report_error(message: str) -> None:

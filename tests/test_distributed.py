@@ -143,6 +143,68 @@ def test_cli_failing_rank_exits_1_with_one_line_not_a_hang(tmp_path):
     assert not (tmp_path / "r").exists()  # no report, and no directory left behind
 
 
+def test_cli_rank_killed_by_a_signal_is_named_with_its_own_last_error(tmp_path):
+    res = _gradcheck("run", "--nproc", "2", "--denoiser", "dist_models:aborts_on_rank_one",
+                     "--out", str(tmp_path / "r"), "--dist-timeout", "30", timeout=240)
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1, res.stderr
+    assert "rank 1 was killed by SIGABRT" in err[0] and "Connection reset by peer" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_a_rank_dying_after_the_run_completed_keeps_the_verdict_and_warns(tmp_path):
+    out = tmp_path / "r"
+    res = _gradcheck("run", "--nproc", "2", "--denoiser", "dist_models:aborts_on_rank_one_at_exit",
+                     "--out", str(out), "--graph", "never", "--no-numeric", "--optim-steps", "0",
+                     timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert (out / "report.json").exists()
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gradcheck: warning: the run completed")
+    assert "rank 1 was killed by SIGABRT" in err[0]
+
+
+TORCHRUN_STDERR = """\
+[rank1]: some output
+terminate called after throwing an instance of 'gloo::IoException'
+  what():  [../third_party/gloo/gloo/transport/tcp/pair.cc:598] Connection closed by peer
+W1128 03:29:48.307000 20932 torch/distributed/elastic/multiprocessing/api.py:1028] Sending \
+process 20934 closing signal SIGTERM
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "/x/torch/distributed/run.py", line 1032, in <module>
+    main()
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 20934)  (SIGTERM)
+  traceback : Signal 15 (SIGTERM) received by PID 20934
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-28_03:29:48
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 20935)  (SIGABRT)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 20935
+"""
+
+
+def test_launch_failure_names_the_root_cause_rank_its_signal_and_its_own_error():
+    from gradcheck.distributed import launch_failure
+
+    why = launch_failure(TORCHRUN_STDERR)
+    assert why.startswith("rank 1 was killed by SIGABRT (exit code -6): what():")
+    assert "Connection closed by peer" in why and "\n" not in why
+    plain = TORCHRUN_STDERR.replace("-6 (pid: 20935)  (SIGABRT)", "3 (pid: 20935)")
+    plain = plain.replace("terminate called", "").replace("  what():", "ValueError: bad shard")
+    assert launch_failure(plain).startswith("rank 1 exited with code 3: ValueError: bad shard")
+    assert launch_failure("") == "no output"
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--nproc", "2", "--parallel", "tp"], "unknown --parallel 'tp'"),
     (["--nproc", "2", "--batch", "3"], "--batch 3 does not split over --nproc 2"),

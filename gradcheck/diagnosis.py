@@ -313,9 +313,14 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 keep = tr.probed_leaves() | {id(z)} | {
                     id(t) for t in getattr(sample_fn, "leaves", [])}
                 inputs = [t for t in inputs if t.requires_grad and (grad_weights or id(t) in keep)]
+                # probes above a cut between the loss and z0 are differentiated too: autograd
+                # would prune them (see Trace.cut_off_edges)
+                cut = tr.cut_off_edges(edges, inputs) if capture_graph else []
                 phase[0] = "backward"
                 t_b = time.perf_counter()
-                grads = torch.autograd.grad(value, inputs, allow_unused=True) if inputs else []
+                grads = torch.autograd.grad(value, [*inputs, *cut], allow_unused=True) \
+                    if inputs or cut else []
+                del cut
                 grad_s = time.perf_counter() - t_b
                 phase[0] = "done"
                 for t, gr in zip(inputs, grads):

@@ -60,6 +60,7 @@ class _Entry:
     stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see _grad_stats)
     fired: int = 0
     ref: Any = None  # the grad_fn (or the leaf tensor) while the trace is open, for graph capture
+    output_nr: int = 0  # which of ref's outputs the probed value is (its gradient edge)
     held: HeldGrads | None = None  # the trace's held small gradients
 
     def __call__(self, g: torch.Tensor) -> None:
@@ -250,6 +251,7 @@ class Trace:
             grad_fn=type(fn).__name__ if fn is not None else None,
             connected_to_z0=connected, numel=t.numel(),
             ref=(fn if fn is not None else t) if rg else None,
+            output_nr=t.output_nr if fn is not None else 0,
             held=self._held,
         )
         self._entries.append(entry)
@@ -278,6 +280,41 @@ class Trace:
                 node_probes.setdefault(id(e.ref), []).append(i)
                 extra.append(e.ref)
         return graph.collapse(root, node_probes, leaf_probes, extra)
+
+    def cut_off_edges(self, edges: list[list[int]], inputs: list[torch.Tensor]) -> list[Any]:
+        """The gradient edges to differentiate as well, so that every probe the loss reaches
+        gets its gradient: autograd computes only the nodes on a path from the loss to an input
+        (z0, a step-noise leaf), so a cut between the loss and z0 (a ``.detach()`` mid-sampler,
+        while the model's weights keep the output in the graph) would otherwise leave every
+        probe unreached, not only those below the cut.
+
+        ``edges`` are the probe edges of :meth:`collapse` ([src, dst]: dst was computed from src).
+        The probes added are the lowest of those the loss reaches without a path to an input:
+        the ones just above a cut (each is the source of none of the others). Their own
+        gradients are discarded; their hooks record them like any probe's."""
+        entries = self._entries
+        loss = next((e.order for e in reversed(entries) if e.kind == "loss"), None)
+        if loss is None or entries[loss].ref is None:
+            return []
+        srcs: dict[int, list[int]] = {}
+        for a, b in edges:
+            srcs.setdefault(b, []).append(a)
+        given = {id(t) for t in inputs}
+        feeds = [False] * len(entries)  # a path from the probe down to an input
+        for i, e in enumerate(entries):  # a probe's sources were probed before it
+            feeds[i] = (isinstance(e.ref, torch.Tensor) and id(e.ref) in given) or \
+                any(feeds[a] for a in srcs.get(i, ()))
+        reached, stack = {loss}, [loss]
+        while stack:
+            for a in srcs.get(stack.pop(), ()):
+                if a not in reached:
+                    reached.add(a)
+                    stack.append(a)
+        from torch.autograd.graph import GradientEdge
+
+        return [GradientEdge(entries[i].ref, entries[i].output_nr) for i in sorted(reached)
+                if not feeds[i] and not srcs.get(i) and entries[i].ref is not None
+                and not isinstance(entries[i].ref, torch.Tensor)]
 
     def probed_leaves(self) -> set[int]:
         """ids of the leaf tensors probed in this trace (z0, step-noise leaves)."""

@@ -137,3 +137,46 @@ def test_weights_that_require_grad_are_not_differentiated_unless_asked():
     assert fired == [1] and lin.weight.grad is None  # .grad untouched either way
     # the same dL/dz0 either way
     torch.testing.assert_close(a.handles["z0_grad"], b.handles["z0_grad"], rtol=0, atol=0)
+
+
+def _cut_sampler(net, cut_at: int, steps: int = 6):
+    """A loop whose state is detached before step ``cut_at`` (a DRaFT-K-style truncation, or
+    a stray .detach()) while the model's weights, which require grad, keep the output in the
+    autograd graph."""
+    def sample(z):
+        x = z * 3.0
+        for i in range(steps):
+            x = gradcheck.probe(x, f"x[{i}]", step=i, kind="state")
+            if i == cut_at:
+                x = x.detach()
+            x = x + 0.3 * (net(x) - x)
+        return x
+    return sample
+
+
+@pytest.mark.parametrize("cut_at", [0, 2, 5])
+def test_a_cut_below_weights_that_require_grad_still_shows_the_gradient_above_it(cut_at):
+    """With z0 cut off from the loss, differentiating z0 only would let autograd prune the whole
+    backward: no probe reached, not even the output. The probes above the cut must carry their
+    true gradient (the one grad_weights=True computes), those below none, and the break must
+    be named between them."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                              torch.nn.Linear(16, 8)).double()
+    z0 = torch.randn(3, 8, dtype=torch.float64)
+    kw = dict(target=torch.zeros(3, 8, dtype=torch.float64), numeric=False, optim_steps=0)
+    rep = gradcheck.diagnose(_cut_sampler(net, cut_at), z0, locate="auto", **kw)
+    ref = gradcheck.diagnose(_cut_sampler(net, cut_at), z0, grad_weights=True, locate="never",
+                             **kw)
+    assert not rep.passed and all(p.grad is None for p in net.parameters())
+    by = {p.name: p for p in rep.probes}
+    for p in ref.probes:
+        assert by[p.name].reached == p.reached, p.name
+        if p.reached:
+            assert by[p.name].norm == pytest.approx(p.norm, rel=1e-12), p.name
+    states = [by[f"x[{i}]"] for i in range(6)]
+    assert [s.reached for s in states] == [i > cut_at for i in range(6)]
+    assert by["output"].reached and by["loss"].reached and not by["z0"].reached
+    msg = next(c.message for c in rep.checks if c.name == "grad_reaches_z0")
+    assert f"breaks at step {cut_at}" in msg and "cause: .detach()" in msg
+    assert "does not reach the output" not in " ".join(c.message for c in rep.failed)

@@ -728,8 +728,11 @@ def diagnose(
             the gradient breaks, only when a check found a problem; ``always``; ``never``.
         capture_graph: record the autograd graph collapsed onto the probes (the report's step
             graph); one Python walk of the graph, a few us per autograd node
-            (``benchmarks/overhead.py`` times it). Without it, the backward differentiates z0
-            and the step-noise leaves only.
+            (``benchmarks/overhead.py`` times it). It also finds the probes just above a cut
+            between the loss and z0, which the backward then differentiates too, so the probes
+            above the cut report their gradient. Without it, the backward differentiates z0
+            and the step-noise leaves only: with such a cut, and weights that require grad
+            keeping the output in the graph, no probe is then reported reached.
         vanishing_rel: a probe whose |g| is below this fraction of the output's is vanishing.
         exploding_ratio: a state whose |g| is more than this many times the next step's is
             exploding.

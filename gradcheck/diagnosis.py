@@ -237,6 +237,7 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
     z_grad = None
     raw_full = None
     grad_s = 0.0
+    plan = None
     timings: dict[str, float] = {}
     phase = ["forward"]
     grad_mode = torch.is_grad_enabled()
@@ -315,7 +316,8 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 inputs = [t for t in inputs if t.requires_grad and (grad_weights or id(t) in keep)]
                 # probes above a cut between the loss and z0 are differentiated too: autograd
                 # would prune them (see Trace.cut_off_edges)
-                cut = tr.cut_off_edges(edges, inputs) if capture_graph else []
+                plan = tr.backward_plan(edges, inputs) if capture_graph else None
+                cut = plan.cut if plan is not None else []
                 phase[0] = "backward"
                 t_b = time.perf_counter()
                 grads = torch.autograd.grad(value, [*inputs, *cut], allow_unused=True) \
@@ -329,6 +331,12 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 del grads, inputs
             if op_grads is not None:
                 op_grads.materialise()
+                if plan is not None and not grad_weights:
+                    # ops that read weights only: their gradient was not asked for
+                    for reg in step_graph.regions:
+                        if reg.weights and reg.probe in plan.reached and not reg.dropped:
+                            reg.not_asked = graph.not_asked(len(reg.ops), reg.edges,
+                                                            reg.sources, plan.needed)
             timings["backward_s"] = time.perf_counter() - t0
             loss_value = policy.sum(float(value.detach()))
     except GradcheckError:

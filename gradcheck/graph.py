@@ -253,3 +253,24 @@ def op_graph(root: torch.Tensor, max_nodes: int = 20_000) -> OpGraph | None:
                 if c is not None:
                     edges.append([num(c), dst])
     return OpGraph(labels=labels, edges=edges)
+
+
+def not_asked(n_ops: int, edges: list[tuple[int, int]], sources: list[tuple[int, int]],
+              needed: set[int]) -> list[int]:
+    """The ops of a region that the backward pass did not differentiate: those with no path
+    down to a differentiated input, through the region's ``edges`` ([a, b]: b computed from a)
+    and its ``sources`` ([probe, b]: b computed from that probe's value; ``needed``: the
+    probes whose value lies on a differentiated path). They read weights only (a sigma
+    embedding, a weight's transpose): with the weights' gradient not asked for, none arrives
+    at them, and that is not a break."""
+    up: dict[int, list[int]] = {}
+    for a, b in edges:
+        up.setdefault(a, []).append(b)
+    on = [False] * n_ops
+    stack = [b for k, b in sources if k in needed]
+    while stack:
+        i = stack.pop()
+        if not on[i]:
+            on[i] = True
+            stack.extend(up.get(i, ()))
+    return [i for i in range(n_ops) if not on[i]]

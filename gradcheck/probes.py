@@ -169,6 +169,15 @@ class HeldGrads:
         return values
 
 
+@dataclass
+class BackwardPlan:
+    """What a record's backward pass differentiates (see :meth:`Trace.backward_plan`)."""
+
+    cut: list[Any]  # gradient edges of the probes just above a cut, differentiated as well
+    needed: set[int]  # probes (order) whose node lies on a differentiated path
+    reached: set[int]  # probes (order) the loss's graph reaches
+
+
 class Trace:
     """A recording context. Use :func:`trace` to make one."""
 
@@ -281,26 +290,27 @@ class Trace:
                 extra.append(e.ref)
         return graph.collapse(root, node_probes, leaf_probes, extra)
 
-    def cut_off_edges(self, edges: list[list[int]], inputs: list[torch.Tensor]) -> list[Any]:
-        """The gradient edges to differentiate as well, so that every probe the loss reaches
-        gets its gradient: autograd computes only the nodes on a path from the loss to an input
-        (z0, a step-noise leaf), so a cut between the loss and z0 (a ``.detach()`` mid-sampler,
-        while the model's weights keep the output in the graph) would otherwise leave every
-        probe unreached, not only those below the cut.
+    def backward_plan(self, edges: list[list[int]], inputs: list[torch.Tensor]) -> BackwardPlan:
+        """What the backward pass differentiates besides ``inputs``, so that every probe the loss
+        reaches gets its gradient: autograd computes only the nodes on a path from the loss to an
+        input (z0, a step-noise leaf), so a cut between the loss and z0 (a ``.detach()``
+        mid-sampler, while the model's weights keep the output in the graph) would otherwise
+        leave every probe unreached, not only those below the cut.
 
         ``edges`` are the probe edges of :meth:`collapse` ([src, dst]: dst was computed from src).
-        The probes added are the lowest of those the loss reaches without a path to an input:
-        the ones just above a cut (each is the source of none of the others). Their own
+        The probes added (``cut``) are the lowest of those the loss reaches without a path to an
+        input: the ones just above a cut (each is the source of none of the others). Their own
         gradients are discarded; their hooks record them like any probe's."""
         entries = self._entries
+        n = len(entries)
         loss = next((e.order for e in reversed(entries) if e.kind == "loss"), None)
         if loss is None or entries[loss].ref is None:
-            return []
+            return BackwardPlan([], set(), set())
         srcs: dict[int, list[int]] = {}
         for a, b in edges:
             srcs.setdefault(b, []).append(a)
         given = {id(t) for t in inputs}
-        feeds = [False] * len(entries)  # a path from the probe down to an input
+        feeds = [False] * n  # a path from the probe's node down to an input
         for i, e in enumerate(entries):  # a probe's sources were probed before it
             feeds[i] = (isinstance(e.ref, torch.Tensor) and id(e.ref) in given) or \
                 any(feeds[a] for a in srcs.get(i, ()))
@@ -310,11 +320,17 @@ class Trace:
                 if a not in reached:
                     reached.add(a)
                     stack.append(a)
+        cut = [i for i in sorted(reached) if not feeds[i] and not srcs.get(i)
+               and entries[i].ref is not None and not isinstance(entries[i].ref, torch.Tensor)]
+        needed = [feeds[i] for i in range(n)]  # with the cut probes' edges as inputs too
+        for i in cut:
+            needed[i] = True
+        for i in range(n):
+            needed[i] = needed[i] or any(needed[a] for a in srcs.get(i, ()))
         from torch.autograd.graph import GradientEdge
 
-        return [GradientEdge(entries[i].ref, entries[i].output_nr) for i in sorted(reached)
-                if not feeds[i] and not srcs.get(i) and entries[i].ref is not None
-                and not isinstance(entries[i].ref, torch.Tensor)]
+        return BackwardPlan([GradientEdge(entries[i].ref, entries[i].output_nr) for i in cut],
+                            {i for i in range(n) if needed[i]}, reached)
 
     def probed_leaves(self) -> set[int]:
         """ids of the leaf tensors probed in this trace (z0, step-noise leaves)."""

@@ -308,6 +308,9 @@ class OpRegion(Record):
     where: list[str | None] | None = None  # path:line that made each node (op detail)
     weights: int = 0  # unprobed leaf tensors (weights) the ops read, not drawn
     dropped: int = 0  # ops beyond the per-region cap, counted in region_ops but not kept
+    # nodes the backward did not differentiate (op detail): no path from them to z0 or another
+    # differentiated input, they read weights whose gradient was not asked for (grad_weights)
+    not_asked: list[int] = field(default_factory=list)
 
 
 @dataclass

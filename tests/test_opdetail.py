@@ -180,3 +180,75 @@ def test_a_cut_below_weights_that_require_grad_still_shows_the_gradient_above_it
     msg = next(c.message for c in rep.checks if c.name == "grad_reaches_z0")
     assert f"breaks at step {cut_at}" in msg and "cause: .detach()" in msg
     assert "does not reach the output" not in " ".join(c.message for c in rep.failed)
+
+
+class _EmbDenoiser(torch.nn.Module):
+    """A denoiser with a sigma-embedding branch, as diffusion models have: the branch reads the
+    weights and sigma only, never x. ``snap`` rounds x on the way in (a real stop: zero
+    gradient everywhere)."""
+
+    def __init__(self, snap: bool = False) -> None:
+        super().__init__()
+        self.emb = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.SiLU(),
+                                       torch.nn.Linear(8, 8))
+        self.body = torch.nn.Linear(8, 8)
+        self.snap = snap
+
+    def forward(self, x, sigma):
+        e = self.emb(torch.full((x.shape[0], 1), float(sigma), dtype=x.dtype))
+        return self.body(torch.round(x * 1.0) if self.snap else x) + e
+
+
+def _emb_run(snap=False, **kw):
+    torch.manual_seed(0)
+    den = gradcheck.instrument(_EmbDenoiser(snap).double())  # its weights require grad
+
+    def sample(z):
+        x = z * 2.0
+        for i, (s0, s1) in enumerate([(2.0, 1.0), (1.0, 0.5)]):
+            x = gradcheck.probe(x, f"x[{i}]", step=i, kind="state")
+            x = x + (s1 / s0 - 1) * (x - den(x, s0))
+        return x
+
+    return gradcheck.diagnose(sample, torch.randn(3, 8, dtype=torch.float64), numeric=False,
+                              optim_steps=0, op_detail="always", locate="never", **kw)
+
+
+def test_ops_that_read_weights_only_are_not_drawn_as_a_stop():
+    """With the weights' gradient not asked for (the default), none arrives at a sigma
+    embedding's ops or a weight's transpose: the op view marks them ``not_asked``, never as an
+    edge where the gradient stops. grad_weights=True computes their gradient."""
+    from gradcheck.report.views import op_views
+
+    rep = _emb_run()
+    assert rep.passed
+    den_regions = [r for r in rep.graph.regions if r.weights]
+    assert den_regions and all(r.not_asked for r in den_regions)
+    for r in den_regions:
+        assert {r.ops[i] for i in r.not_asked} == {"AddmmBackward0", "SiluBackward0",
+                                                   "TBackward0"}
+        assert all(r.grads[i] is None for i in r.not_asked)
+        assert all(r.grads[i] is not None for i in range(len(r.ops)) if i not in r.not_asked)
+    views = op_views(rep, {})
+    assert not [e for v in views.values() for e in v["e"] if e[2] == 1]  # no stop drawn
+    assert sum(n[5] == "not_asked" for v in views.values() for n in v["n"]) == \
+        sum(len(r.not_asked) for r in den_regions)
+    full = _emb_run(grad_weights=True)
+    for r in full.graph.regions:
+        assert r.not_asked == []
+        assert all(g is not None for g, w in zip(r.grads, r.where) if w is not None)
+    views = op_views(full, {})
+    assert not [e for v in views.values() for e in v["e"] if e[2] == 1]  # no stop drawn
+    assert {n[5] for v in views.values() for n in v["n"]} <= {"ok", "unrecorded"}
+
+
+def test_a_real_stop_among_weight_only_ops_is_still_drawn():
+    """round() in the path from x: its zero gradient is a stop; the embedding beside it is not."""
+    from gradcheck.report.views import op_views
+
+    rep = _emb_run(snap=True)
+    assert not rep.passed
+    views = op_views(rep, {})
+    stops = [(v["n"][e[0]], v["n"][e[1]]) for v in views.values() for e in v["e"] if e[2] == 1]
+    assert stops and all(a[5] == "zero" for a, _ in stops)
+    assert any(n[5] == "not_asked" for v in views.values() for n in v["n"])

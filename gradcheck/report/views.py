@@ -32,7 +32,9 @@ _VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#
 MARKS = {"unreached": ("#d9d9d9", "url(#gc-hatch)", "no gradient arrived"),
          "zero": ("#fd8d3c", None, "exactly zero"),
          "nonfinite": ("#d7301f", "url(#gc-cross)", "non-finite"),
-         "not_in_graph": ("#ffffff", None, "not in the autograd graph")}
+         "not_in_graph": ("#ffffff", None, "not in the autograd graph"),
+         "not_asked": ("#eef1f4", None, "weights only: gradient not asked for"),
+         "unrecorded": ("#f6f8fa", None, "|g| not recorded")}
 
 
 def _hex(c: str) -> tuple[int, int, int]:
@@ -460,6 +462,25 @@ def _stops(grads: list[float | None], a: int, b: int) -> bool:
     return gb is not None and gb > 0 and (ga is None or ga == 0)
 
 
+def _dead_below(grads: list[float | None], below: dict[int, list[int]], a: int,
+                unseen: set[int]) -> bool:
+    """For an op ``a`` whose |g| was not recorded: did the nearest recorded ops it was made from
+    (there is at least one) all get no gradient (None or 0)? Then the stop is on a's edge."""
+    stack, seen, found = list(below.get(a, ())), set(), False
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if i in unseen:
+            stack.extend(below.get(i, ()))
+            continue
+        found = True
+        if grads[i] is not None and grads[i] != 0:
+            return False
+    return found
+
+
 def op_views(r: FlowReport, strings: dict[str, int]) -> dict[str, Any]:
     """Per sampler step (key: the step as a string; ``"start"``/``"end"`` for probes outside the
     steps), the ops of its regions and the probes around them, laid out. ``strings`` interns op
@@ -506,13 +527,25 @@ def op_views(r: FlowReport, strings: dict[str, int]) -> dict[str, Any]:
             base = len(nodes)
             grads = reg.grads or [None] * len(reg.ops)
             where = reg.where or [None] * len(reg.ops)
+            asked = set(reg.not_asked)
+            # an op the op detail did not see made (one inside a composite op, such as the
+            # weight's transpose inside linear) had no hook: its |g| is not recorded
+            unseen = {i for i, w in enumerate(where) if w is None} if reg.where else set()
             for i, op in enumerate(reg.ops):
                 nodes.append({"op": intern(_short(op)), "g": grads[i], "w": intern(where[i]),
                               "hit": loc is not None and loc.location is not None
-                              and where[i] == loc.location})
+                              and where[i] == loc.location, "na": i in asked,
+                              "nr": i in unseen})
+            below: dict[int, list[int]] = {}
+            for a, b in reg.edges:
+                below.setdefault(b, []).append(a)
             for a, b in reg.edges:
                 edges.append((base + a, base + b))
-                if reg.grads and _stops(reg.grads, a, b):
+                # an op that reads weights only gets no gradient when theirs is not asked for:
+                # not a stop; nor is an unseen op, unless the ops it was made from, seen, got
+                # none either
+                if reg.grads and a not in asked and _stops(reg.grads, a, b) and (
+                        a not in unseen or _dead_below(reg.grads, below, a, unseen)):
                     stop.add((base + a, base + b))
             for src, i in reg.sources:
                 if src in by_order:
@@ -542,7 +575,9 @@ def op_views(r: FlowReport, strings: dict[str, int]) -> dict[str, Any]:
                 gv = nd["g"]
                 t = scale(gv) if gv is not None and gv > 0 and math.isfinite(gv) else None
                 st = ("ok" if t is not None else "zero" if gv == 0 else
-                      "nonfinite" if gv is not None else "unreached")
+                      "nonfinite" if gv is not None else
+                      "not_asked" if nd.get("na") else
+                      "unrecorded" if nd.get("nr") else "unreached")
                 out_nodes.append([x, y, nd["op"], nd["w"], gv, st,
                                   round(t, 3) if t is not None else None, 1 if nd["hit"] else 0])
         out_edges = []

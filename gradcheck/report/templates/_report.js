@@ -30,9 +30,11 @@
     return out;
   }
   var MARK = {unreached: "url(#gc-hatch)", zero: "#fd8d3c", nonfinite: "url(#gc-cross)",
-              not_in_graph: "#ffffff"};
+              not_in_graph: "#ffffff", not_asked: "#eef1f4", unrecorded: "#f6f8fa"};
   var WORDS = {unreached: "no gradient arrived", zero: "exactly zero", nonfinite: "non-finite",
-               not_in_graph: "not in the autograd graph"};
+               not_in_graph: "not in the autograd graph",
+               not_asked: "reads weights only: their gradient was not asked for (grad_weights), so none is computed here; not a break",
+               unrecorded: "|g| not recorded: made inside a composite op (e.g. a weight's transpose inside linear), where the op detail puts no hook"};
 
   /* -- a pan/zoom viewer: wheel scrolls, ctrl+wheel zooms, drag pans ------------------------ */
   /* one viewer per box, made once: load() swaps the drawing (an op view per step), so no
@@ -206,9 +208,11 @@
     var nOps = v.n.filter(function (n) { return n[2] !== -2; }).length;
     var stops = v.e.filter(function (e) { return e[2] === 1; }).length;
     var cut = v.e.some(function (e) { return e[2] === 2; });
+    var notAsked = v.n.filter(function (n) { return n[2] !== -2 && n[5] === "not_asked"; }).length;
     head.innerHTML = "<strong>" + esc(label) + "</strong>: " + nOps + " ops between " +
       (v.n.length - nOps) + " probes" + (cut ? '; <span class="bad">the graph ends here (red dashed)</span>' : "") +
       (stops ? '; <span class="bad">the gradient stops on ' + stops + " edge(s) (red)</span>" : "") +
+      (notAsked ? '; <span class="muted">' + notAsked + " read weights only (pale: their gradient was not asked for)</span>" : "") +
       (v.detail ? "" : '; <span class="muted">|g| and source lines of ops not recorded (' + esc(m.detail_skipped || "") + ")</span>") +
       '<div class="opinfo muted">hover an op for its |g| and source line</div>';
     box.hidden = false;

@@ -214,3 +214,42 @@ def test_pages_of_runs_that_raise_or_fail_unlocated_open_cleanly(tmp_path):
     assert e1 == [] and e2 == []
     assert "boom in the user's sampler" in text
     assert opened in ("2", "3")  # the cut after step 2's state
+
+
+def test_ops_that_read_weights_only_are_pale_and_never_a_red_stop(tmp_path):
+    """A model whose weights require grad (a diffusers UNet's do), with a sigma embedding: in
+    the op view the embedding's ops are 'not asked' (pale, said so in the header and on hover),
+    and no edge is drawn as a stop on this healthy run."""
+    need_chromium()
+    from gradcheck.report.render import render
+
+    from .test_opdetail import _emb_run
+    from .test_report import _record
+
+    rep = _emb_run()
+    assert rep.passed
+    out = tmp_path / "r"
+    out.mkdir()
+    render(_record(rep, dtype="float64", z0_shape=[3, 8]), out, graphs="never")
+    with Page(width=1400, height=900) as page:
+        page.goto(out / "index.html")
+        mode = rep.mode
+        page.click(f'.mode-graph[data-mode="{mode}"] svg.chain .node[data-step="0"]'
+                   f'[data-kind="denoiser_out"]')
+        sel = f'.mode-graph[data-mode="{mode}"]'
+        head = page.evaluate(f"document.querySelector('{sel} .ophead').innerText")
+        pale = page.evaluate(f"document.querySelectorAll('{sel} .op-box .on.op.not_asked').length")
+        stops = page.evaluate(f"document.querySelectorAll('{sel} .op-box path.oe.stops').length")
+        grey = page.evaluate(f"document.querySelectorAll('{sel} .op-box path.oe.none').length")
+        tip = page.evaluate(f"document.querySelector('{sel} .op-box .on.op.not_asked')"
+                            f".dataset.tip")
+        shot = page.screenshot(tmp_path / "weights_only.png", full_page=False)
+        errors = page.errors()
+    assert errors == []
+    region = next(r for r in rep.graph.regions if r.weights and r.not_asked)
+    assert pale == len(region.not_asked) and stops == 0
+    assert grey >= pale  # the edges out of them carry no gradient: grey dashed
+    assert f"{pale} read weights only" in head and "gradient stops" not in head
+    assert "not asked for" in tip and "not a break" in tip
+    _not_blank(shot, 800)
+    _keep(shot, "weights_only.png")

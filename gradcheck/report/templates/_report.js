@@ -157,8 +157,9 @@
         if (i === pts.length - 2) y -= OPH / 2;
         d += (i ? " L" : "M") + x + "," + y;
       }
+      // no gradient passes along an edge out of an op whose gradient was not asked for
       var to = v.n[e[1]], cls = e[2] === 2 ? "cut" : e[2] === 1 ? "stops" :
-        (to[5] === "ok" ? "ok" : "none"), style = "";
+        (to[5] === "ok" && v.n[e[0]][5] !== "not_asked" ? "ok" : "none"), style = "";
       if (cls === "ok" && to[6] !== null) {
         style = ' style="stroke:' + colour(0.15 + 0.7 * to[6]) + ';stroke-width:' +
           (0.8 + 2 * to[6]).toFixed(2) + '"';

@@ -315,7 +315,7 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                     id(t) for t in getattr(sample_fn, "leaves", [])}
                 inputs = [t for t in inputs if t.requires_grad and (grad_weights or id(t) in keep)]
                 # probes above a cut between the loss and z0 are differentiated too: autograd
-                # would prune them (see Trace.cut_off_edges)
+                # would prune them (see Trace.backward_plan)
                 plan = tr.backward_plan(edges, inputs) if capture_graph else None
                 cut = plan.cut if plan is not None else []
                 phase[0] = "backward"

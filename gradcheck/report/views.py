@@ -32,9 +32,7 @@ _VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#
 MARKS = {"unreached": ("#d9d9d9", "url(#gc-hatch)", "no gradient arrived"),
          "zero": ("#fd8d3c", None, "exactly zero"),
          "nonfinite": ("#d7301f", "url(#gc-cross)", "non-finite"),
-         "not_in_graph": ("#ffffff", None, "not in the autograd graph"),
-         "not_asked": ("#eef1f4", None, "weights only: gradient not asked for"),
-         "unrecorded": ("#f6f8fa", None, "|g| not recorded")}
+         "not_in_graph": ("#ffffff", None, "not in the autograd graph")}
 
 
 def _hex(c: str) -> tuple[int, int, int]:

@@ -49,6 +49,18 @@ def _grad_mode_guard():
     assert after == before, "a test left the global grad mode changed"
 
 
+@pytest.fixture(autouse=True)
+def _cheap_passes_stay_cheap_under_load(monkeypatch):
+    """The default level buys the float64 shadow only for a sampler whose recorded pass takes
+    under ``SHADOW_BUDGET_S`` (2 s), a wall-clock measure. The suite's samplers take
+    milliseconds, but on a loaded 2-core machine a pass can take seconds, and the tests'
+    expectations would then follow the load (CI saw one do so). In-process runs here count as
+    cheap; tests/test_cost.py sets the budget itself where the budget is what it tests."""
+    import gradcheck.diagnosis
+
+    monkeypatch.setattr(gradcheck.diagnosis, "SHADOW_BUDGET_S", 1e9)
+
+
 @pytest.fixture
 def gaussian() -> GaussianDenoiser:
     return GaussianDenoiser(mu=0.1, s=0.5)

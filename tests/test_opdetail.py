@@ -187,8 +187,9 @@ class _EmbDenoiser(torch.nn.Module):
     weights and sigma only, never x. ``snap`` rounds x on the way in (a real stop: zero
     gradient everywhere)."""
 
-    def __init__(self, snap: bool = False) -> None:
+    def __init__(self, snap: bool = False, snap_input: bool = False) -> None:
         super().__init__()
+        self.snap_input = snap_input
         self.emb = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.SiLU(),
                                        torch.nn.Linear(8, 8))
         self.body = torch.nn.Linear(8, 8)
@@ -196,12 +197,14 @@ class _EmbDenoiser(torch.nn.Module):
 
     def forward(self, x, sigma):
         e = self.emb(torch.full((x.shape[0], 1), float(sigma), dtype=x.dtype))
+        if self.snap_input:  # the probed input itself goes through round()
+            x = torch.round(x)
         return self.body(torch.round(x * 1.0) if self.snap else x) + e
 
 
-def _emb_run(snap=False, **kw):
+def _emb_run(snap=False, snap_input=False, **kw):
     torch.manual_seed(0)
-    den = gradcheck.instrument(_EmbDenoiser(snap).double())  # its weights require grad
+    den = gradcheck.instrument(_EmbDenoiser(snap, snap_input).double())  # weights require grad
 
     def sample(z):
         x = z * 2.0
@@ -279,3 +282,18 @@ def test_a_healthy_diffusers_unet_draws_no_stop_in_its_op_views(grad_weights):
     assert not [e for v in views.values() for e in v["e"] if e[2] == 1]
     assert "unreached" not in states and states.count("ok") > 100
     assert ("not_asked" in states) == (not grad_weights)
+
+
+def test_a_stop_right_after_a_probe_is_drawn_on_the_probes_edge():
+    """round() applied to the probed denoiser input: the probe gets a zero gradient, the round
+    op above it a non-zero one, so the stop is the edge from the probe to that op."""
+    from gradcheck.report.views import op_views
+
+    rep = _emb_run(snap_input=True)
+    assert not rep.passed
+    views = op_views(rep, {})
+    stops = [(v["n"][e[0]], v["n"][e[1]]) for v in views.values() for e in v["e"] if e[2] == 1]
+    assert stops and all(a[2] == -2 and a[5] == "zero" and b[5] == "ok" for a, b in stops)
+    assert all(rep.probes[a[3]].kind == "denoiser_in" for a, _ in stops)
+    healthy = op_views(_emb_run(), {})
+    assert not [e for v in healthy.values() for e in v["e"] if e[2] == 1]

@@ -550,6 +550,12 @@ def op_views(r: FlowReport, strings: dict[str, int]) -> dict[str, Any]:
                     sp = by_order[src]
                     outside = (str(sp.step) if sp.step is not None else None) != key
                     edges.append((pnode(src, outside), base + i))
+                    # the gradient reaches the op that reads the probed value, not the value
+                    # (a round() right after a probe): the stop is on this edge
+                    gi = grads[i]
+                    if reg.grads and sp.status in ("zero", "unreached") and gi is not None \
+                            and gi > 0 and math.isfinite(gi):
+                        stop.add(edges[-1])
             edges.append((base, pnode(reg.probe, False)))
         # the break: a probe-to-probe cut inside this step is drawn as a red dashed edge
         cut = None

@@ -255,6 +255,18 @@ def op_graph(root: torch.Tensor, max_nodes: int = 20_000) -> OpGraph | None:
     return OpGraph(labels=labels, edges=edges)
 
 
+def reachable(seeds: Any, adjacency: dict[int, list[int]]) -> set[int]:
+    """Every int reachable from ``seeds`` along ``adjacency`` (seeds included), iteratively."""
+    out: set[int] = set()
+    stack = list(seeds)
+    while stack:
+        i = stack.pop()
+        if i not in out:
+            out.add(i)
+            stack.extend(adjacency.get(i, ()))
+    return out
+
+
 def not_asked(n_ops: int, edges: list[tuple[int, int]], sources: list[tuple[int, int]],
               needed: set[int]) -> list[int]:
     """The ops of a region that the backward pass did not differentiate: those with no path
@@ -266,11 +278,5 @@ def not_asked(n_ops: int, edges: list[tuple[int, int]], sources: list[tuple[int,
     up: dict[int, list[int]] = {}
     for a, b in edges:
         up.setdefault(a, []).append(b)
-    on = [False] * n_ops
-    stack = [b for k, b in sources if k in needed]
-    while stack:
-        i = stack.pop()
-        if not on[i]:
-            on[i] = True
-            stack.extend(up.get(i, ()))
-    return [i for i in range(n_ops) if not on[i]]
+    on = reachable((b for k, b in sources if k in needed), up)
+    return [i for i in range(n_ops) if i not in on]

@@ -302,35 +302,28 @@ class Trace:
         input: the ones just above a cut (each is the source of none of the others). Their own
         gradients are discarded; their hooks record them like any probe's."""
         entries = self._entries
-        n = len(entries)
         loss = next((e.order for e in reversed(entries) if e.kind == "loss"), None)
         if loss is None or entries[loss].ref is None:
             return BackwardPlan([], set(), set())
         srcs: dict[int, list[int]] = {}
+        dsts: dict[int, list[int]] = {}
         for a, b in edges:
             srcs.setdefault(b, []).append(a)
+            dsts.setdefault(a, []).append(b)
+        reached = graph.reachable([loss], srcs)
+        # a probed value computed from no probe (nor probed leaf) has no path to a probed input:
+        # of those the loss reaches, the ones above a cut (one with a path to an unprobed input,
+        # a declared leaf or a weight with grad_weights, is differentiated anyway: harmless)
+        cut = [i for i in sorted(reached) if not srcs.get(i) and entries[i].ref is not None
+               and not isinstance(entries[i].ref, torch.Tensor)]
         given = {id(t) for t in inputs}
-        feeds = [False] * n  # a path from the probe's node down to an input
-        for i, e in enumerate(entries):  # a probe's sources were probed before it
-            feeds[i] = (isinstance(e.ref, torch.Tensor) and id(e.ref) in given) or \
-                any(feeds[a] for a in srcs.get(i, ()))
-        reached, stack = {loss}, [loss]
-        while stack:
-            for a in srcs.get(stack.pop(), ()):
-                if a not in reached:
-                    reached.add(a)
-                    stack.append(a)
-        cut = [i for i in sorted(reached) if not feeds[i] and not srcs.get(i)
-               and entries[i].ref is not None and not isinstance(entries[i].ref, torch.Tensor)]
-        needed = [feeds[i] for i in range(n)]  # with the cut probes' edges as inputs too
-        for i in cut:
-            needed[i] = True
-        for i in range(n):
-            needed[i] = needed[i] or any(needed[a] for a in srcs.get(i, ()))
+        needed = graph.reachable(
+            [i for i, e in enumerate(entries) if isinstance(e.ref, torch.Tensor)
+             and id(e.ref) in given] + cut, dsts)
         from torch.autograd.graph import GradientEdge
 
         return BackwardPlan([GradientEdge(entries[i].ref, entries[i].output_nr) for i in cut],
-                            {i for i in range(n) if needed[i]}, reached)
+                            needed, reached)
 
     def probed_leaves(self) -> set[int]:
         """ids of the leaf tensors probed in this trace (z0, step-noise leaves)."""

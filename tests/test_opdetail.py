@@ -297,3 +297,30 @@ def test_a_stop_right_after_a_probe_is_drawn_on_the_probes_edge():
     assert all(rep.probes[a[3]].kind == "denoiser_in" for a, _ in stops)
     healthy = op_views(_emb_run(), {})
     assert not [e for v in healthy.values() for e in v["e"] if e[2] == 1]
+
+
+def test_a_probe_taken_after_its_value_was_used_still_counts_as_differentiated():
+    """Two values are probed after the denoiser has read them, the later-made one first (probe
+    order is not graph order, two levels deep): the denoiser's ops still lie on the path to z0,
+    none of them 'not asked'."""
+    torch.manual_seed(0)
+    den = gradcheck.instrument(_EmbDenoiser().double())
+
+    def sample(z):
+        x = z * 2.0
+        for i, (s0, s1) in enumerate([(2.0, 1.0), (1.0, 0.5)]):
+            y = x * 1.0
+            w = y * 1.0
+            d = den(w, s0)
+            gradcheck.probe(w, f"w[{i}]", step=i, kind="custom")  # after den read it
+            gradcheck.probe(y, f"y[{i}]", step=i, kind="custom")  # and its source after it
+            x = x + (s1 / s0 - 1) * (x - d)
+        return x
+
+    rep = gradcheck.diagnose(sample, torch.randn(3, 8, dtype=torch.float64), numeric=False,
+                             optim_steps=0, op_detail="always", locate="never")
+    assert rep.passed
+    for r in (r for r in rep.graph.regions if r.weights):
+        on_path = [i for i in range(len(r.ops)) if i not in r.not_asked]
+        assert r.ops[0] == "AddBackward0" and 0 in on_path and r.grads[0] is not None
+        assert all(r.grads[i] is not None for i in on_path if r.where[i] is not None)

@@ -243,7 +243,7 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
     grad_mode = torch.is_grad_enabled()
     changed = False
     try:
-        with trace() as tr:
+        with trace(capture=True) as tr:
             probe(z, "z0", kind="z0")
             t0 = time.perf_counter()
             sources = None
@@ -317,12 +317,14 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 # probes above a cut between the loss and z0 are differentiated too: autograd
                 # would prune them (see Trace.backward_plan)
                 plan = tr.backward_plan(edges, inputs) if capture_graph else None
-                cut = plan.cut if plan is not None else []
+                # the small probes' gradients are captured, not hooked (see Trace)
+                probed = tr.capture_edges(plan.cut if plan is not None else [])
                 phase[0] = "backward"
                 t_b = time.perf_counter()
-                grads = torch.autograd.grad(value, [*inputs, *cut], allow_unused=True) \
-                    if inputs or cut else []
-                del cut
+                grads = torch.autograd.grad(value, [*inputs, *probed], allow_unused=True) \
+                    if inputs or probed else []
+                tr.deliver(grads[len(inputs):])
+                del probed
                 grad_s = time.perf_counter() - t_b
                 phase[0] = "done"
                 for t, gr in zip(inputs, grads):
@@ -738,9 +740,11 @@ def diagnose(
             graph); one Python walk of the graph, a few us per autograd node
             (``benchmarks/overhead.py`` times it). It also finds the probes just above a cut
             between the loss and z0, which the backward then differentiates too, so the probes
-            above the cut report their gradient. Without it, the backward differentiates z0
-            and the step-noise leaves only: with such a cut, and weights that require grad
-            keeping the output in the graph, no probe is then reported reached.
+            above the cut report their gradient. Without it, the backward differentiates z0,
+            the step-noise leaves and the probed values it captures (those of at most
+            ``probes.DEFER_NUMEL`` elements): with such a cut, and weights that require grad
+            keeping the output in the graph, larger probed values above the cut (a video
+            latent's) are then reported unreached.
         vanishing_rel: a probe whose |g| is below this fraction of the output's is vanishing.
         exploding_ratio: a state whose |g| is more than this many times the next step's is
             exploding.

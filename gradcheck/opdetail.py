@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .probes import HeldGrads, scalars_to_floats
+from .probes import HeldGrads, ObservingHook, scalars_to_floats
 from .records import OpRegion
 from .torch_internals import is_user_file, rel_path
 
@@ -120,16 +120,8 @@ class OpSources(TorchFunctionMode):
                       f"op_detail='always' (--op-detail always) records it anyway, at a "
                       f"Python call per op and per op output")
 
-    def _grad_hook(self, key: tuple[tuple[int, int], int]):
-        held, squares = self.held, self.squares
-
-        def hook(g: torch.Tensor) -> None:
-            if g is None or held.take(key, g) or not g.is_floating_point():
-                return
-            acc = torch.float64 if g.dtype == torch.float64 else torch.float32
-            with torch.no_grad():
-                squares[key] = torch.linalg.vector_norm(g.detach(), dtype=acc).square()
-        return hook
+    def _grad_hook(self, key: tuple[tuple[int, int], int]) -> _OpHook:
+        return _OpHook(key, self.held, self.squares)
 
     def grad_norms(self) -> dict[tuple[int, int], float]:
         """After the backward: node key -> |dL/d(outputs)| (the outputs' norms combined);
@@ -160,6 +152,23 @@ class OpSources(TorchFunctionMode):
             hit = self.where.get(node_key(n))
             out.append(hit[1] if hit is not None and hit[0] == type(n).__name__ else None)
         return out
+
+
+class _OpHook(ObservingHook):
+    """The hook on an op's output: holds the gradient, or keeps its squared norm."""
+
+    __slots__ = ("key", "held", "squares")
+
+    def __init__(self, key: tuple[tuple[int, int], int], held: HeldGrads,
+                 squares: dict[tuple[tuple[int, int], int], torch.Tensor]) -> None:
+        self.key, self.held, self.squares = key, held, squares
+
+    def __call__(self, g: torch.Tensor) -> None:
+        if g is None or self.held.take(self.key, g) or not g.is_floating_point():
+            return
+        acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+        with torch.no_grad():
+            self.squares[self.key] = torch.linalg.vector_norm(g.detach(), dtype=acc).square()
 
 
 class OpGrads:

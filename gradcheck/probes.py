@@ -40,6 +40,13 @@ def current_trace() -> Trace | None:
     return _ACTIVE.get()
 
 
+class ObservingHook:
+    """A gradient hook of gradcheck's own that only reads the gradient (returns None): a
+    probed value that has only such hooks can have its gradient captured (:class:`Trace`)."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True, eq=False)
 class _Entry:
     """One probe of a trace; also the hook on its tensor (``__call__``): a probe allocates as few
@@ -62,6 +69,7 @@ class _Entry:
     ref: Any = None  # the grad_fn (or the leaf tensor) while the trace is open, for graph capture
     output_nr: int = 0  # which of ref's outputs the probed value is (its gradient edge)
     held: HeldGrads | None = None  # the trace's held small gradients
+    captured: bool = False  # no hook: its gradient edge is differentiated (Trace(capture=True))
 
     def __call__(self, g: torch.Tensor) -> None:
         """The tensor hook: hold a small gradient for the batched summary at trace close, or
@@ -173,17 +181,28 @@ class HeldGrads:
 class BackwardPlan:
     """What a record's backward pass differentiates (see :meth:`Trace.backward_plan`)."""
 
-    cut: list[Any]  # gradient edges of the probes just above a cut, differentiated as well
+    cut: list[int]  # the probes (order) just above a cut, differentiated as well
     needed: set[int]  # probes (order) whose node lies on a differentiated path
     reached: set[int]  # probes (order) the loss's graph reaches
 
 
 class Trace:
-    """A recording context. Use :func:`trace` to make one."""
+    """A recording context. Use :func:`trace` to make one.
 
-    def __init__(self) -> None:
+    With ``capture=True`` the caller differentiates the probes itself: small probed values get
+    no hook; their gradient edges (:meth:`capture_edges`) are given to the caller's
+    ``torch.autograd.grad`` as inputs, and the gradients it returns are handed back with
+    :meth:`deliver`. The engine then hands those gradients over together at the end, not one
+    Python hook call each during the backward (a tenth of a small model's record overhead).
+    Larger values, leaves and values of tensor subclasses keep their hooks."""
+
+    def __init__(self, capture: bool = False) -> None:
         self._entries: list[_Entry] = []
         self._handles: list[Any] = []
+        self._capture = capture
+        self._captured: list[_Entry] = []
+        self._capture_bytes = 0
+        self._owners: list[list[_Entry]] = []
         self._seen: dict[str, weakref.ref] = {}
         self._calls = 0
         self._held = HeldGrads()
@@ -217,6 +236,7 @@ class Trace:
             self.z0 = None  # drop the references to the user's tensors and graph
             for e in self._entries:
                 e.ref = e.held = e.sigma = None
+            self._owners = []
         return False
 
     @property
@@ -268,10 +288,62 @@ class Trace:
         if self.observer is not None:
             self.observer(entry.order, t)
         if rg:
-            self._handles.append(t.register_hook(entry))
+            if self._capture and fn is not None and self._capturable(t):
+                entry.captured = True
+                self._captured.append(entry)
+            else:
+                self._handles.append(t.register_hook(entry))
         if self.perturber is not None:
             return self.perturber(entry.order, t)
         return t
+
+    def _capturable(self, t: torch.Tensor) -> bool:
+        """A value whose gradient :class:`HeldGrads` would hold: captured instead of hooked.
+        Not one with tensor hooks of its own (a hook that rescales the gradient): autograd
+        captures an edge's gradient before the hooks run, while a probe's hook, registered after
+        them, records the gradient they pass on (what the backward carries below)."""
+        n = t.numel()
+        if type(t) is not torch.Tensor or not 0 < n <= DEFER_NUMEL or \
+                t.dtype not in _HELD_DTYPES or t.layout is not torch.strided:
+            return False
+        hooks = t._backward_hooks  # the op detail's own hooks only read (ObservingHook)
+        if hooks and not all(isinstance(h, ObservingHook) for h in hooks.values()):
+            return False
+        size = n * t.element_size()
+        if self._capture_bytes + size > DEFER_BYTES:
+            return False
+        self._capture_bytes += size
+        return True
+
+    def capture_edges(self, extra: list[int] = ()) -> list[Any]:
+        """The gradient edges to differentiate for the captured probes and for the probes
+        ``extra`` (by order: :meth:`backward_plan`'s cut), each once; the gradients
+        ``torch.autograd.grad`` returns for them go to :meth:`deliver`, in this order."""
+        from torch.autograd.graph import GradientEdge
+
+        slots: dict[tuple[int, int], int] = {}
+        edges: list[Any] = []
+        owners: list[list[_Entry]] = []
+        entries = self._entries
+        for e in [*self._captured, *(entries[i] for i in extra)]:
+            k = (id(e.ref), e.output_nr)
+            j = slots.get(k)
+            if j is None:
+                j = slots[k] = len(edges)
+                edges.append(GradientEdge(e.ref, e.output_nr))
+                owners.append([])
+            if e.captured and e not in owners[j]:  # a hooked probe's hook records it
+                owners[j].append(e)
+        self._owners = owners
+        return edges
+
+    def deliver(self, grads: list[torch.Tensor | None]) -> None:
+        """The gradients of :meth:`capture_edges`' edges: recorded like a hook would have."""
+        for owners, g in zip(self._owners, grads):
+            if g is not None:
+                for e in owners:
+                    e(g)
+        self._owners = []
 
     def collapse(self, root: torch.Tensor | None):
         """Walk the recorded autograd graph once, from the loss ``root`` and from every probe:
@@ -299,8 +371,9 @@ class Trace:
 
         ``edges`` are the probe edges of :meth:`collapse` ([src, dst]: dst was computed from src).
         The probes added (``cut``) are the lowest of those the loss reaches without a path to an
-        input: the ones just above a cut (each is the source of none of the others). Their own
-        gradients are discarded; their hooks record them like any probe's."""
+        input: the ones just above a cut (each is the source of none of the others); their
+        gradient edges come from :meth:`capture_edges`. ``needed`` counts the captured probes'
+        nodes as differentiated: the ops above a captured probe run in the backward."""
         entries = self._entries
         loss = next((e.order for e in reversed(entries) if e.kind == "loss"), None)
         if loss is None or entries[loss].ref is None:
@@ -319,11 +392,8 @@ class Trace:
         given = {id(t) for t in inputs}
         needed = graph.reachable(
             [i for i, e in enumerate(entries) if isinstance(e.ref, torch.Tensor)
-             and id(e.ref) in given] + cut, dsts)
-        from torch.autograd.graph import GradientEdge
-
-        return BackwardPlan([GradientEdge(entries[i].ref, entries[i].output_nr) for i in cut],
-                            needed, reached)
+             and id(e.ref) in given] + cut + [e.order for e in self._captured], dsts)
+        return BackwardPlan(cut, needed, reached)
 
     def probed_leaves(self) -> set[int]:
         """ids of the leaf tensors probed in this trace (z0, step-noise leaves)."""
@@ -402,9 +472,10 @@ def scalars_to_floats(scalars: list[torch.Tensor]) -> list[float]:
     return out
 
 
-def trace() -> Trace:
-    """A context manager that records the gradient reaching every :func:`probe` inside it."""
-    return Trace()
+def trace(capture: bool = False) -> Trace:
+    """A context manager that records the gradient reaching every :func:`probe` inside it
+    (``capture``: see :class:`Trace`)."""
+    return Trace(capture)
 
 
 def probe(tensor: torch.Tensor, name: str, *, step: int | None = None, kind: str | None = None,

@@ -154,18 +154,26 @@ def _cut_sampler(net, cut_at: int, steps: int = 6):
     return sample
 
 
-@pytest.mark.parametrize("cut_at", [0, 2, 5])
-def test_a_cut_below_weights_that_require_grad_still_shows_the_gradient_above_it(cut_at):
+@pytest.mark.parametrize("cut_at,capture_graph,hooked", [
+    (0, True, False), (2, True, False), (5, True, False), (2, False, False),
+    (0, True, True), (2, True, True), (5, True, True)])
+def test_a_cut_below_weights_that_require_grad_still_shows_the_gradient_above_it(
+        cut_at, capture_graph, hooked, monkeypatch):
     """With z0 cut off from the loss, differentiating z0 only would let autograd prune the whole
     backward: no probe reached, not even the output. The probes above the cut must carry their
     true gradient (the one grad_weights=True computes), those below none, and the break must
-    be named between them."""
+    be named between them. Without the graph walk (no backward plan) too: the probed values
+    are captured edges of the backward. And with every probe hooked (values too large to
+    capture): the plan then adds the gradient edges of the probes just above the cut."""
+    if hooked:
+        monkeypatch.setattr("gradcheck.probes.DEFER_NUMEL", 0)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
                               torch.nn.Linear(16, 8)).double()
     z0 = torch.randn(3, 8, dtype=torch.float64)
     kw = dict(target=torch.zeros(3, 8, dtype=torch.float64), numeric=False, optim_steps=0)
-    rep = gradcheck.diagnose(_cut_sampler(net, cut_at), z0, locate="auto", **kw)
+    rep = gradcheck.diagnose(_cut_sampler(net, cut_at), z0, locate="auto",
+                             capture_graph=capture_graph, **kw)
     ref = gradcheck.diagnose(_cut_sampler(net, cut_at), z0, grad_weights=True, locate="never",
                              **kw)
     assert not rep.passed and all(p.grad is None for p in net.parameters())

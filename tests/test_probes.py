@@ -8,6 +8,8 @@ import gradcheck
 from gradcheck import instrument, probe, trace
 from gradcheck.errors import DenoiserError
 
+from gradcheck.sampling import build_denoiser
+
 from .conftest import sampler, z0_like
 
 
@@ -268,3 +270,64 @@ def test_a_diagnosis_runs_the_users_sampler_with_the_collector_as_the_user_left_
     rep = gradcheck.diagnose(sampler, z0, target=torch.zeros(2, 3), optim_steps=0)
     assert states and all(states) and gc.isenabled(), states
     assert rep.handles["z0_grad"] is not None
+
+
+def _captured_run(capture: bool, user_hook: bool = False):
+    """The same little graph recorded with hooks (capture=False) or with captured edges."""
+    x = torch.linspace(-1, 2, 12, dtype=torch.float64).reshape(3, 4).requires_grad_(True)
+    with trace(capture=capture) as tr:
+        probe(x, "x", kind="z0")
+        y = x * 2.0
+        if user_hook:  # the user's hook, registered before the probe, rescales what flows on
+            y.register_hook(lambda g: g * 3.0)
+        y = probe(y, "y", kind="state")
+        twice = probe(y.sin(), "twice", kind="state")  # used twice: its gradients accumulate
+        probe(twice, "twice again", kind="state")  # a second name on the same value
+        unused = probe(x * 5.0, "unused", kind="state")  # in the graph, never used
+        big = probe(torch.cat([y] * 500, 1), "big", kind="state")  # over DEFER_NUMEL: hooked
+        loss = probe((twice * twice).sum() + twice.sum() + big.square().mean(), "loss",
+                     kind="loss")
+        edges = tr.capture_edges()
+        grads = torch.autograd.grad(loss, [x, *edges], allow_unused=True)
+        tr.deliver(grads[1:])
+        hooks = tr.hooks_registered
+    del unused
+    return {s.name: (s.reached, s.norm, s.mean_abs, s.max_abs, s.nonfinite) for s in tr.stats}, \
+        hooks, grads[0]
+
+
+@pytest.mark.parametrize("user_hook", [False, True])
+def test_captured_probes_record_what_their_hooks_would(user_hook):
+    """Trace(capture=True) (the record pass) hands the small probed values' gradient edges to
+    the caller's autograd.grad instead of hooking them: the statistics are the hooks' exactly,
+    also for a value used twice, two probes on one value, a value no gradient reaches, and a
+    value with a gradient hook of the user's, which keeps a hook of ours (autograd would
+    capture the gradient before the user's hook rescales it)."""
+    hooked, n_hooked, g_hooked = _captured_run(False, user_hook)
+    captured, n_captured, g_captured = _captured_run(True, user_hook)
+    assert captured == hooked
+    assert torch.equal(g_hooked, g_captured)
+    assert not captured["unused"][0] and captured["twice again"][0]
+    # hooked with capture: x (a leaf), big (too large), y only when the user hooked it first
+    assert n_hooked == 7 and n_captured == (3 if user_hook else 2)
+    # the probe records the gradient the user's hook passes on (3x), which reaches x doubled
+    assert captured["x"][1] == pytest.approx(2 * captured["y"][1], rel=1e-12)
+    if user_hook:
+        raw = _captured_run(True, False)[0]["y"][1]
+        assert captured["y"][1] == pytest.approx(3 * raw, rel=1e-12)
+
+
+def test_op_detail_hooks_do_not_stop_a_probe_from_being_captured():
+    """The op detail puts a read-only hook on every op's output; the probes on those outputs
+    are still captured (one hook fewer each), and the record's numbers do not change."""
+    smp = sampler(build_denoiser("conv", seed=0, dtype=torch.float64))
+    z0 = z0_like()
+    kw = dict(target=torch.zeros_like(z0), numeric=False, optim_steps=0, locate="never")
+    on = gradcheck.diagnose(smp, z0, op_detail="always", **kw)
+    off = gradcheck.diagnose(smp, z0, op_detail="never", **kw)
+    n_probes = sum(p.requires_grad for p in off.probes)
+    leaves = sum(p.kind == "z0" for p in off.probes)
+    assert off.hygiene.hooks_registered == leaves < n_probes
+    for a, b in zip(on.probes, off.probes):
+        assert (a.name, a.reached) == (b.name, b.reached)
+        assert a.norm == pytest.approx(b.norm, rel=1e-12, abs=0)

@@ -248,7 +248,8 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
             t0 = time.perf_counter()
             sources = None
             if capture_graph and op_detail != "never":
-                sources = OpSources(AUTO_BUDGET_S if op_detail == "auto" else None)
+                sources = OpSources(AUTO_BUDGET_S if op_detail == "auto" else None,
+                                    capture=True)
             try:
                 with seeded(seed, z0.device), (sources or contextlib.nullcontext()):
                     out = sample_fn(z)
@@ -317,14 +318,26 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 # probes above a cut between the loss and z0 are differentiated too: autograd
                 # would prune them (see Trace.backward_plan)
                 plan = tr.backward_plan(edges, inputs) if capture_graph else None
-                # the small probes' gradients are captured, not hooked (see Trace)
+                if op_grads is not None and plan is not None and not grad_weights:
+                    # ops that read weights only: their gradient is not asked for (worked out
+                    # before the backward: their outputs are not captured, which would make
+                    # the backward compute them)
+                    for reg in step_graph.regions:
+                        if reg.weights and reg.probe in plan.reached and not reg.dropped:
+                            reg.not_asked = graph.not_asked(len(reg.ops), reg.edges,
+                                                            reg.sources, plan.needed)
+                # the small probes' and ops' gradients are captured, not hooked (see Trace)
                 probed = tr.capture_edges(plan.cut if plan is not None else [])
+                ops = op_grads.capture_edges() if op_grads is not None else []
                 phase[0] = "backward"
                 t_b = time.perf_counter()
-                grads = torch.autograd.grad(value, [*inputs, *probed], allow_unused=True) \
-                    if inputs or probed else []
-                tr.deliver(grads[len(inputs):])
-                del probed
+                grads = torch.autograd.grad(value, [*inputs, *probed, *ops],
+                                            allow_unused=True) if inputs or probed or ops else []
+                n = len(inputs) + len(probed)
+                tr.deliver(grads[len(inputs):n])
+                if op_grads is not None:
+                    op_grads.deliver(grads[n:])
+                del probed, ops
                 grad_s = time.perf_counter() - t_b
                 phase[0] = "done"
                 for t, gr in zip(inputs, grads):
@@ -333,12 +346,6 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
                 del grads, inputs
             if op_grads is not None:
                 op_grads.materialise()
-                if plan is not None and not grad_weights:
-                    # ops that read weights only: their gradient was not asked for
-                    for reg in step_graph.regions:
-                        if reg.weights and reg.probe in plan.reached and not reg.dropped:
-                            reg.not_asked = graph.not_asked(len(reg.ops), reg.edges,
-                                                            reg.sources, plan.needed)
             timings["backward_s"] = time.perf_counter() - t0
             loss_value = policy.sum(float(value.detach()))
     except GradcheckError:

@@ -105,17 +105,32 @@ def test_auto_drops_the_detail_of_a_forward_pass_past_its_budget(monkeypatch):
     assert rep.hygiene.hooks_left == 0 and rep.hygiene.hooks_registered > 0
 
 
-def test_the_op_hooks_leave_the_gradient_and_the_users_tensors_alone():
-    """The op detail's hooks on every op output only read: dL/dz0 is bit-identical with and
-    without them, and none stays on a tensor the sampler hands back."""
+def test_the_op_hooks_leave_the_gradient_and_the_users_tensors_alone(monkeypatch):
+    """The op detail's hooks on op outputs only read: dL/dz0 is bit-identical with and without
+    them, and none stays on a tensor the sampler hands back. Small outputs get no hook at all:
+    their gradient edges are captured by the record's backward, which records the same |g| a
+    hook does (every output hooked: CAPTURE_NUMEL 0)."""
     s = ResSampler(build_denoiser("conv").double(), SamplerConfig(steps=3), mode="default")
     z0 = torch.randn(1, 1, 8, 8, dtype=torch.float64)
     on = gradcheck.diagnose(s, z0, numeric=False, optim_steps=0, op_detail="always")
     off = gradcheck.diagnose(s, z0, numeric=False, optim_steps=0, op_detail="never")
-    assert on.graph.detail and not off.graph.detail
+    monkeypatch.setattr("gradcheck.opdetail.CAPTURE_NUMEL", 0)
+    hooked = gradcheck.diagnose(s, z0, numeric=False, optim_steps=0, op_detail="always")
+    assert on.graph.detail and not off.graph.detail and hooked.graph.detail
     assert torch.equal(on.handles["z0_grad"], off.handles["z0_grad"])
-    assert on.hygiene.hooks_left == 0
-    assert on.hygiene.hooks_registered > off.hygiene.hooks_registered
+    assert torch.equal(hooked.handles["z0_grad"], off.handles["z0_grad"])
+    assert on.hygiene.hooks_left == 0 == hooked.hygiene.hooks_left
+    assert hooked.hygiene.hooks_registered > on.hygiene.hooks_registered >= \
+        off.hygiene.hooks_registered
+    n = 0
+    for a, b in zip(on.graph.regions, hooked.graph.regions):
+        assert a.ops == b.ops and a.not_asked == b.not_asked
+        for x, y in zip(a.grads, b.grads):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert x == pytest.approx(y, rel=1e-12, abs=0)
+                n += 1
+    assert n > 20
 
 
 def test_weights_that_require_grad_are_not_differentiated_unless_asked():

@@ -321,6 +321,8 @@ class Trace:
         ``torch.autograd.grad`` returns for them go to :meth:`deliver`, in this order."""
         from torch.autograd.graph import GradientEdge
 
+        self._capture = False  # values probed from now on (a recomputation inside the
+        # backward: a reentrant checkpoint's) are hooked: their edges come too late
         slots: dict[tuple[int, int], int] = {}
         edges: list[Any] = []
         owners: list[list[_Entry]] = []

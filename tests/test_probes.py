@@ -331,3 +331,19 @@ def test_op_detail_hooks_do_not_stop_a_probe_from_being_captured():
     for a, b in zip(on.probes, off.probes):
         assert (a.name, a.reached) == (b.name, b.reached)
         assert a.norm == pytest.approx(b.norm, rel=1e-12, abs=0)
+
+
+def test_a_value_probed_after_the_edges_were_taken_is_hooked():
+    """A value probed once the backward's edges are taken (a recomputation inside the
+    backward) cannot be captured any more: it gets a hook, and its gradient is recorded."""
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    with trace(capture=True) as tr:
+        a = probe(x * 2.0, "a", kind="state")
+        edges = tr.capture_edges()
+        assert tr.hooks_registered == 0 and len(edges) == 1
+        b = probe(a * 3.0, "b", kind="state")
+        assert tr.hooks_registered == 1
+        grads = torch.autograd.grad(b.sum(), [x, *edges])
+        tr.deliver(grads[1:])
+    st = {s.name: s for s in tr.stats}
+    assert st["b"].norm == pytest.approx(5 ** 0.5) and st["a"].norm == pytest.approx(3 * 5 ** 0.5)

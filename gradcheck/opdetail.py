@@ -9,7 +9,10 @@ Both ride on the one recorded forward+backward; neither makes a pass of its own:
   one at the same address.
 - the same mode puts a hook on every op's output tensors, which holds the gradient arriving there
   (small ones: :class:`gradcheck.probes.HeldGrads`) or its norm as a 0-d tensor (no device sync);
-  :class:`OpGrads` reads the norms of the op-level view's nodes once, after the backward.
+  :class:`OpGrads` reads the norms of the op-level view's nodes once, after the backward. In the
+  record pass (``capture=True``) the small outputs get no hook: their gradient edges are inputs of
+  the record's backward (:meth:`OpSources.capture_edges`), which hands their gradients over at
+  the end.
 
 Cost (``benchmarks/overhead.py``, ``results/overhead.json``): large relative to the record phase
 of the tiny built-in model, whose ops take microseconds (a Python call per op and per op output),

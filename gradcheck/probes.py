@@ -192,9 +192,10 @@ class Trace:
     With ``capture=True`` the caller differentiates the probes itself: small probed values get
     no hook; their gradient edges (:meth:`capture_edges`) are given to the caller's
     ``torch.autograd.grad`` as inputs, and the gradients it returns are handed back with
-    :meth:`deliver`. The engine then hands those gradients over together at the end, not one
-    Python hook call each during the backward (a tenth of a small model's record overhead).
-    Larger values, leaves and values of tensor subclasses keep their hooks."""
+    :meth:`deliver`. The engine then hands those gradients over together at the end: no
+    ``register_hook`` in the forward and no Python hook call during the backward. Larger values
+    (whose captured gradients would hold memory the backward could reuse), leaves, values of
+    tensor subclasses and values with a gradient hook of the user's keep their hooks."""
 
     def __init__(self, capture: bool = False) -> None:
         self._entries: list[_Entry] = []

@@ -31,7 +31,8 @@ from typing import Any, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .probes import DEFER_BYTES, DEFER_NUMEL, HeldGrads, ObservingHook, scalars_to_floats
+from .probes import (DEFER_BYTES, DEFER_NUMEL, CaptureBudget, HeldGrads, ObservingHook,
+                     scalars_to_floats)
 from .records import OpRegion
 from .torch_internals import is_user_file, rel_path
 
@@ -62,7 +63,7 @@ class OpSources(TorchFunctionMode):
         # capture_edges); they get no hook: node key -> the output numbers left unhooked
         self.capture = capture
         self.unhooked: dict[tuple[int, int], list[int]] = {}
-        self._capture_bytes = 0
+        self._budget = CaptureBudget(CAPTURE_NUMEL, CAPTURE_BYTES)
         self._captured: list[tuple[tuple[int, int], int]] = []
         self.where: dict[tuple[int, int], tuple[str, str]] = {}
         # |dL/d(output)| of each noted op, by a hook on the output tensor registered here (a
@@ -148,15 +149,7 @@ class OpSources(TorchFunctionMode):
         """An output whose gradient the caller captures (no hook): a plain strided floating
         tensor of at most CAPTURE_NUMEL elements, while the captured gradients, all alive at
         once when the backward returns, stay within CAPTURE_BYTES."""
-        n = t.numel()
-        if type(t) is not torch.Tensor or not 0 < n <= CAPTURE_NUMEL or \
-                not t.is_floating_point() or t.layout is not torch.strided:
-            return False
-        size = n * t.element_size()
-        if self._capture_bytes + size > CAPTURE_BYTES:
-            return False
-        self._capture_bytes += size
-        return True
+        return t.is_floating_point() and self._budget.take(t)
 
     def capture_edges(self, regions: list[tuple[OpRegion, list[Any]]]) -> list[Any]:
         """The gradient edges of the unhooked outputs of the regions' nodes, but for the ops

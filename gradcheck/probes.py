@@ -177,6 +177,26 @@ class HeldGrads:
         return values
 
 
+class CaptureBudget:
+    """Which values' gradients a backward may capture (hand over together when it returns):
+    plain strided tensors of at most ``numel`` elements, while their gradients stay within
+    ``nbytes`` in all (each one taken is counted)."""
+
+    def __init__(self, numel: int, nbytes: int) -> None:
+        self.numel, self.left = numel, nbytes
+
+    def take(self, t: torch.Tensor) -> bool:
+        n = t.numel()
+        if type(t) is not torch.Tensor or not 0 < n <= self.numel or \
+                t.layout is not torch.strided:
+            return False
+        size = n * t.element_size()
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
+
+
 @dataclass
 class BackwardPlan:
     """What a record's backward pass differentiates (see :meth:`Trace.backward_plan`)."""
@@ -202,7 +222,7 @@ class Trace:
         self._handles: list[Any] = []
         self._capture = capture
         self._captured: list[_Entry] = []
-        self._capture_bytes = 0
+        self._budget = CaptureBudget(DEFER_NUMEL, DEFER_BYTES)
         self._owners: list[list[_Entry]] = []
         self._seen: dict[str, weakref.ref] = {}
         self._calls = 0
@@ -303,18 +323,12 @@ class Trace:
         Not one with tensor hooks of its own (a hook that rescales the gradient): autograd
         captures an edge's gradient before the hooks run, while a probe's hook, registered after
         them, records the gradient they pass on (what the backward carries below)."""
-        n = t.numel()
-        if type(t) is not torch.Tensor or not 0 < n <= DEFER_NUMEL or \
-                t.dtype not in _HELD_DTYPES or t.layout is not torch.strided:
+        if t.dtype not in _HELD_DTYPES:
             return False
         hooks = t._backward_hooks  # the op detail's own hooks only read (ObservingHook)
         if hooks and not all(isinstance(h, ObservingHook) for h in hooks.values()):
             return False
-        size = n * t.element_size()
-        if self._capture_bytes + size > DEFER_BYTES:
-            return False
-        self._capture_bytes += size
-        return True
+        return self._budget.take(t)
 
     def capture_edges(self, extra: list[int] = ()) -> list[Any]:
         """The gradient edges to differentiate for the captured probes and for the probes

@@ -44,8 +44,8 @@ AUTO_BUDGET_S = 2.0
 #: (beyond it, hooks as before). A hook costs a Python call in the forward and one in the
 #: backward, more than the op itself on a small model; a captured gradient cannot have its
 #: memory reused by the rest of the backward, which costs more than the hook for larger
-#: gradients (on this CPU, 1,000 captured gradients: +0.8 ms at 256 elements, +11 ms at 4,096,
-#: +68 ms at 65,536): the same bounds as the small gradients a hook holds (probes.DEFER_*)
+#: gradients (``benchmarks/capture_cost.py``: capture is the cheaper up to 4,096 elements, the
+#: dearer from 16,384): the same bounds as the small gradients a hook holds (probes.DEFER_*)
 CAPTURE_NUMEL = DEFER_NUMEL
 CAPTURE_BYTES = DEFER_BYTES
 

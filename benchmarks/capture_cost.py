@@ -2,7 +2,7 @@
 by the values' size. Sets ``probes.DEFER_NUMEL`` and ``opdetail.CAPTURE_NUMEL``: up to that size the
 record pass captures a value's gradient edge instead of hooking it.
 
-    .venv/bin/python benchmarks/capture_cost.py [--repeats 7]
+    .venv/bin/python benchmarks/capture_cost.py [--repeats 15]
 
 A chain of 1,000 ops (``h = sin(1.01 h)``) on a float32 vector of n elements, differentiated with
 ``torch.autograd.grad`` w.r.t. its input, three ways, interleaved, CPU time, 1 thread:
@@ -61,7 +61,7 @@ def run(size: int, how: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, a chain of {OPS} ops, {args.repeats} interleaved "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up gradcheck in ./.venv: the CPU build of PyTorch, then the package with its test extras.
 # GPU users: GRADCHECK_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
-# (or any CUDA build of torch >= 2.1) before running this, or `pip install torch` yourself first.
+# (or any CUDA build of torch >= 2.2) before running this, or `pip install torch` yourself first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh "$@"

@@ -45,7 +45,8 @@ AUTO_BUDGET_S = 2.0
 #: backward, more than the op itself on a small model; a captured gradient cannot have its
 #: memory reused by the rest of the backward, which costs more than the hook for larger
 #: gradients (``benchmarks/capture_cost.py``: capture is the cheaper up to 4,096 elements, the
-#: dearer at 16,384, no cheaper beyond): the same bounds as the small gradients a hook holds (probes.DEFER_*)
+#: dearer at 16,384, no cheaper beyond): the same bounds as the small gradients a hook holds
+#: (probes.DEFER_*)
 CAPTURE_NUMEL = DEFER_NUMEL
 CAPTURE_BYTES = DEFER_BYTES
 

@@ -272,9 +272,9 @@ def test_a_diagnosis_runs_the_users_sampler_with_the_collector_as_the_user_left_
     assert rep.handles["z0_grad"] is not None
 
 
-def _captured_run(capture: bool, user_hook: bool = False):
+def _captured_run(capture: bool, user_hook: bool = False, dtype=torch.float64):
     """The same little graph recorded with hooks (capture=False) or with captured edges."""
-    x = torch.linspace(-1, 2, 12, dtype=torch.float64).reshape(3, 4).requires_grad_(True)
+    x = torch.linspace(-1, 2, 12, dtype=torch.float64).reshape(3, 4).to(dtype).requires_grad_(True)
     with trace(capture=capture) as tr:
         probe(x, "x", kind="z0")
         y = x * 2.0
@@ -347,3 +347,13 @@ def test_a_value_probed_after_the_edges_were_taken_is_hooked():
         tr.deliver(grads[1:])
     st = {s.name: s for s in tr.stats}
     assert st["b"].norm == pytest.approx(5 ** 0.5) and st["a"].norm == pytest.approx(3 * 5 ** 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_captured_statistics_match_in_low_precision_and_bf16_stays_hooked(dtype):
+    """float32 values are captured like float64 ones, with the hooks' statistics; bfloat16 ones
+    (a bf16 denoiser's output) are not held by HeldGrads, so they keep their hooks."""
+    hooked, n_hooked, g_hooked = _captured_run(False, dtype=dtype)
+    captured, n_captured, g_captured = _captured_run(True, dtype=dtype)
+    assert captured == hooked and torch.equal(g_hooked, g_captured)
+    assert n_captured == (2 if dtype == torch.float32 else n_hooked)

@@ -49,16 +49,33 @@ def is_connected(tensor: torch.Tensor, target: torch.Tensor) -> bool:
         return True
     if not tensor.requires_grad or tensor.grad_fn is None:
         return False
+    # a probe of every step noise calls this during the sampler's forward: node types are told
+    # once per type (``__name__`` builds a string a call), a leaf by its accumulator's type (a
+    # getattr that misses raises and catches an AttributeError inside)
     stack, seen = [tensor.grad_fn], set()
+    zero = _ZERO_GRAD_TYPES
     while stack:
         node = stack.pop()
-        if id(node) in seen or type(node).__name__ in ZERO_GRAD_NODES:
+        key = id(node)
+        if key in seen:
             continue
-        seen.add(id(node))
-        if getattr(node, "variable", None) is target:
+        tn = type(node)
+        z = zero.get(tn)
+        if z is None:
+            z = zero[tn] = tn.__name__ in ZERO_GRAD_NODES
+        if z:
+            continue
+        seen.add(key)
+        if tn is _ACCUMULATE_GRAD and node.variable is target:
             return True
-        stack.extend(c for c, _ in node.next_functions if c is not None and id(c) not in seen)
+        for c, _ in node.next_functions:
+            if c is not None and id(c) not in seen:
+                stack.append(c)
     return False
+
+
+#: node type -> whether its gradient is zero everywhere (is_connected's cache of ZERO_GRAD_NODES)
+_ZERO_GRAD_TYPES: dict[type, bool] = {}
 
 
 #: the autograd node type of a leaf tensor's gradient accumulator

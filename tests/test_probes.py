@@ -357,3 +357,18 @@ def test_captured_statistics_match_in_low_precision_and_bf16_stays_hooked(dtype)
     captured, n_captured, g_captured = _captured_run(True, dtype=dtype)
     assert captured == hooked and torch.equal(g_hooked, g_captured)
     assert n_captured == (2 if dtype == torch.float32 else n_hooked)
+
+
+def test_is_connected_follows_only_paths_that_carry_gradient():
+    """A step noise counts as connected to z0 only along a path whose gradient is not zero
+    everywhere (round, floor, sign, ...); another leaf, or a value made without grad, is not."""
+    from gradcheck.graph import is_connected
+
+    z = torch.randn(4, requires_grad=True)
+    other = torch.randn(4, requires_grad=True)
+    assert is_connected(z, z)
+    assert is_connected((z * 2.0).flip(0).sin(), z)
+    assert not is_connected(torch.round(z * 3.0) * 2.0, z)  # only through round
+    assert is_connected(torch.round(z) + z.exp(), z)  # one path carries gradient
+    assert not is_connected(other * 2.0, z) and not is_connected(z.detach() * 2.0, z)
+    assert not is_connected(torch.sign(z).cumsum(0) + other, z)

@@ -123,6 +123,13 @@ def _norms_along(flat: torch.Tensor, p: float) -> torch.Tensor:
     return torch.linalg.vector_norm(flat, p, dim=1)
 
 
+def small_strided(t: torch.Tensor, numel: int) -> int:
+    """``t``'s element count when it is a plain strided tensor (no subclass) of 1 to ``numel``
+    elements, else 0: what a held or captured gradient may be."""
+    n = t.numel()
+    return n if type(t) is torch.Tensor and 0 < n <= numel and t.layout is torch.strided else 0
+
+
 class HeldGrads:
     """Small gradients held by key until :meth:`flush`, then summarised in one batch per device,
     dtype and shape. Holding a reference never changes the gradient: autograd accumulates in
@@ -136,9 +143,8 @@ class HeldGrads:
     def take(self, key: Any, g: torch.Tensor) -> bool:
         """Hold ``g`` under ``key`` (replacing an earlier one: a hook that fires again keeps
         the last) if it is small and the budget allows; False: the caller summarises it now."""
-        n = g.numel()
-        if type(g) is not torch.Tensor or not 0 < n <= DEFER_NUMEL or \
-                g.dtype not in _HELD_DTYPES or g.layout is not torch.strided:
+        n = small_strided(g, DEFER_NUMEL)
+        if not n or g.dtype not in _HELD_DTYPES:
             self.drop(key)
             return False
         held = self.held
@@ -186,9 +192,8 @@ class CaptureBudget:
         self.numel, self.left = numel, nbytes
 
     def take(self, t: torch.Tensor) -> bool:
-        n = t.numel()
-        if type(t) is not torch.Tensor or not 0 < n <= self.numel or \
-                t.layout is not torch.strided:
+        n = small_strided(t, self.numel)
+        if not n:
             return False
         size = n * t.element_size()
         if size > self.left:

@@ -20,12 +20,19 @@ randomisation and address layout move the counts of the same pass between proces
 takes about 7 minutes, the 10x one well over an hour on a quiet machine: ``--which big|builtin``):
 three processes, run side by side, that do the same set-up and warm-up, then nothing / one plain
 forward+backward / one diagnosis; the differences are the two costs.
+
+``--which cosmos`` (without ``--instructions``) times the record phase at the Cosmos shape instead:
+the scale benchmark's 10.7M-parameter denoiser (benchmarks/cosmos_denoiser.py) on a [1, 16, 8, 44,
+80] latent, every denoiser call checkpointed, plain and diagnosis interleaved
+(results/overhead_cosmos.json); with ``--instructions`` it counts that case (use few ``--steps``:
+one pass takes seconds natively).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import gc
+import os
 import statistics
 import sys
 import time
@@ -74,13 +81,13 @@ def walk_cost(smp, z0, target, repeats: int) -> tuple[int, float]:
     return nodes, min(times)
 
 
-def _child(what: str, big: bool, steps: int, batch: int) -> None:
+def _child(what: str, which: str, steps: int, batch: int) -> None:
     torch.set_num_threads(1)
-    den, shape = _denoisers(big)
+    den, shape, checkpoint = _case(which)
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(batch, *shape, generator=g)
     target = torch.randn(batch, *shape, generator=g)
-    smp = ResSampler(den, SamplerConfig(steps=steps))
+    smp = ResSampler(den, SamplerConfig(steps=steps, checkpoint=checkpoint))
     for _ in range(1):  # warm-up: one-time initialisation (lazy init, allocator) is not measured
         plain(smp, z0, target)
         diagnosis(smp, z0, target)
@@ -98,6 +105,24 @@ def _denoisers(big: bool):
     return build_denoiser("digits"), (1, 8, 8)
 
 
+#: --which: the denoisers counted or timed
+CASES = {"builtin": "built-in (digits)", "big": "10x larger", "cosmos": "Cosmos-shaped"}
+
+
+def _case(which: str):
+    """(denoiser, sample shape, checkpoint) of a --which case. ``cosmos``: the scale benchmark's
+    denoiser (benchmarks/cosmos_denoiser.py, 10.7M parameters) on a [16, 8, 44, 80] video latent,
+    every denoiser call checkpointed, as ``gradcheck run --checkpoint`` runs it."""
+    if which == "cosmos":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from cosmos_denoiser import factory
+
+        den = factory()
+        return den, tuple(den.sample_shape), True
+    den, shape = _denoisers(which == "big")
+    return den, shape, False
+
+
 def instructions(steps: int, batch: int, which: str = "both") -> None:
     import re
     import subprocess
@@ -106,14 +131,14 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
 
     print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
     rows = []
-    for big in {"both": (False, True), "builtin": (False,), "big": (True,)}[which]:
+    for case in {"both": ("builtin", "big")}.get(which, (which,)):
         counts = {}
         with tempfile.TemporaryDirectory() as tmp:
             # the three processes run side by side: instruction counts do not depend on what
             # else the machine runs, so this takes the wall time of one of them
             procs = {what: subprocess.Popen(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg-{what}",
-                 sys.executable, __file__, "--child", what, "--big", str(int(big)),
+                 sys.executable, __file__, "--child", what, "--which", case,
                  "--steps", str(steps), "--batch", str(batch)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for what in ("none", "plain", "diagnosis")}
@@ -124,12 +149,46 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
                 counts[what] = int(re.search(r"Collected : (\d+)", err).group(1))
         p = counts["plain"] - counts["none"]
         d = counts["diagnosis"] - counts["none"]
-        label = "10x larger" if big else "built-in (digits)"
+        label = CASES[case]
         print(f"{label:<20} plain {p / 1e6:9.1f} M instr   diagnosis {d / 1e6:9.1f} M instr   "
               f"ratio {d / p:.3f}", flush=True)
         rows.append({"denoiser": label, "plain_minstr": p / 1e6, "diagnosis_minstr": d / 1e6,
                      "ratio": d / p})
     _write(f"overhead_instructions_{which}", {"steps": steps, "batch": batch, "rows": rows})
+
+
+def cosmos(steps: int, repeats: int, threads: int) -> None:
+    """The record phase at the Cosmos shape: plain and diagnosis, interleaved (no op-detail or
+    no-graph variants: each pass takes seconds here)."""
+    torch.set_num_threads(threads)
+    den, shape, checkpoint = _case("cosmos")
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(1, *shape, generator=g)
+    target = torch.randn(1, *shape, generator=g)
+    smp = ResSampler(den, SamplerConfig(steps=steps, checkpoint=checkpoint))
+    print(f"torch {torch.__version__}, {threads} threads, Cosmos shape {list(shape)}, "
+          f"{steps} steps, checkpointed, {repeats} interleaved repeats, CPU time")
+    gp, gd = plain(smp, z0, target), diagnosis(smp, z0, target)  # warm-up, and a check
+    torch.testing.assert_close(gp, gd, rtol=0, atol=0)
+    tp, td = [], []
+    for i in range(repeats):
+        t0 = CLOCK(); plain(smp, z0, target); tp.append(CLOCK() - t0)
+        t0 = CLOCK(); diagnosis(smp, z0, target); td.append(CLOCK() - t0)
+        print(f"  repeat {i + 1}: plain {tp[-1]:.2f} s, diagnosis {td[-1]:.2f} s", flush=True)
+    row = {"denoiser": CASES["cosmos"], "mode": "default", "shape": list(shape),
+           "checkpoint": checkpoint, "plain_s": _mmm(tp), "diagnosis_s": _mmm(td),
+           "ratio_min": min(td) / min(tp),
+           "ratio_median": statistics.median(td) / statistics.median(tp),
+           "ratio_median_paired": statistics.median(d / p for d, p in zip(td, tp)), "bar": 1.05}
+    print(f"plain {_fmt(tp)}   diagnosis {_fmt(td)}   ratio min {row['ratio_min']:.3f}  "
+          f"median {row['ratio_median']:.3f}  paired {row['ratio_median_paired']:.3f}  "
+          f"(bar 1.05)")
+    _write("overhead_cosmos", {"steps": steps, "batch": 1, "repeats": repeats, "clock": "cpu",
+                               "rows": [row]})
+
+
+def _fmt(v: list[float]) -> str:
+    return f"min {min(v):.2f} / median {statistics.median(v):.2f} / max {max(v):.2f} s"
 
 
 def _write(name: str, data: dict) -> None:
@@ -144,10 +203,11 @@ def _write(name: str, data: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instructions", action="store_true", help="count instructions (callgrind)")
-    ap.add_argument("--which", choices=("both", "builtin", "big"), default="both",
-                    help="with --instructions: which denoiser(s) to count")
+    ap.add_argument("--which", choices=("both", *CASES), default="both",
+                    help="which denoiser(s): with --instructions, those counted; ``cosmos`` "
+                    "alone times the record phase at the Cosmos shape "
+                    "(results/overhead_cosmos.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--big", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=9)
@@ -156,9 +216,11 @@ def main() -> None:
                     "workers spinning on a shared machine make multi-thread timings scatter)")
     args = ap.parse_args()
     if args.child:
-        return _child(args.child, bool(args.big), args.steps, args.batch)
+        return _child(args.child, args.which, args.steps, args.batch)
     if args.instructions:
         return instructions(args.steps, args.batch, args.which)
+    if args.which == "cosmos":
+        return cosmos(args.steps, args.repeats, args.threads)
     global CLOCK
     torch.set_num_threads(args.threads)
     if args.wall:

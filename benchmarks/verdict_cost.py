@@ -13,6 +13,11 @@ repeat) for each further forward and the rest of a plain pass for each further b
 level cannot cost less than its floor; on a model whose backward w.r.t. the input costs about
 a forward (the tiny built-in, weights frozen) each further forward is about half a unit.
 Bars (issue 15): default <= 2.5x, quick <= 1.3x. Writes ``results/verdict_cost.json``.
+
+``--denoiser cosmos``: the Cosmos-shaped scale case instead (benchmarks/cosmos_denoiser.py, 10.7M
+parameters, a [1, 16, 8, 44, 80] latent, float32, every denoiser call checkpointed: ``--checkpoint``
+is implied), mode default, levels quick and default (``full`` costs about seven passes of half a
+minute each here: ``--levels`` adds it). Writes ``results/verdict_cost_cosmos.json``.
 """
 from __future__ import annotations
 
@@ -38,14 +43,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--denoiser", choices=("digits", "big"), default="digits",
+    ap.add_argument("--denoiser", choices=("digits", "big", "cosmos"), default="digits",
                     help="digits: the built-in (ops of microseconds, a forward is half of a "
-                    "forward+backward); big: a TinyUNet of width 112 (10x the parameters)")
+                    "forward+backward); big: a TinyUNet of width 112 (10x the parameters); "
+                    "cosmos: the scale benchmark's video denoiser at the Cosmos shape")
+    ap.add_argument("--levels", default=None, help="comma-separated --checks levels (default: "
+                    "all three; quick,default for cosmos)")
     ap.add_argument("--checkpoint", action="store_true", help="per-denoiser-call checkpointing, "
                     "as big models run (the plain pass then recomputes each call's forward)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if args.denoiser == "big":
+    levels = tuple(args.levels.split(",")) if args.levels else (
+        ("quick", "default") if args.denoiser == "cosmos" else LEVELS)
+    modes = ("default", "learnable_step_noise")
+    if args.denoiser == "cosmos":
+        from cosmos_denoiser import factory
+
+        den = factory()
+        z0 = torch.randn(1, *den.sample_shape, generator=torch.Generator().manual_seed(0))
+        args.checkpoint, modes = True, ("default",)
+    elif args.denoiser == "big":
         from gradcheck.sampling import EDMDenoiser, TinyUNet
 
         torch.manual_seed(0)
@@ -53,12 +70,14 @@ def main() -> None:
         den = den.double()
     else:
         den = build_denoiser("digits").double()
-    z0 = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    if args.denoiser != "cosmos":
+        z0 = torch.randn(2, 1, 8, 8, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(0))
     rows = []
     print(f"denoiser {args.denoiser}{' checkpointed' if args.checkpoint else ''}, torch {torch.__version__}, 1 thread, {args.steps} steps, "
           f"{args.repeats} interleaved "
           f"repeats; ratio = diagnose wall time / plain forward+backward wall time")
-    for mode in ("default", "learnable_step_noise"):
+    for mode in modes:
         smp = ResSampler(den, SamplerConfig(steps=args.steps, checkpoint=args.checkpoint),
                          mode=mode)
 
@@ -77,15 +96,15 @@ def main() -> None:
 
         plain()
         forward()
-        for level in LEVELS:
+        for level in levels:
             diag(level)
-        ratios = {lv: [] for lv in LEVELS}
-        units = {lv: [] for lv in LEVELS}
-        floors = {lv: [] for lv in LEVELS}
+        ratios = {lv: [] for lv in levels}
+        units = {lv: [] for lv in levels}
+        floors = {lv: [] for lv in levels}
         fwd_share = []
         passes = {}
         for _ in range(args.repeats):
-            for level in LEVELS:
+            for level in levels:
                 t0 = time.perf_counter()
                 forward()
                 tf = time.perf_counter() - t0
@@ -108,7 +127,7 @@ def main() -> None:
         share = statistics.median(fwd_share)
         print(f"{mode}: a no-grad forward costs {share:.2f} of a plain forward+backward "
               f"(median), so each further forward pass adds at least that")
-        for level in LEVELS:
+        for level in levels:
             r, u, fl = ratios[level], units[level], floors[level]
             row = {"mode": mode, "checks": level,
                    "ratio": {"min": min(r), "median": statistics.median(r), "max": max(r)},
@@ -124,8 +143,8 @@ def main() -> None:
                   + f"; floor of its passes {row['floor']:.2f}"
                   + f"; own units median {statistics.median(u):.2f}; passes {passes[level]}",
                   flush=True)
-    name = "verdict_cost" + ("" if args.denoiser == "digits" else "_big") + (
-        "_checkpoint" if args.checkpoint else "")
+    name = "verdict_cost" + {"digits": "", "big": "_big", "cosmos": "_cosmos"}[args.denoiser] + (
+        "_checkpoint" if args.checkpoint and args.denoiser != "cosmos" else "")
     n_params = sum(p.numel() for p in den.parameters())
     path = results_file.write(name, {"steps": args.steps, "repeats": args.repeats,
                                      "denoiser": args.denoiser, "parameters": n_params,

@@ -192,8 +192,6 @@ def _fmt(v: list[float]) -> str:
 
 
 def _write(name: str, data: dict) -> None:
-    import os
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from results_file import write
 

@@ -55,6 +55,9 @@ def main() -> None:
     torch.set_num_threads(1)
     levels = tuple(args.levels.split(",")) if args.levels else (
         ("quick", "default") if args.denoiser == "cosmos" else LEVELS)
+    if not set(levels) <= set(LEVELS):
+        ap.error(f"--levels: unknown level(s) {', '.join(sorted(set(levels) - set(LEVELS)))}; "
+                 f"choose from {', '.join(LEVELS)}")
     modes = ("default", "learnable_step_noise")
     if args.denoiser == "cosmos":
         from cosmos_denoiser import factory

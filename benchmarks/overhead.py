@@ -24,8 +24,10 @@ forward+backward / one diagnosis; the differences are the two costs.
 ``--which cosmos`` (without ``--instructions``) times the record phase at the Cosmos shape instead:
 the scale benchmark's 10.7M-parameter denoiser (benchmarks/cosmos_denoiser.py) on a [1, 16, 8, 44,
 80] latent, every denoiser call checkpointed, plain and diagnosis interleaved
-(results/overhead_cosmos.json); with ``--instructions`` it counts that case (use few ``--steps``:
-one pass takes seconds natively).
+(results/overhead_cosmos.json); with ``--instructions`` it counts that case, slowly: at
+``--steps 1 --batch 1`` each of the three callgrind processes had used 59 minutes of CPU time,
+still warming up, when it was stopped (a pass takes seconds natively, its convolutions far longer
+under callgrind).
 """
 from __future__ import annotations
 

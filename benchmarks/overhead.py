@@ -15,19 +15,20 @@ median of the repeat-by-repeat ratios ("paired"). Bar (issue 15): <= 1.05x at 35
 graph walk alone is timed on one recorded graph ("walk/node": microseconds per autograd node).
 
 Timings on a shared machine scatter by +-20% from run to run; ``--instructions`` counts CPU
-instructions instead with valgrind's callgrind (repeatable to a few tenths of a percent: hash
-randomisation and address layout move the counts of the same pass between processes; the built-in model
-takes about 7 minutes, the 10x one well over an hour on a quiet machine: ``--which big|builtin``):
-three processes, run side by side, that do the same set-up and warm-up, then nothing / one plain
-forward+backward / one diagnosis; the differences are the two costs.
+instructions instead with valgrind's callgrind (``--which builtin|big|cosmos``; needs valgrind and
+a C compiler, which builds callgrind's client requests into a small library for ctypes). Two
+processes run side by side, one counting plain then diagnosis, the other the reverse order; each
+does the set-up and a warm-up pair with instrumentation off, then counts each pass alone between
+a zeroing and a dump of callgrind's counters. The same pass counted in the two processes differs
+by a few hundredths of a percent (hash randomisation and address layout). The built-in model takes
+about 5 minutes on a quiet machine.
 
 ``--which cosmos`` (without ``--instructions``) times the record phase at the Cosmos shape instead:
 the scale benchmark's 10.7M-parameter denoiser (benchmarks/cosmos_denoiser.py) on a [1, 16, 8, 44,
 80] latent, every denoiser call checkpointed, plain and diagnosis interleaved
-(results/overhead_cosmos.json); with ``--instructions`` it counts that case, slowly: at
-``--steps 1 --batch 1`` each of the three callgrind processes had used 59 minutes of CPU time,
-still warming up, when it was stopped (a pass takes seconds natively, its convolutions far longer
-under callgrind).
+(results/overhead_cosmos.json); with ``--instructions`` it counts that case, slowly (its
+convolutions run far longer under valgrind than natively): use ``--steps 1 --batch 1``, which
+counts one step of the sampler, the share of the per-diagnosis fixed costs at its largest.
 """
 from __future__ import annotations
 
@@ -84,19 +85,41 @@ def walk_cost(smp, z0, target, repeats: int) -> tuple[int, float]:
 
 
 def _child(what: str, which: str, steps: int, batch: int) -> None:
+    """One callgrind process (see instructions()): set-up and one warm-up pair run with
+    instrumentation off; then each pass named in ``what`` ("plain,diagnosis" or the reverse) is
+    counted on its own, between a zeroing and a dump of callgrind's counters."""
+    import ctypes
+
+    cg = ctypes.CDLL(os.environ["GRADCHECK_CALLGRIND_LIB"])
+    if not cg.cg_running():
+        raise SystemExit("--child runs under valgrind --tool=callgrind --instr-atstart=no")
     torch.set_num_threads(1)
     den, shape, checkpoint = _case(which)
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(batch, *shape, generator=g)
     target = torch.randn(batch, *shape, generator=g)
     smp = ResSampler(den, SamplerConfig(steps=steps, checkpoint=checkpoint))
-    for _ in range(1):  # warm-up: one-time initialisation (lazy init, allocator) is not measured
-        plain(smp, z0, target)
-        diagnosis(smp, z0, target)
-    if what == "plain":
-        plain(smp, z0, target)
-    elif what == "diagnosis":
-        diagnosis(smp, z0, target)
+    # warm-up: one-time initialisation (lazy init, allocator, the first call's caches) is not
+    # counted, and runs uninstrumented (several times faster than counted code under callgrind)
+    plain(smp, z0, target)
+    diagnosis(smp, z0, target)
+    passes = {"plain": plain, "diagnosis": diagnosis}
+    cg.cg_start()
+    for name in what.split(","):
+        gc.collect()
+        cg.cg_zero()
+        passes[name](smp, z0, target)
+        cg.cg_dump(name.encode())
+
+
+#: callgrind's client requests (valgrind/callgrind.h), for ctypes: count one pass, not a process
+_CALLGRIND_C = """
+#include <valgrind/callgrind.h>
+int cg_running(void) { return RUNNING_ON_VALGRIND; }
+void cg_start(void) { CALLGRIND_START_INSTRUMENTATION; }
+void cg_zero(void) { CALLGRIND_ZERO_STATS; }
+void cg_dump(const char *why) { CALLGRIND_DUMP_STATS_AT(why); }
+"""
 
 
 def _denoisers(big: bool):
@@ -126,37 +149,75 @@ def _case(which: str):
 
 
 def instructions(steps: int, batch: int, which: str = "both") -> None:
+    """Instructions of one plain forward+backward and one diagnosis, counted by callgrind in two
+    processes side by side (one counts plain then diagnosis, the other the reverse order, so
+    neither pass is favoured by running second). Each process warms up uninstrumented and counts
+    each pass alone between client requests (``--instr-atstart=no``): no set-up, import or
+    warm-up in the counts, nothing to subtract."""
     import re
+    import shutil
     import subprocess
-    import sys
     import tempfile
 
+    for tool in ("valgrind", "cc"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"--instructions needs {tool!r} on PATH (Debian: valgrind, gcc)")
+    torch.set_num_threads(1)  # what the children run with, and what the results file records
     print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
     rows = []
-    for case in {"both": ("builtin", "big")}.get(which, (which,)):
-        counts = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            # the three processes run side by side: instruction counts do not depend on what
-            # else the machine runs, so this takes the wall time of one of them
-            procs = {what: subprocess.Popen(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg-{what}",
-                 sys.executable, __file__, "--child", what, "--which", case,
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = os.path.join(tmp, "libcg.so")
+        with open(os.path.join(tmp, "cg.c"), "w") as f:
+            f.write(_CALLGRIND_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", lib, os.path.join(tmp, "cg.c")],
+                       check=True)
+        env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
+        for case in {"both": ("builtin", "big")}.get(which, (which,)):
+            t0 = time.perf_counter()
+            orders = ("plain,diagnosis", "diagnosis,plain")
+            procs = {order: subprocess.Popen(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                 f"--callgrind-out-file={tmp}/cg-{case}-{i}",
+                 sys.executable, __file__, "--child", order, "--which", case,
                  "--steps", str(steps), "--batch", str(batch)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for what in ("none", "plain", "diagnosis")}
-            for what, proc in procs.items():
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for i, order in enumerate(orders)}
+            counts: dict[str, list[int]] = {"plain": [], "diagnosis": []}
+            for i, (order, proc) in enumerate(procs.items()):
                 _, err = proc.communicate()
                 if proc.returncode != 0:
-                    raise SystemExit(f"callgrind child {what!r} failed:\n{err[-2000:]}")
-                counts[what] = int(re.search(r"Collected : (\d+)", err).group(1))
-        p = counts["plain"] - counts["none"]
-        d = counts["diagnosis"] - counts["none"]
-        label = CASES[case]
-        print(f"{label:<20} plain {p / 1e6:9.1f} M instr   diagnosis {d / 1e6:9.1f} M instr   "
-              f"ratio {d / p:.3f}", flush=True)
-        rows.append({"denoiser": label, "plain_minstr": p / 1e6, "diagnosis_minstr": d / 1e6,
-                     "ratio": d / p})
-    _write(f"overhead_instructions_{which}", {"steps": steps, "batch": batch, "rows": rows})
+                    raise SystemExit(f"callgrind child {order!r} failed:\n{err[-2000:]}")
+                for name, n in _dumps(f"{tmp}/cg-{case}-{i}"):
+                    counts[name].append(n)
+            if sorted(map(len, counts.values())) != [2, 2]:
+                raise SystemExit(f"expected two counts of each pass, got {counts}")
+            p, d = statistics.mean(counts["plain"]), statistics.mean(counts["diagnosis"])
+            label = CASES[case]
+            spread = max(abs(a - b) / max(a, b) for a, b in counts.values())
+            print(f"{label:<20} plain {p / 1e6:9.1f} M instr   diagnosis {d / 1e6:9.1f} M instr"
+                  f"   ratio {d / p:.3f}   (orders differ by {spread:.2%}; "
+                  f"{(time.perf_counter() - t0) / 60:.0f} min)", flush=True)
+            rows.append({"denoiser": label, "plain_minstr": p / 1e6, "diagnosis_minstr": d / 1e6,
+                         "ratio": d / p, "plain_counts": counts["plain"],
+                         "diagnosis_counts": counts["diagnosis"],
+                         "order_spread": spread})
+    _write(f"overhead_instructions_{which}", {"steps": steps, "batch": batch,
+                                               "method": "callgrind --instr-atstart=no, one "
+                                               "pass a dump, both orders", "rows": rows})
+
+
+def _dumps(prefix: str):
+    """(pass name, instructions) of each callgrind dump triggered by cg_dump: files prefix.N
+    whose header names the client request and whose totals line carries Ir."""
+    import glob
+    import re
+
+    for path in sorted(glob.glob(prefix + ".*"), key=lambda p: int(p.rsplit(".", 1)[1])):
+        text = open(path).read()
+        why = re.search(r"^desc: Trigger: Client Request: (\S+)", text, re.M)
+        total = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
+        if why and total:
+            yield why.group(1), int(total.group(1))
 
 
 def cosmos(steps: int, repeats: int, threads: int) -> None:

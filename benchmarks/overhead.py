@@ -94,6 +94,8 @@ def _child(what: str, which: str, steps: int, batch: int) -> None:
     if not cg.cg_running():
         raise SystemExit("--child runs under valgrind --tool=callgrind --instr-atstart=no")
     torch.set_num_threads(1)
+    if what == "net":
+        return _net_child(cg)
     den, shape, checkpoint = _case(which)
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(batch, *shape, generator=g)
@@ -110,6 +112,28 @@ def _child(what: str, which: str, steps: int, batch: int) -> None:
         cg.cg_zero()
         passes[name](smp, z0, target)
         cg.cg_dump(name.encode())
+
+
+def _net_child(cg) -> None:
+    """Count one forward+backward of a one-block copy of the Cosmos-shaped network (the same
+    layers and shapes as a denoiser call, a tenth of its depth), for isa_factor()."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from cosmos_denoiser import CosmosShapedNet
+
+    torch.manual_seed(0)
+    net = CosmosShapedNet(depth=1).requires_grad_(False)
+    x = torch.randn(1, 16, 8, 44, 80, requires_grad=True)
+    c = torch.tensor([0.5])
+
+    def once():
+        torch.autograd.grad(net(x, c).square().sum(), [x])
+
+    once()
+    cg.cg_start()
+    gc.collect()
+    cg.cg_zero()
+    once()
+    cg.cg_dump(b"net")
 
 
 #: callgrind's client requests (valgrind/callgrind.h), for ctypes: count one pass, not a process
@@ -148,13 +172,22 @@ def _case(which: str):
     return den, shape, False
 
 
-def instructions(steps: int, batch: int, which: str = "both") -> None:
+def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
+                 keep: str | None = None) -> None:
     """Instructions of one plain forward+backward and one diagnosis, counted by callgrind in two
     processes side by side (one counts plain then diagnosis, the other the reverse order, so
     neither pass is favoured by running second). Each process warms up uninstrumented and counts
     each pass alone between client requests (``--instr-atstart=no``): no set-up, import or
-    warm-up in the counts, nothing to subtract."""
-    import re
+    warm-up in the counts, nothing to subtract.
+
+    ``avx`` pins MKL's and oneDNN's code paths to AVX (``MKL_CBWR=AVX``,
+    ``ONEDNN_MAX_CPU_ISA=AVX``). Valgrind runs no AVX-512, and the libraries' own choice under it
+    (AVX2 with FMA) runs a large matrix product or convolution 1,000-2,000x slower than natively
+    (measured: an [880, 512] x [512, 1024] product, 11 ms natively, 22.6 s under valgrind
+    --tool=none, 0.13 s pinned), so a Cosmos-shaped pass would take days; their AVX paths (no
+    FMA) run 10-20x slower than natively. They take more instructions per flop
+    than natively, which dilutes the ratio: the kernels' share of each count is reported
+    (``kernel_share``) so that this can be judged. ``keep``: copy callgrind's dump files there."""
     import shutil
     import subprocess
     import tempfile
@@ -166,12 +199,10 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
     print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        lib = os.path.join(tmp, "libcg.so")
-        with open(os.path.join(tmp, "cg.c"), "w") as f:
-            f.write(_CALLGRIND_C)
-        subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", lib, os.path.join(tmp, "cg.c")],
-                       check=True)
+        lib = _build_client_lib(tmp)
         env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
+        if avx:
+            env.update(MKL_CBWR="AVX", ONEDNN_MAX_CPU_ISA="AVX")
         for case in {"both": ("builtin", "big")}.get(which, (which,)):
             t0 = time.perf_counter()
             orders = ("plain,diagnosis", "diagnosis,plain")
@@ -183,12 +214,19 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for i, order in enumerate(orders)}
             counts: dict[str, list[int]] = {"plain": [], "diagnosis": []}
+            mkl: dict[str, list[float]] = {"plain": [], "diagnosis": []}
             for i, (order, proc) in enumerate(procs.items()):
                 _, err = proc.communicate()
                 if proc.returncode != 0:
                     raise SystemExit(f"callgrind child {order!r} failed:\n{err[-2000:]}")
-                for name, n in _dumps(f"{tmp}/cg-{case}-{i}"):
+                for name, n, share in _dumps(f"{tmp}/cg-{case}-{i}"):
                     counts[name].append(n)
+                    mkl[name].append(share)
+            if keep:
+                os.makedirs(keep, exist_ok=True)
+                for f in os.listdir(tmp):
+                    if f.startswith(f"cg-{case}-"):
+                        shutil.copy(os.path.join(tmp, f), keep)
             if sorted(map(len, counts.values())) != [2, 2]:
                 raise SystemExit(f"expected two counts of each pass, got {counts}")
             p, d = statistics.mean(counts["plain"]), statistics.mean(counts["diagnosis"])
@@ -200,15 +238,92 @@ def instructions(steps: int, batch: int, which: str = "both") -> None:
             rows.append({"denoiser": label, "plain_minstr": p / 1e6, "diagnosis_minstr": d / 1e6,
                          "ratio": d / p, "plain_counts": counts["plain"],
                          "diagnosis_counts": counts["diagnosis"],
-                         "order_spread": spread})
+                         "order_spread": spread,
+                         "kernel_share": {k: statistics.mean(v) for k, v in mkl.items()},
+                         "extra_minstr": (d - p) / 1e6})
     _write(f"overhead_instructions_{which}", {"steps": steps, "batch": batch,
                                                "method": "callgrind --instr-atstart=no, one "
-                                               "pass a dump, both orders", "rows": rows})
+                                               "pass a dump, both orders",
+                                               "isa": "AVX (MKL_CBWR, ONEDNN_MAX_CPU_ISA)" if avx
+                                               else "the libraries' choice", "rows": rows})
+
+
+def isa_factor(keep: str | None = None) -> None:
+    """How much the AVX pin inflates the Cosmos count's kernels: one forward+backward of a
+    one-block copy of the Cosmos-shaped network counted with the libraries' own choice (AVX2 with
+    FMA, slow under valgrind: minutes) and with the pin, side by side. With the factor r, the
+    Cosmos count's plain pass P (kernels K of it) becomes P - K + K/r with the libraries' kernels,
+    and the ratio (P - K + K/r + extra) / (P - K + K/r), the extra instructions of a diagnosis
+    being outside those kernels. Reads results/overhead_instructions_cosmos.json for that
+    estimate; writes results/overhead_instructions_isa.json."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results_file import RESULTS
+
+    torch.set_num_threads(1)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = _build_client_lib(tmp)
+        env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
+        procs = {}
+        for isa, extra in (("library", {}),
+                           ("avx", {"MKL_CBWR": "AVX", "ONEDNN_MAX_CPU_ISA": "AVX"})):
+            procs[isa] = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                 f"--callgrind-out-file={tmp}/cg-net-{isa}", sys.executable, __file__,
+                 "--child", "net"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**env, **extra})
+        for isa, proc in procs.items():
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"callgrind child {isa!r} failed:\n{err[-2000:]}")
+            ((_, n, share),) = list(_dumps(f"{tmp}/cg-net-{isa}"))
+            out[isa] = {"minstr": n / 1e6, "kernel_share": share,
+                        "kernel_minstr": n * share / 1e6}
+            if keep:
+                os.makedirs(keep, exist_ok=True)
+                for f in os.listdir(tmp):
+                    if f.startswith(f"cg-net-{isa}"):
+                        shutil.copy(os.path.join(tmp, f), keep)
+    r = out["avx"]["kernel_minstr"] / out["library"]["kernel_minstr"]
+    res = {"net": "CosmosShapedNet(depth=1), [1, 16, 8, 44, 80], forward + input gradient",
+           **out, "kernel_factor": r}
+    print(f"one-block net: libraries' ISA {out['library']['minstr']:.1f} M instr "
+          f"(kernels {out['library']['kernel_share']:.1%}), AVX {out['avx']['minstr']:.1f} M "
+          f"(kernels {out['avx']['kernel_share']:.1%}): kernel factor {r:.2f}")
+    f = RESULTS / "overhead_instructions_cosmos.json"
+    if f.exists():
+        row = json.loads(f.read_text())["results"]["rows"][0]
+        p = row["plain_minstr"]
+        k = p * row["kernel_share"]["plain"]
+        p_lib = p - k + k / r
+        est = (p_lib + row["extra_minstr"]) / p_lib
+        res["cosmos_estimate"] = {"plain_minstr": p_lib, "ratio": est,
+                                  "from": "overhead_instructions_cosmos.json"}
+        print(f"Cosmos shape with the libraries' kernels (estimate): plain {p_lib:.0f} M, "
+              f"ratio {est:.3f}")
+    _write("overhead_instructions_isa", res)
+
+
+def _build_client_lib(tmp: str) -> str:
+    import subprocess
+
+    lib = os.path.join(tmp, "libcg.so")
+    with open(os.path.join(tmp, "cg.c"), "w") as f:
+        f.write(_CALLGRIND_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", lib, os.path.join(tmp, "cg.c")],
+                   check=True)
+    return lib
 
 
 def _dumps(prefix: str):
-    """(pass name, instructions) of each callgrind dump triggered by cg_dump: files prefix.N
-    whose header names the client request and whose totals line carries Ir."""
+    """(pass name, instructions, share of them in numerical kernels: see _kernel) of each
+    callgrind dump triggered by cg_dump: files prefix.N whose header names the client request and
+    whose totals line carries Ir."""
     import glob
     import re
 
@@ -217,7 +332,38 @@ def _dumps(prefix: str):
         why = re.search(r"^desc: Trigger: Client Request: (\S+)", text, re.M)
         total = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
         if why and total:
-            yield why.group(1), int(total.group(1))
+            n = int(total.group(1))
+            yield why.group(1), n, _self_cost(text, _kernel) / n
+
+
+def _kernel(fn: str) -> bool:
+    """MKL's and other numerical kernels: functions named mkl_*, and code without symbols (MKL's
+    matrix-product kernels in torch's library carry none, and oneDNN's JIT kernels have no file)."""
+    return fn.startswith(("mkl_", "0x"))
+
+
+def _self_cost(text: str, keep) -> int:
+    """Self instructions of the functions ``keep(name)`` selects, in a callgrind dump (its
+    format: ``fn=(id) name`` opens a function, later ``fn=(id)`` reuses the name; a cost line
+    after ``calls=`` is the call's inclusive cost, not the function's own)."""
+    names: dict[str, str] = {}
+    total, on, skip = 0, False, False
+    for line in text.splitlines():
+        if line.startswith("fn="):
+            ref, _, name = line[3:].partition(" ")
+            if name:
+                names[ref] = name
+            on = keep(names.get(ref, ref))
+        elif line.startswith("calls="):
+            skip = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if skip:
+                skip = False
+            elif on:
+                parts = line.split()
+                if len(parts) > 1:
+                    total += int(parts[1])
+    return total
 
 
 def cosmos(steps: int, repeats: int, threads: int) -> None:
@@ -269,6 +415,15 @@ def main() -> None:
                     "alone times the record phase at the Cosmos shape "
                     "(results/overhead_cosmos.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--isa", choices=("default", "library", "avx"), default="default",
+                    help="with --instructions: the code path of MKL and oneDNN (default: avx for "
+                    "--which cosmos, where the libraries' own choice under valgrind, AVX2 with "
+                    "FMA, runs 1,000-2,000x slower than natively; the libraries' otherwise)")
+    ap.add_argument("--isa-factor", action="store_true",
+                    help="count how much --isa avx inflates the Cosmos count's kernels "
+                    "(results/overhead_instructions_isa.json)")
+    ap.add_argument("--keep-dumps", default=None, metavar="DIR",
+                    help="with --instructions: copy callgrind's dump files to DIR")
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=9)
@@ -278,8 +433,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return _child(args.child, args.which, args.steps, args.batch)
+    if args.isa_factor:
+        return isa_factor(args.keep_dumps)
     if args.instructions:
-        return instructions(args.steps, args.batch, args.which)
+        avx = args.isa == "avx" or (args.isa == "default" and args.which == "cosmos")
+        return instructions(args.steps, args.batch, args.which, avx,
+                            args.keep_dumps)
     if args.which == "cosmos":
         return cosmos(args.steps, args.repeats, args.threads)
     global CLOCK

@@ -173,7 +173,7 @@ def _case(which: str):
 
 
 def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
-                 keep: str | None = None) -> None:
+                 keep: str | None = None, from_dumps: str | None = None) -> None:
     """Instructions of one plain forward+backward and one diagnosis, counted by callgrind in two
     processes side by side (one counts plain then diagnosis, the other the reverse order, so
     neither pass is favoured by running second). Each process warms up uninstrumented and counts
@@ -186,8 +186,11 @@ def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
     (measured: an [880, 512] x [512, 1024] product, 11 ms natively, 22.6 s under valgrind
     --tool=none, 0.13 s pinned), so a Cosmos-shaped pass would take days; their AVX paths (no
     FMA) run 10-20x slower than natively. They take more instructions per flop
-    than natively, which dilutes the ratio: the kernels' share of each count is reported
-    (``kernel_share``) so that this can be judged. ``keep``: copy callgrind's dump files there."""
+    than natively, which dilutes the ratio: the libraries' share of each count is reported
+    (``library_share``) with the factor by which their code would have to shrink for the ratio to
+    reach 1.05 (``break_even_factor``). ``keep``: copy callgrind's dump files there;
+    ``from_dumps``: read kept ones instead of running (``steps``, ``batch`` and ``avx`` must be
+    those they were counted with)."""
     import shutil
     import subprocess
     import tempfile
@@ -196,6 +199,10 @@ def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
         if shutil.which(tool) is None:
             raise SystemExit(f"--instructions needs {tool!r} on PATH (Debian: valgrind, gcc)")
     torch.set_num_threads(1)  # what the children run with, and what the results file records
+    cases = {"both": ("builtin", "big")}.get(which, (which,))
+    if from_dumps:
+        rows = [_row(case, from_dumps) for case in cases]
+        return _write_instructions(which, steps, batch, avx, rows)
     print(f"callgrind instruction counts, 1 thread, batch {batch}, {steps} steps, mode default")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +210,7 @@ def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
         env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
         if avx:
             env.update(MKL_CBWR="AVX", ONEDNN_MAX_CPU_ISA="AVX")
-        for case in {"both": ("builtin", "big")}.get(which, (which,)):
+        for case in cases:
             t0 = time.perf_counter()
             orders = ("plain,diagnosis", "diagnosis,plain")
             procs = {order: subprocess.Popen(
@@ -213,49 +220,38 @@ def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
                  "--steps", str(steps), "--batch", str(batch)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for i, order in enumerate(orders)}
-            counts: dict[str, list[int]] = {"plain": [], "diagnosis": []}
-            mkl: dict[str, list[float]] = {"plain": [], "diagnosis": []}
             for i, (order, proc) in enumerate(procs.items()):
                 _, err = proc.communicate()
                 if proc.returncode != 0:
                     raise SystemExit(f"callgrind child {order!r} failed:\n{err[-2000:]}")
-                for name, n, share in _dumps(f"{tmp}/cg-{case}-{i}"):
-                    counts[name].append(n)
-                    mkl[name].append(share)
             if keep:
                 os.makedirs(keep, exist_ok=True)
                 for f in os.listdir(tmp):
                     if f.startswith(f"cg-{case}-"):
                         shutil.copy(os.path.join(tmp, f), keep)
-            if sorted(map(len, counts.values())) != [2, 2]:
-                raise SystemExit(f"expected two counts of each pass, got {counts}")
-            p, d = statistics.mean(counts["plain"]), statistics.mean(counts["diagnosis"])
-            label = CASES[case]
-            spread = max(abs(a - b) / max(a, b) for a, b in counts.values())
-            print(f"{label:<20} plain {p / 1e6:9.1f} M instr   diagnosis {d / 1e6:9.1f} M instr"
-                  f"   ratio {d / p:.3f}   (orders differ by {spread:.2%}; "
-                  f"{(time.perf_counter() - t0) / 60:.0f} min)", flush=True)
-            rows.append({"denoiser": label, "plain_minstr": p / 1e6, "diagnosis_minstr": d / 1e6,
-                         "ratio": d / p, "plain_counts": counts["plain"],
-                         "diagnosis_counts": counts["diagnosis"],
-                         "order_spread": spread,
-                         "kernel_share": {k: statistics.mean(v) for k, v in mkl.items()},
-                         "extra_minstr": (d - p) / 1e6})
-    _write(f"overhead_instructions_{which}", {"steps": steps, "batch": batch,
-                                               "method": "callgrind --instr-atstart=no, one "
-                                               "pass a dump, both orders",
-                                               "isa": "AVX (MKL_CBWR, ONEDNN_MAX_CPU_ISA)" if avx
-                                               else "the libraries' choice", "rows": rows})
+            rows.append(_row(case, tmp))
+            print(f"({(time.perf_counter() - t0) / 60:.0f} min)", flush=True)
+    _write_instructions(which, steps, batch, avx, rows)
 
 
-def isa_factor(keep: str | None = None) -> None:
-    """How much the AVX pin inflates the Cosmos count's kernels: one forward+backward of a
-    one-block copy of the Cosmos-shaped network counted with the libraries' own choice (AVX2 with
-    FMA, slow under valgrind: minutes) and with the pin, side by side. With the factor r, the
-    Cosmos count's plain pass P (kernels K of it) becomes P - K + K/r with the libraries' kernels,
-    and the ratio (P - K + K/r + extra) / (P - K + K/r), the extra instructions of a diagnosis
-    being outside those kernels. Reads results/overhead_instructions_cosmos.json for that
-    estimate; writes results/overhead_instructions_isa.json."""
+def _write_instructions(which: str, steps: int, batch: int, avx: bool, rows: list) -> None:
+    _write(f"overhead_instructions_{which}", {
+        "steps": steps, "batch": batch,
+        "method": "callgrind --instr-atstart=no, one pass a dump, both orders",
+        "isa": "AVX (MKL_CBWR, ONEDNN_MAX_CPU_ISA)" if avx else "the libraries' choice",
+        "rows": rows})
+
+
+def isa_factor(keep: str | None = None, from_dumps: str | None = None) -> None:
+    """What the AVX pin does to the libraries' instructions: one forward+backward of a one-block
+    copy of the Cosmos-shaped network (the same layers and shapes as a denoiser call, a tenth of
+    its blocks), counted with the libraries' own choice under valgrind (AVX2 with FMA, slow:
+    tens of minutes) and with the pin, side by side. Their code takes r times more instructions
+    pinned; applied to the Cosmos count (results/overhead_instructions_cosmos.json, if there),
+    its plain pass P with library code L becomes P - L + L/r and the ratio
+    (P - L + L/r + extra) / (P - L + L/r): an estimate, since the one-block net weighs the
+    patchify and unpatchify layers more than the ten-block denoiser does. Writes
+    results/overhead_instructions_isa.json. ``from_dumps``: read dumps kept by ``keep``."""
     import json
     import shutil
     import subprocess
@@ -265,47 +261,48 @@ def isa_factor(keep: str | None = None) -> None:
     from results_file import RESULTS
 
     torch.set_num_threads(1)
-    out = {}
+    pins = {"library": {}, "avx": {"MKL_CBWR": "AVX", "ONEDNN_MAX_CPU_ISA": "AVX"}}
     with tempfile.TemporaryDirectory() as tmp:
-        lib = _build_client_lib(tmp)
-        env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
-        procs = {}
-        for isa, extra in (("library", {}),
-                           ("avx", {"MKL_CBWR": "AVX", "ONEDNN_MAX_CPU_ISA": "AVX"})):
-            procs[isa] = subprocess.Popen(
+        if not from_dumps:
+            lib = _build_client_lib(tmp)
+            env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
+            procs = {isa: subprocess.Popen(
                 ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                  f"--callgrind-out-file={tmp}/cg-net-{isa}", sys.executable, __file__,
                  "--child", "net"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**env, **extra})
-        for isa, proc in procs.items():
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                raise SystemExit(f"callgrind child {isa!r} failed:\n{err[-2000:]}")
-            ((_, n, share),) = list(_dumps(f"{tmp}/cg-net-{isa}"))
-            out[isa] = {"minstr": n / 1e6, "kernel_share": share,
-                        "kernel_minstr": n * share / 1e6}
+                env={**env, **extra}) for isa, extra in pins.items()}
+            for isa, proc in procs.items():
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    raise SystemExit(f"callgrind child {isa!r} failed:\n{err[-2000:]}")
             if keep:
                 os.makedirs(keep, exist_ok=True)
                 for f in os.listdir(tmp):
-                    if f.startswith(f"cg-net-{isa}"):
+                    if f.startswith("cg-net-"):
                         shutil.copy(os.path.join(tmp, f), keep)
-    r = out["avx"]["kernel_minstr"] / out["library"]["kernel_minstr"]
+        out = {}
+        for isa in pins:
+            ((_, n, share),) = list(_dumps(os.path.join(from_dumps or tmp, f"cg-net-{isa}")))
+            out[isa] = {"minstr": n / 1e6, "library_share": share,
+                        "library_minstr": n * share / 1e6}
+    r = out["avx"]["library_minstr"] / out["library"]["library_minstr"]
     res = {"net": "CosmosShapedNet(depth=1), [1, 16, 8, 44, 80], forward + input gradient",
-           **out, "kernel_factor": r}
-    print(f"one-block net: libraries' ISA {out['library']['minstr']:.1f} M instr "
-          f"(kernels {out['library']['kernel_share']:.1%}), AVX {out['avx']['minstr']:.1f} M "
-          f"(kernels {out['avx']['kernel_share']:.1%}): kernel factor {r:.2f}")
+           **out, "library_factor": r}
+    print(f"one-block net: the libraries' choice {out['library']['minstr']:.1f} M instr "
+          f"(MKL and oneDNN {out['library']['library_share']:.1%}), pinned to AVX "
+          f"{out['avx']['minstr']:.1f} M ({out['avx']['library_share']:.1%}): their code takes "
+          f"{r:.2f}x the instructions pinned")
     f = RESULTS / "overhead_instructions_cosmos.json"
     if f.exists():
         row = json.loads(f.read_text())["results"]["rows"][0]
         p = row["plain_minstr"]
-        k = p * row["kernel_share"]["plain"]
-        p_lib = p - k + k / r
+        lib_p = p * row["library_share"]["plain"]
+        p_lib = p - lib_p + lib_p / r
         est = (p_lib + row["extra_minstr"]) / p_lib
         res["cosmos_estimate"] = {"plain_minstr": p_lib, "ratio": est,
                                   "from": "overhead_instructions_cosmos.json"}
-        print(f"Cosmos shape with the libraries' kernels (estimate): plain {p_lib:.0f} M, "
-              f"ratio {est:.3f}")
+        print(f"Cosmos shape with the libraries' own code (estimate): plain {p_lib:.0f} M instr, "
+              f"ratio {est:.4f}")
     _write("overhead_instructions_isa", res)
 
 
@@ -318,6 +315,47 @@ def _build_client_lib(tmp: str) -> str:
     subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", lib, os.path.join(tmp, "cg.c")],
                    check=True)
     return lib
+
+
+def _row(case: str, folder: str) -> dict:
+    """The results row of a case from its callgrind dumps in ``folder`` (cg-<case>-0.N and
+    cg-<case>-1.N, one pass each; --from-dumps re-reads kept ones)."""
+    counts: dict[str, list[int]] = {"plain": [], "diagnosis": []}
+    lib: dict[str, list[float]] = {"plain": [], "diagnosis": []}
+    for i in (0, 1):
+        for name, n, share in _dumps(os.path.join(folder, f"cg-{case}-{i}")):
+            counts[name].append(n)
+            lib[name].append(share)
+    if sorted(map(len, counts.values())) != [2, 2]:
+        raise SystemExit(f"expected two counts of each pass in {folder}, got {counts}")
+    p, d = statistics.mean(counts["plain"]), statistics.mean(counts["diagnosis"])
+    spread = max(abs(a - b) / max(a, b) for a, b in counts.values())
+    share = {k: statistics.mean(v) for k, v in lib.items()}
+    row = {"denoiser": CASES[case], "plain_minstr": p / 1e6, "diagnosis_minstr": d / 1e6,
+           "ratio": d / p, "plain_counts": counts["plain"],
+           "diagnosis_counts": counts["diagnosis"], "order_spread": spread,
+           "extra_minstr": (d - p) / 1e6, "library_share": share,
+           # how many times fewer instructions MKL's and oneDNN's code would have to take (all
+           # of it, in both passes) for the ratio to reach the bar, 1.05
+           "break_even_factor": _break_even(p, share["plain"], d - p)}
+    print(f"{CASES[case]:<20} plain {p / 1e6:9.1f} M instr   diagnosis {d / 1e6:9.1f} M instr   "
+          f"ratio {d / p:.4f}   (orders differ by {spread:.2%}; MKL and oneDNN "
+          f"{share['plain']:.1%} of plain; {_even_words(row['break_even_factor'])})", flush=True)
+    return row
+
+
+def _even_words(f: float) -> str:
+    if f >= 1:
+        return f"1.05 would need their code {f:.1f}x cheaper"
+    return f"under 1.05 only if their code took {1 / f:.1f}x more"
+
+
+def _break_even(plain: float, library_share: float, extra: float, bar: float = 1.05) -> float:
+    """The factor f such that, with the libraries' code taking f times fewer instructions and the
+    rest unchanged, extra / plain' = bar - 1: (L / f + rest) (bar - 1) = extra."""
+    lib = plain * library_share
+    room = extra / (bar - 1) - (plain - lib)
+    return lib / room if room > 0 else float("inf")
 
 
 def _dumps(prefix: str):
@@ -337,23 +375,26 @@ def _dumps(prefix: str):
 
 
 def _kernel(fn: str) -> bool:
-    """MKL's and other numerical kernels: functions named mkl_*, and code without symbols (MKL's
-    matrix-product kernels in torch's library carry none, and oneDNN's JIT kernels have no file)."""
-    return fn.startswith(("mkl_", "0x"))
+    """MKL's and oneDNN's code: functions named mkl_* or in namespace dnnl, and code without
+    symbols (MKL's matrix-product kernels in torch's library carry none, and oneDNN's JIT kernels
+    have no file). What an ISA pin changes; torch's own kernels are not pinned."""
+    return fn.startswith(("mkl_", "0x")) or "dnnl::" in fn
 
 
 def _self_cost(text: str, keep) -> int:
     """Self instructions of the functions ``keep(name)`` selects, in a callgrind dump (its
-    format: ``fn=(id) name`` opens a function, later ``fn=(id)`` reuses the name; a cost line
-    after ``calls=`` is the call's inclusive cost, not the function's own)."""
+    format: ``fn=(id) name`` opens a function, later ``fn=(id)`` reuses the name, which may
+    first appear as a callee, ``cfn=(id) name``; a cost line after ``calls=`` is the call's
+    inclusive cost, not the function's own)."""
     names: dict[str, str] = {}
     total, on, skip = 0, False, False
     for line in text.splitlines():
-        if line.startswith("fn="):
-            ref, _, name = line[3:].partition(" ")
+        if line.startswith(("fn=", "cfn=")):  # a name is defined where it first appears
+            ref, _, name = line.partition("=")[2].partition(" ")
             if name:
                 names[ref] = name
-            on = keep(names.get(ref, ref))
+            if line[0] == "f":
+                on = keep(names.get(ref, ref))
         elif line.startswith("calls="):
             skip = True
         elif line[:1].isdigit() or line[:1] in "+-*":
@@ -422,6 +463,9 @@ def main() -> None:
     ap.add_argument("--isa-factor", action="store_true",
                     help="count how much --isa avx inflates the Cosmos count's kernels "
                     "(results/overhead_instructions_isa.json)")
+    ap.add_argument("--from-dumps", default=None, metavar="DIR",
+                    help="with --instructions or --isa-factor: read dumps kept by --keep-dumps "
+                    "instead of running")
     ap.add_argument("--keep-dumps", default=None, metavar="DIR",
                     help="with --instructions: copy callgrind's dump files to DIR")
     ap.add_argument("--steps", type=int, default=35)
@@ -434,11 +478,11 @@ def main() -> None:
     if args.child:
         return _child(args.child, args.which, args.steps, args.batch)
     if args.isa_factor:
-        return isa_factor(args.keep_dumps)
+        return isa_factor(args.keep_dumps, args.from_dumps)
     if args.instructions:
         avx = args.isa == "avx" or (args.isa == "default" and args.which == "cosmos")
         return instructions(args.steps, args.batch, args.which, avx,
-                            args.keep_dumps)
+                            args.keep_dumps, args.from_dumps)
     if args.which == "cosmos":
         return cosmos(args.steps, args.repeats, args.threads)
     global CLOCK

@@ -20,15 +20,17 @@ a C compiler, which builds callgrind's client requests into a small library for 
 processes run side by side, one counting plain then diagnosis, the other the reverse order; each
 does the set-up and a warm-up pair with instrumentation off, then counts each pass alone between
 a zeroing and a dump of callgrind's counters. The same pass counted in the two processes differs
-by a few hundredths of a percent (hash randomisation and address layout). The built-in model takes
-about 5 minutes on a quiet machine.
+by about a tenth of a percent at most (hash randomisation and address layout). The built-in model
+takes about 5 minutes on a quiet machine. ``--keep-dumps DIR`` keeps callgrind's dumps,
+``--from-dumps DIR`` re-reads them.
 
 ``--which cosmos`` (without ``--instructions``) times the record phase at the Cosmos shape instead:
 the scale benchmark's 10.7M-parameter denoiser (benchmarks/cosmos_denoiser.py) on a [1, 16, 8, 44,
 80] latent, every denoiser call checkpointed, plain and diagnosis interleaved
-(results/overhead_cosmos.json); with ``--instructions`` it counts that case, slowly (its
-convolutions run far longer under valgrind than natively): use ``--steps 1 --batch 1``, which
-counts one step of the sampler, the share of the per-diagnosis fixed costs at its largest.
+(results/overhead_cosmos.json); with ``--instructions --steps 1 --batch 1`` it counts one step of
+that case (the share of a diagnosis's fixed costs at its largest) in about 8 minutes, with MKL and
+oneDNN pinned to their AVX code (``--isa``, see instructions()); ``--isa-factor`` counts a one-block
+copy of the network with and without the pin, to estimate the ratio with the libraries' own code.
 """
 from __future__ import annotations
 
@@ -345,6 +347,8 @@ def _row(case: str, folder: str) -> dict:
 
 
 def _even_words(f: float) -> str:
+    if f == float("inf"):
+        return "under 1.05 even if their code took no instructions"
     if f >= 1:
         return f"1.05 would need their code {f:.1f}x cheaper"
     return f"under 1.05 only if their code took {1 / f:.1f}x more"

@@ -193,13 +193,8 @@ def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
     reach 1.05 (``break_even_factor``). ``keep``: copy callgrind's dump files there;
     ``from_dumps``: read kept ones instead of running (``steps``, ``batch`` and ``avx`` must be
     those they were counted with)."""
-    import shutil
-    import subprocess
     import tempfile
 
-    for tool in ("valgrind", "cc"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"--instructions needs {tool!r} on PATH (Debian: valgrind, gcc)")
     torch.set_num_threads(1)  # what the children run with, and what the results file records
     cases = {"both": ("builtin", "big")}.get(which, (which,))
     if from_dumps:
@@ -215,22 +210,9 @@ def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
         for case in cases:
             t0 = time.perf_counter()
             orders = ("plain,diagnosis", "diagnosis,plain")
-            procs = {order: subprocess.Popen(
-                ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                 f"--callgrind-out-file={tmp}/cg-{case}-{i}",
-                 sys.executable, __file__, "--child", order, "--which", case,
-                 "--steps", str(steps), "--batch", str(batch)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                for i, order in enumerate(orders)}
-            for i, (order, proc) in enumerate(procs.items()):
-                _, err = proc.communicate()
-                if proc.returncode != 0:
-                    raise SystemExit(f"callgrind child {order!r} failed:\n{err[-2000:]}")
-            if keep:
-                os.makedirs(keep, exist_ok=True)
-                for f in os.listdir(tmp):
-                    if f.startswith(f"cg-{case}-"):
-                        shutil.copy(os.path.join(tmp, f), keep)
+            _counted(tmp, {f"cg-{case}-{i}": ([order, "--which", case, "--steps", str(steps),
+                                               "--batch", str(batch)], {})
+                           for i, order in enumerate(orders)}, env, keep)
             rows.append(_row(case, tmp))
             print(f"({(time.perf_counter() - t0) / 60:.0f} min)", flush=True)
     _write_instructions(which, steps, batch, avx, rows)
@@ -255,8 +237,6 @@ def isa_factor(keep: str | None = None, from_dumps: str | None = None) -> None:
     patchify and unpatchify layers more than the ten-block denoiser does. Writes
     results/overhead_instructions_isa.json. ``from_dumps``: read dumps kept by ``keep``."""
     import json
-    import shutil
-    import subprocess
     import tempfile
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -268,20 +248,8 @@ def isa_factor(keep: str | None = None, from_dumps: str | None = None) -> None:
         if not from_dumps:
             lib = _build_client_lib(tmp)
             env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
-            procs = {isa: subprocess.Popen(
-                ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                 f"--callgrind-out-file={tmp}/cg-net-{isa}", sys.executable, __file__,
-                 "--child", "net"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**env, **extra}) for isa, extra in pins.items()}
-            for isa, proc in procs.items():
-                _, err = proc.communicate()
-                if proc.returncode != 0:
-                    raise SystemExit(f"callgrind child {isa!r} failed:\n{err[-2000:]}")
-            if keep:
-                os.makedirs(keep, exist_ok=True)
-                for f in os.listdir(tmp):
-                    if f.startswith("cg-net-"):
-                        shutil.copy(os.path.join(tmp, f), keep)
+            _counted(tmp, {f"cg-net-{isa}": (["net"], extra) for isa, extra in pins.items()},
+                     env, keep)
         out = {}
         for isa in pins:
             ((_, n, share),) = list(_dumps(os.path.join(from_dumps or tmp, f"cg-net-{isa}")))
@@ -308,8 +276,37 @@ def isa_factor(keep: str | None = None, from_dumps: str | None = None) -> None:
     _write("overhead_instructions_isa", res)
 
 
-def _build_client_lib(tmp: str) -> str:
+def _counted(tmp: str, jobs: dict, env: dict, keep: str | None) -> None:
+    """Run this script's ``--child`` under callgrind (instrumentation off until the child turns
+    it on), one process per job, side by side: ``{dump stem: (child arguments, extra
+    environment)}``; dumps go to tmp/<stem>.N, copied to ``keep`` if given."""
+    import shutil
     import subprocess
+
+    procs = {stem: subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+         f"--callgrind-out-file={tmp}/{stem}", sys.executable, __file__, "--child", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **extra})
+        for stem, (args, extra) in jobs.items()}
+    for stem, proc in procs.items():
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"callgrind child {jobs[stem][0]!r} failed:\n{err[-2000:]}")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        for f in os.listdir(tmp):
+            if f.split(".")[0] in jobs:
+                shutil.copy(os.path.join(tmp, f), keep)
+
+
+def _build_client_lib(tmp: str) -> str:
+    import shutil
+    import subprocess
+
+    for tool in ("valgrind", "cc"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"counting instructions needs {tool!r} on PATH (Debian: valgrind, "
+                             "gcc)")
 
     lib = os.path.join(tmp, "libcg.so")
     with open(os.path.join(tmp, "cg.c"), "w") as f:

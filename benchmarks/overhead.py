@@ -138,6 +138,9 @@ def _net_child(cg) -> None:
     cg.cg_dump(b"net")
 
 
+#: MKL and oneDNN on their AVX code (--isa avx; see instructions())
+AVX_PIN = {"MKL_CBWR": "AVX", "ONEDNN_MAX_CPU_ISA": "AVX"}
+
 #: callgrind's client requests (valgrind/callgrind.h), for ctypes: count one pass, not a process
 _CALLGRIND_C = """
 #include <valgrind/callgrind.h>
@@ -206,7 +209,7 @@ def instructions(steps: int, batch: int, which: str = "both", avx: bool = False,
         lib = _build_client_lib(tmp)
         env = {**os.environ, "GRADCHECK_CALLGRIND_LIB": lib, "OMP_NUM_THREADS": "1"}
         if avx:
-            env.update(MKL_CBWR="AVX", ONEDNN_MAX_CPU_ISA="AVX")
+            env.update(AVX_PIN)
         for case in cases:
             t0 = time.perf_counter()
             orders = ("plain,diagnosis", "diagnosis,plain")
@@ -243,7 +246,7 @@ def isa_factor(keep: str | None = None, from_dumps: str | None = None) -> None:
     from results_file import RESULTS
 
     torch.set_num_threads(1)
-    pins = {"library": {}, "avx": {"MKL_CBWR": "AVX", "ONEDNN_MAX_CPU_ISA": "AVX"}}
+    pins = {"library": {}, "avx": AVX_PIN}
     with tempfile.TemporaryDirectory() as tmp:
         if not from_dumps:
             lib = _build_client_lib(tmp)

@@ -110,10 +110,15 @@ def _child(what: str, which: str, steps: int, batch: int) -> None:
     passes = {"plain": plain, "diagnosis": diagnosis}
     cg.cg_start()
     for name in what.split(","):
-        gc.collect()
-        cg.cg_zero()
-        passes[name](smp, z0, target)
-        cg.cg_dump(name.encode())
+        _count(cg, name, lambda: passes[name](smp, z0, target))
+
+
+def _count(cg, name: str, work) -> None:
+    """Count ``work()`` alone (instrumentation on): collect first, zero, run, dump as ``name``."""
+    gc.collect()
+    cg.cg_zero()
+    work()
+    cg.cg_dump(name.encode())
 
 
 def _net_child(cg) -> None:
@@ -132,10 +137,7 @@ def _net_child(cg) -> None:
 
     once()
     cg.cg_start()
-    gc.collect()
-    cg.cg_zero()
-    once()
-    cg.cg_dump(b"net")
+    _count(cg, "net", once)
 
 
 #: MKL and oneDNN on their AVX code (--isa avx; see instructions())

@@ -257,7 +257,11 @@ def isa_factor(keep: str | None = None, from_dumps: str | None = None) -> None:
                      env, keep)
         out = {}
         for isa in pins:
-            ((_, n, share),) = list(_dumps(os.path.join(from_dumps or tmp, f"cg-net-{isa}")))
+            prefix = os.path.join(from_dumps or tmp, f"cg-net-{isa}")
+            found = list(_dumps(prefix))
+            if len(found) != 1:
+                raise SystemExit(f"expected one counted pass in {prefix}.*, found {len(found)}")
+            ((_, n, share),) = found
             out[isa] = {"minstr": n / 1e6, "library_share": share,
                         "library_minstr": n * share / 1e6}
     r = out["avx"]["library_minstr"] / out["library"]["library_minstr"]

@@ -17,6 +17,7 @@ the schema generator alike in about 150 lines.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -71,42 +72,121 @@ def _untag(x: Any, legacy: bool) -> Any:
     return x
 
 
+_SCALAR_WORDS = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
+
+
+def _kind(x: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null", int: "an integer", float: "a number"}.get(type(x), type(x).__name__)
+
+
+def _scalar(tp: type, x: Any, legacy: bool, where: str) -> Any:
+    """``x`` checked to be a ``tp`` (str, int, bool or float); a float may be a tagged non-finite
+    value, never a bare NaN/Infinity (JSON has none; a file that has one is refused on reading)."""
+    if tp is float:
+        x = _untag(x, legacy)
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            return float(x)
+    elif tp is int and isinstance(x, int) and not isinstance(x, bool):
+        return x
+    elif tp in (str, bool) and type(x) is tp:
+        return x
+    raise RecordError(f"{where or 'value'}: expected {_SCALAR_WORDS[tp]}, got {_kind(x)}")
+
+
 def decode(tp: Any, x: Any, legacy: bool = False, where: str = "") -> Any:
-    """``x`` (JSON data) as the type ``tp`` (a record class, a typing form or a scalar type)."""
+    """``x`` (JSON data) as the type ``tp`` (a record class, a typing form or a scalar type),
+    checked: a value of another type than its field's is a :class:`RecordError` naming where."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return _decode_any(x, legacy)
+        return _decode_any(x, legacy, where)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if x is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return decode(inner[0], x, legacy, where) if len(inner) == 1 else _decode_any(x, legacy)
+        return _decode_union(typing.get_args(tp), x, legacy, where)
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(x, list):
-            raise RecordError(f"{where or 'value'}: expected a list, got {type(x).__name__}")
+            raise RecordError(f"{where or 'value'}: expected a list, got {_kind(x)}")
         return [decode(item, v, legacy, f"{where}[{i}]") for i, v in enumerate(x)]
     if origin is dict:
         _, item = typing.get_args(tp) or (str, Any)
         if not isinstance(x, dict):
-            raise RecordError(f"{where or 'value'}: expected an object, got {type(x).__name__}")
+            raise RecordError(f"{where or 'value'}: expected an object, got {_kind(x)}")
         return {k: decode(item, v, legacy, f"{where}.{k}") for k, v in x.items()}
     if isinstance(tp, type) and issubclass(tp, Record):
         return tp._decode(x, legacy, where)
-    if tp is float:
-        x = _untag(x, legacy)
-        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
-    return x
+    if tp in _SCALAR_WORDS:
+        return _scalar(tp, x, legacy, where)
+    raise TypeError(f"no decoder for {tp!r}")
 
 
-def _decode_any(x: Any, legacy: bool) -> Any:
+def _decode_union(args: tuple[Any, ...], x: Any, legacy: bool, where: str) -> Any:
+    if x is None and type(None) in args:
+        return None
+    inner = [a for a in args if a is not type(None)]
+    errors = []
+    for a in inner:
+        try:
+            return decode(a, x, legacy, where)
+        except RecordError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise RecordError(f"{where or 'value'}: {_kind(x)} is none of the types allowed there")
+
+
+def _decode_any(x: Any, legacy: bool, where: str = "") -> Any:
+    """Free-form data (a configuration, a measured value): JSON values only (non-finite floats
+    come tagged: :func:`parse_json` refuses a bare NaN in a file)."""
     x = _untag(x, legacy)
     if isinstance(x, dict):
-        return {k: _decode_any(v, legacy) for k, v in x.items()}
+        return {k: _decode_any(v, legacy, f"{where}.{k}") for k, v in x.items()}
     if isinstance(x, list):
-        return [_decode_any(v, legacy) for v in x]
-    return x
+        return [_decode_any(v, legacy, f"{where}[{i}]") for i, v in enumerate(x)]
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    raise RecordError(f"{where or 'value'}: {_kind(x)} is not JSON data")
+
+
+# -- reading a file someone sent ----------------------------------------------------------------
+
+#: limits on a record file: far above any report gradcheck writes (a 35-step run is ~1 MB, 9 deep,
+#: its longest string a 4,000-character traceback), far below what would exhaust a reader
+MAX_BYTES = 256 * 2**20
+MAX_DEPTH = 32
+MAX_STRING = 100_000
+
+
+def _no_constant(name: str) -> Any:
+    raise RecordError(f"a bare {name} (JSON has none; gradcheck writes {{\"$float\": \"{name}\"}})")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """The JSON data of a record file, refused in one line when it is not JSON, too large, nested
+    deeper than :data:`MAX_DEPTH`, has a string longer than :data:`MAX_STRING` or a bare
+    NaN/Infinity."""
+    if len(text) > MAX_BYTES:
+        raise RecordError(f"{len(text):,} bytes, more than the {MAX_BYTES:,} a record may have")
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise RecordError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordError(f"not JSON: {exc}") from None
+    stack = [(data, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RecordError(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if len(k) > MAX_STRING:
+                    raise RecordError(f"a key of {len(k):,} characters (at most {MAX_STRING:,})")
+                stack.append((v, depth + 1))
+        elif isinstance(x, list):
+            stack.extend((v, depth + 1) for v in x)
+        elif isinstance(x, str) and len(x) > MAX_STRING:
+            raise RecordError(f"a string of {len(x):,} characters (at most {MAX_STRING:,})")
+    return data
 
 
 class Record:

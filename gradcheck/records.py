@@ -461,6 +461,8 @@ class RunRecord(Record):
     modes: dict[str, FlowReport]  # mode name -> its diagnosis
     schema_version: int = SCHEMA_VERSION  # of this file format
     tool: str = "gradcheck"  # which command wrote it
+    #: read from a file: mode -> the checks whose stored verdict the evidence contradicts
+    rejudged: dict[str, list[str]] = field(default_factory=dict, metadata={"transient": True})
 
     COMPUTED = ("passed",)
     TOOL = "gradcheck"
@@ -516,6 +518,8 @@ class OptimizeRecord(Record):
     class_hits_before: int | None = None  # the same, before
     schema_version: int = SCHEMA_VERSION  # of this file format
     tool: str = "gradcheck optimize"  # which command wrote it
+    #: read from a file: mode -> the checks whose stored verdict the evidence contradicts
+    rejudged: dict[str, list[str]] = field(default_factory=dict, metadata={"transient": True})
 
     TOOL = "gradcheck optimize"
 

@@ -20,7 +20,7 @@ import torch
 
 from ..records import BreakEvent
 from ..rng import seeded
-from ..torch_internals import tensors_in, user_frame
+from ..torch_internals import function_apply, tensors_in, user_frame
 
 #: at most this many applications are recorded (the first ones, in forward order)
 MAX_CALLS = 256
@@ -39,8 +39,12 @@ class FunctionCalls:
 
     def __enter__(self) -> FunctionCalls:
         fn_cls = torch.autograd.Function
-        self.saved = fn_cls.__dict__["apply"]
-        real = self.saved.__func__
+        found = function_apply()
+        if found is None:  # a torch whose apply cannot be wrapped: say so, record nothing
+            self.prov.failed("autograd.Function.apply", TypeError(
+                "not wrappable on this torch: custom Functions' applications are not recorded"))
+            return self
+        self.saved, real = found
         rec = self
 
         def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -62,7 +66,8 @@ class FunctionCalls:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        torch.autograd.Function.apply = self.saved
+        if self.saved is not None:
+            torch.autograd.Function.apply = self.saved
         entries = self.prov.trace._entries
         for call in self.calls:  # before the first stepped probe: the step of the next probe
             if call["step"] is None and call["after"] < len(entries):

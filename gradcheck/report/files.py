@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import GradcheckError, OutputError
-from ..codec import RecordError
+from ..codec import MAX_BYTES, RecordError, parse_json
+from ..sanitize import clean
 from ..records import OptimizeRecord, RunRecord
 
 
@@ -112,18 +113,27 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 def load_record(path: str | os.PathLike[str]) -> RunRecord | OptimizeRecord:
     """Read a ``report.json`` (:class:`RunRecord`) or an ``optimize.json``
-    (:class:`OptimizeRecord`) back (no torch needed); anything else is a one-line error."""
+    (:class:`OptimizeRecord`) back (no torch needed), strictly: it is input someone may have sent,
+    so every field's type is checked and absurd sizes are refused; anything wrong is a one-line
+    :class:`GradcheckError` saying what. The checks are then judged again from the recorded
+    evidence (:func:`gradcheck.rejudge.rejudge`): the stored verdicts are not trusted."""
+    from ..rejudge import rejudge
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise GradcheckError(f"cannot read report {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = parse_json(raw)
+    except RecordError as exc:
         raise GradcheckError(f"cannot read report {str(path)!r}: {exc}") from None
     tool = data.get("tool") if isinstance(data, dict) else None
     cls = {RunRecord.TOOL: RunRecord, OptimizeRecord.TOOL: OptimizeRecord}.get(tool)
     if cls is None:
         raise GradcheckError(f"cannot render {str(path)!r}: not a report.json or optimize.json "
-                             f"written by gradcheck (its 'tool' is {tool!r})")
+                             f"written by gradcheck (its 'tool' is {clean(repr(tool))[:80]})")
     try:
-        return cls.from_dict(data)
+        return rejudge(cls.from_dict(data))
     except RecordError as exc:
-        raise GradcheckError(f"cannot render {str(path)!r}: {exc}") from None
+        raise GradcheckError(f"cannot render {str(path)!r}: {clean(str(exc))[:300]}") from None

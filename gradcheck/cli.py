@@ -16,6 +16,7 @@ from typing import Sequence
 
 from . import __version__, modes
 from .errors import ConfigError, GradcheckError
+from .sanitize import clean
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
 
@@ -72,12 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--denoiser", default="digits", help="built-in: digits (the trained EDM "
                    "denoiser of 8x8 digits; default), conv (same net, random weights), gaussian "
                    "(exact denoiser of Gaussian data); or package.module:factory returning "
-                   "D(x, sigma) -> x0_hat")
+                   "D(x, sigma) -> x0_hat (imports that module: its code runs; see --path)")
     g.add_argument("--sampler", dest="sampler_spec", default=None, metavar="PKG.MOD:FN",
                    help="your own sampler instead of the built-in RES: a k-diffusion-convention "
                    "function fn(model, x, sigmas, extra_args=None, callback=None, disable=None, "
                    "...) (given the run's Karras sigmas; --mode sets its noise_sampler), or "
-                   "fn(denoiser, z0) -> output")
+                   "fn(denoiser, z0) -> output. Imports that module: its code runs; see --path")
+    g.add_argument("--path", action="append", default=[], metavar="DIR",
+                   help="a directory to import --sampler and --denoiser modules from (appended "
+                   "to Python's path; repeatable). The working directory is not searched unless "
+                   "named here (e.g. --path .)")
     g.add_argument("--unwrap", action="store_true", help="if the sampler is decorated with "
                    "@torch.no_grad(), diagnose inspect.unwrap of it instead")
     g.add_argument("--convention", choices=("auto", "cosmos"), default="auto",
@@ -188,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--mode", default="default", type=_builtin_mode,
                     metavar="{" + ",".join(modes.BUILTIN_MODES) + "}",
                     help="noise mode (default: default)")
-    op.add_argument("--denoiser", default="digits")
+    op.add_argument("--denoiser", default="digits", help="as for run (package.module:factory "
+                    "imports that module: its code runs)")
+    op.add_argument("--path", action="append", default=[], metavar="DIR",
+                    help="a directory to import --denoiser from, as for run")
     op.add_argument("--solver", default="2ab")
     op.add_argument("--steps", type=int, default=20)
     op.add_argument("--batch", type=int, default=8)
@@ -238,7 +246,7 @@ def _render_args(group) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import output_dir, summary, write_json_atomic
+    from .report import output_dir, staged, summary, write_json_atomic
     from .runner import RunConfig, run
     from .sampling import SamplerConfig
 
@@ -282,22 +290,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   f"PATH: {INSTALL_HINT}")
     # the record is written last: a run that fails part-way leaves no report (and no new
     # directory) behind
-    with output_dir(args.out, "report.json") as out:
+    with staged(args.out) as stage:
         record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=not args.no_html)
         data = record.to_dict()
         rendered = None
         if not args.no_html:
-            from .report.render import render
+            from .report.render import write_run_files
 
             raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
-            rendered = render(record, out, graphs=args.graph, raw_graphs=raw)
+            rendered = write_run_files(record, stage.path, graphs=args.graph, raw_graphs=raw)
         if args.save_grad:
             _save_grads(record, args.save_grad)
-        path = write_json_atomic(out / "report.json", data)
+        write_json_atomic(stage.path / "report.json", data)
+    path = stage.out / "report.json"
+    if rendered is not None:
+        rendered.out_dir = stage.out
+        rendered.notes += stage.notes
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
-        print(summary(record), flush=True)
+        print(clean(summary(record)), flush=True)
         _print_rendered(path, rendered)
     if getattr(args, "debug", False):  # the sampler raised: its traceback, as it came
         for mode, rep in record.modes.items():
@@ -347,7 +359,7 @@ def _print_rendered(json_path, rendered) -> None:
         print(f"record: {json_path}")
     if rendered is not None:
         for note in rendered.notes:
-            print(f"note: {note}")
+            print(clean(f"note: {note}"))
         print(f"report: {rendered.index}")
 
 
@@ -357,8 +369,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import torch
 
     from .optimize import check_options, optimize_record, parse_objective, run_optimize
-    from .report import output_dir, write_json_atomic
-    from .report.render import render_optimize
+    from .report import output_dir, staged, write_json_atomic
+    from .report.render import write_optimize_files
     from .runner import DTYPES, environment, load_denoiser, resolve_device
     from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig
 
@@ -383,8 +395,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     ctx = distributed.init_from_env(args.dist_timeout, device) if nproc > 1 else None
     rank = ctx.rank if ctx is not None else 0
     # rank 0's directory (others write nothing): removed again if the optimisation fails
-    guard = output_dir(args.out, "optimize.json") if rank == 0 else contextlib.nullcontext()
-    with guard as out:
+    guard = staged(args.out) if rank == 0 else contextlib.nullcontext()
+    with guard as stage:
         den, shape = load_denoiser(args.denoiser, seed=args.seed, dtype=dtype, device=device)
         shape = shape or BUILTIN_SHAPES["digits"]
         clf = None
@@ -440,8 +452,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                   "device": args.device, "sampler": cfg.to_dict()}
         rec = optimize_record(config, environment(args.dtype, device), res, shape, before, after,
                               classifier=clf)
-        rendered = render_optimize(rec, out)
-        path = write_json_atomic(out / "optimize.json", rec.to_dict())  # last: no half report
+        rendered = write_optimize_files(rec, stage.path)
+        write_json_atomic(stage.path / "optimize.json", rec.to_dict())
+    path = stage.out / "optimize.json"
+    rendered.out_dir = stage.out
     print(f"optimize {res.objective} ({objective.description})")
     print(f"  {res.objective}: {res.values[0]:.6g} -> {res.values[-1]:.6g} in {res.iters} "
           f"iterations ({res.seconds:.1f} s), mode {mode}, lr {res.lr:g}"
@@ -451,7 +465,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
               f"{rec.class_hits} of {args.batch}")
     for c in res.checks:
         tag = "WARN" if c.get("level") == "warning" else ("PASS" if c["passed"] else "FAIL")
-        print(f"  {tag}  {c['name']}: {c['message']}")
+        print(clean(f"  {tag}  {c['name']}: {c['message']}"))
     print(f"record: {path}")
     print(f"report: {rendered.index}", flush=True)
     code = EXIT_OK if res.passed else EXIT_FAILED
@@ -465,16 +479,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     record = load_record(args.json_path)
     out = args.out or str(Path(args.json_path).resolve().parent)
+    # the page links its data file: the record (as judged again) goes with it
     if isinstance(record, OptimizeRecord):
-        rendered = render_optimize(record, out)
+        rendered = render_optimize(record, out, record_file="optimize.json")
     else:
-        rendered = render(record, out, graphs=args.graph)
-    if Path(out).resolve() != Path(args.json_path).resolve().parent:
-        # rendered elsewhere: the page links its data file, so the data goes with it
-        from .report import write_json_atomic
-
-        name = "optimize.json" if isinstance(record, OptimizeRecord) else "report.json"
-        write_json_atomic(Path(out) / name, record.to_dict())
+        rendered = render(record, out, graphs=args.graph, record_file="report.json")
+    for mode, diffs in record.rejudged.items():
+        sys.stderr.write(clean(f"warning: {args.json_path} ({mode}): its stored verdict "
+                               f"disagrees with its evidence: {'; '.join(diffs)}")[:2000] + "\n")
     _print_rendered(None, rendered)
     return EXIT_OK if record.passed else EXIT_FAILED
 
@@ -495,11 +507,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     a, b = recs
     d = compare(a, b, f"{args.a} ({run_title(a.config)})", f"{args.b} ({run_title(b.config)})")
     if args.out:
-        from .report.files import output_dir
-
-        with output_dir(args.out, "index.html") as out:
-            rendered = render_diff(d, out)
-    print("\n".join(d.lines()))
+        rendered = render_diff(d, args.out)
+    print(clean("\n".join(d.lines())))
     if args.out:
         print(f"report: {rendered.index}")
     return EXIT_FAILED if d.worse else EXIT_OK
@@ -515,6 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     args.argv = list(sys.argv[1:] if argv is None else argv)  # relaunched as is by --nproc
+    for d in getattr(args, "path", None) or []:  # only what was asked, after what is installed
+        d = os.path.abspath(d)
+        if d not in sys.path:
+            sys.path.append(d)
     try:
         return {"report": cmd_report, "optimize": cmd_optimize,
                 "diff": cmd_diff}.get(args.command, cmd_run)(args)
@@ -524,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for users, the traceback with --debug
         if getattr(args, "debug", False):
             raise
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+        msg = clean(" ".join(str(exc).split()) or type(exc).__name__)
         if "RANK" in os.environ and "GRADCHECK_STATUS_FILE" in os.environ:
             from .distributed import report_error
 

@@ -126,26 +126,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def import_object(spec: str, what: str, error: type[Exception] = ConfigError) -> Any:
-    """``package.module:attr.attr`` (the current directory importable, as for ``python -m``)."""
+    """``package.module:attr.attr``, imported (which executes the module's code) from
+    ``sys.path`` as it is: the working directory is not added, so a folder there named like an
+    installed package (``./diffusers/``) cannot replace it. The CLI's ``--path DIR`` appends
+    directories to search."""
     from .gradmode import watch_grad_mode
 
     watch_grad_mode()  # a module that switches grad mode off at import: its line is named
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise error(f"{what} {spec!r} is not of the form package.module:name")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:  # for this import only: the process's sys.path is the user's
-        sys.path.insert(0, cwd)
     try:
         obj = importlib.import_module(mod_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's bad input
-        raise error(f"cannot import {what} {spec!r}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
+        hint = (" (the working directory is not searched: add --path DIR)"
+                if isinstance(exc, ModuleNotFoundError) else "")
+        raise error(f"cannot import {what} {spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
     return obj
 
 

@@ -119,18 +119,18 @@ def test_plain_function_adapter(den, z0):
 def test_cli_runs_a_kdiffusion_sampler(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(TESTS)
     out = tmp_path / "r"
-    code = main(["run", "--sampler", "kdiff_like:sample_euler", "--out", str(out),
+    code = main(["run", "--path", ".", "--sampler", "kdiff_like:sample_euler", "--out", str(out),
                  "--graph", "never", "--optim-steps", "1"])
     text = capsys.readouterr().out
     assert code == 2 and "kdiff_like.euler" in text and "--unwrap" in text
-    code = main(["run", "--sampler", "kdiff_like:sample_euler", "--unwrap", "--out", str(out),
+    code = main(["run", "--path", ".", "--sampler", "kdiff_like:sample_euler", "--unwrap", "--out", str(out),
                  "--graph", "never", "--optim-steps", "1"])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "k-diffusion euler (unwrapped)" in text
     assert (out / "index.html").exists() and "k-diffusion euler" in (out / "index.html").read_text()
     # --mode both on an ancestral sampler: its own noise, and noise derived from z0
-    code = main(["run", "--sampler", "kdiff_like:sample_euler_ancestral", "--unwrap", "--out",
+    code = main(["run", "--path", ".", "--sampler", "kdiff_like:sample_euler_ancestral", "--unwrap", "--out",
                  str(out), "--graph", "never", "--no-numeric", "--optim-steps", "0"])
     text = capsys.readouterr().out
     assert code == 0, text

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from gradcheck.report.staging import MANIFEST
 
 from gradcheck.cli import main
 
@@ -42,7 +43,7 @@ def test_run_both_modes_passes_and_writes_report(tmp_path, capsys):
     rec = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(rec["modes"]) == {"default", "learnable_step_noise"}
     assert rec["config"]["denoiser"] == "digits" and rec["config"]["sampler"]["steps"] == 4
-    assert [p for p in os.listdir(tmp_path / "r") if p.startswith(".")] == []
+    assert [p for p in os.listdir(tmp_path / "r") if p.startswith(".") and p != MANIFEST] == []
 
 
 @pytest.mark.parametrize("mode", ["default", "learnable_step_noise", "fresh_noise",
@@ -147,7 +148,7 @@ def test_a_denoiser_that_cannot_take_the_input_says_which_shape_came(tmp_path, c
     """))
     out_dir = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["run", "--denoiser", "den_mod:make", "--shape", "3,4",
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", "den_mod:make", "--shape", "3,4",
                               "--out", str(out_dir)], capsys)
     # a factory's sample_shape is checked before anything runs
     assert code == 1 and "--shape 3,4 gives samples of shape (3, 4)" in err, err
@@ -188,7 +189,7 @@ def test_an_error_in_the_middle_of_a_run_leaves_no_new_directory(tmp_path, capsy
     (tmp_path / "bad_den.py").write_text("def make():\n    return lambda x, s: x[:, :1]\n")
     out_dir = tmp_path / "new" / "out"
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["run", "--denoiser", "bad_den:make", "--shape", "2,8,8",
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", "bad_den:make", "--shape", "2,8,8",
                               "--out", str(out_dir)], capsys)
     assert code == 1 and "returned shape (2, 1, 8, 8), expected the input's shape" in err, err
     assert not (tmp_path / "new").exists()
@@ -235,7 +236,7 @@ def test_user_denoiser_with_wrong_shape(tmp_path, monkeypatch, capsys):
         def make():
             return lambda x, sigma: x[..., :4]
     """)
-    code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--shape", "1,8,8",
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", f"{mod}:make", "--shape", "1,8,8",
                               "--out", "o"], capsys)
     assert code == 1
     assert "returned shape (2, 1, 8, 4), expected the input's shape (2, 1, 8, 8)" in err
@@ -247,9 +248,9 @@ def test_user_denoiser_returning_non_tensor(tmp_path, monkeypatch, capsys):
         def make():
             return lambda x, sigma: x.tolist()
     """)
-    code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--out", "o"], capsys)
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", f"{mod}:make", "--out", "o"], capsys)
     assert code == 1 and "does not say its sample shape: pass --shape C,H,W" in err
-    code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--shape", "1,8,8",
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", f"{mod}:make", "--shape", "1,8,8",
                               "--out", "o"], capsys)
     assert code == 1 and "returned list, expected a tensor of shape (2, 1, 8, 8)" in err
 
@@ -265,7 +266,7 @@ def test_broken_user_denoiser_exits_2_with_the_report_written(tmp_path, monkeypa
         def make():
             return Den()
     """)
-    code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--out", "o"], capsys)
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", f"{mod}:make", "--out", "o"], capsys)
     assert code == 2, err
     assert "mode default: FAIL" in out and "FAIL  numeric_directional" in out
     rec = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -281,12 +282,12 @@ def test_a_sampler_error_is_a_finding_and_debug_shows_traceback(tmp_path, monkey
     """)
     # the sampler's own error is a finding with a report (exit 2), not a traceback; --debug
     # prints the traceback as it came
-    code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--shape", "1,4,4",
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", f"{mod}:make", "--shape", "1,4,4",
                               "--out", "o", "--no-html"], capsys)
     assert code == 2 and "Traceback" not in out + err
     assert "the sampler raised RuntimeError in the forward pass" in out
     assert "CUDA out of memory (pretend)" in out and "raising_den.py:" in out
-    code, out, err = run_cli(["run", "--denoiser", f"{mod}:make", "--shape", "1,4,4",
+    code, out, err = run_cli(["run", "--path", ".", "--denoiser", f"{mod}:make", "--shape", "1,4,4",
                               "--out", "o", "--no-html", "--debug"], capsys)
     assert code == 2 and "Traceback (most recent call last)" in err and "pretend" in err
 

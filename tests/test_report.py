@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from gradcheck.report.staging import MANIFEST
 import torch
 
 import gradcheck
@@ -81,7 +82,7 @@ def test_run_writes_every_file(run_dir):
         if shutil.which("dot"):
             assert {f"graph_{mode}.svg", f"graph_{mode}.png", f"autograd_{mode}.svg"} <= names
     assert {"report.json", "index.html", "grad_per_step.png"} <= names
-    assert not [n for n in names if n.startswith(".")]  # no temp files left
+    assert not [n for n in names if n.startswith(".") and n != MANIFEST]  # no temp files left
 
 
 def test_html_is_self_contained(run_dir):
@@ -301,7 +302,8 @@ def test_a_failure_mid_report_leaves_no_half_written_index(broken_record, tmp_pa
     with pytest.raises(RuntimeError):
         render(broken_record, tmp_path / "old")
     assert (tmp_path / "old" / "index.html").read_bytes() == before
-    assert not [n for n in os.listdir(tmp_path / "old") if n.startswith(".")]
+    assert not [n for n in os.listdir(tmp_path / "old") if n.startswith(".") and n != MANIFEST]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no staging left
 
 
 def test_raw_graph_above_the_cap_is_skipped_with_a_reason_and_linked(tmp_path, capsys):

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,14 +287,39 @@ def test_a_diagnosis_leaves_the_rng_grad_mode_and_sys_path_as_it_found_them(gaus
     assert torch.equal(torch.get_rng_state(), state) and sys.path == path
 
 
-def test_user_code_is_imported_without_changing_sys_path(tmp_path, monkeypatch):
+def test_user_code_is_imported_from_sys_path_only_and_leaves_it_alone(tmp_path, monkeypatch):
+    from gradcheck.errors import ConfigError
     from gradcheck.runner import import_object
 
     (tmp_path / "my_den_mod.py").write_text("def make():\n    return 1\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     before = list(sys.path)
-    assert import_object("my_den_mod:make", "denoiser")() == 1
+    with pytest.raises(ConfigError, match="working directory is not searched: add --path DIR"):
+        import_object("my_den_mod:make", "denoiser")
     assert sys.path == before
+    monkeypatch.syspath_prepend(str(tmp_path))  # what --path does (appended, in the CLI)
+    assert import_object("my_den_mod:make", "denoiser")() == 1
+
+
+def test_a_folder_in_the_working_directory_cannot_replace_an_installed_package(tmp_path):
+    """``gradcheck run`` from a directory holding ``./jinja2/`` (any installed package's name):
+    the real one is used, and the fake one's code never runs."""
+    fake = tmp_path / "jinja2"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise SystemExit('the fake jinja2 ran')\n")
+    (tmp_path / "mine.py").write_text("def make():\n    return lambda x, s: x * 0.5\n")
+    exe = Path(sys.executable).with_name("gradcheck")
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else
+           ["-m", "gradcheck"]), "run", "--denoiser", "mine:make", "--shape", "1,4,4",
+           "--steps", "2", "--mode", "default", "--graph", "never", "--out", "o"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "add --path DIR" in res.stderr, res.stderr
+    res = subprocess.run(cmd + ["--path", "."], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert "fake jinja2" not in res.stderr + res.stdout
+    assert res.returncode in (0, 2), res.stderr
+    assert (tmp_path / "o" / "index.html").exists()
 
 
 def test_observers_are_scoped_and_nest(gaussian):

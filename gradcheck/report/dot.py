@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -41,8 +42,19 @@ class LayoutFailed(GradcheckError):
 
 
 def q(text: str) -> str:
-    """A DOT double-quoted string."""
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A DOT double-quoted string: backslashes, quotes and line breaks escaped, so nothing in
+    ``text`` can end the string (and add an attribute such as ``URL``)."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace(
+        "\r", "\\n").replace("\n", "\\n") + '"'
+
+
+_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def ident(name: str) -> str:
+    """A DOT node or graph id: a plain identifier as it is, anything else quoted."""
+    name = str(name)
+    return name if _ID.fullmatch(name) else q(name)
 
 
 def _shade(t: float) -> str:
@@ -89,7 +101,7 @@ def _stub_attrs(p: ProbeStats) -> dict[str, str]:
 
 
 def _attrs(a: dict[str, str]) -> str:
-    return ", ".join(f"{k}={q(v)}" for k, v in a.items())
+    return ", ".join(f"{ident(k)}={q(v)}" for k, v in a.items())
 
 
 class Digraph:
@@ -114,9 +126,11 @@ class Digraph:
         self.lines.append("  " * self.depth + text)
 
     def node(self, name: str, **attrs: str) -> None:
+        name = ident(name)
         self._line(f"{name} [{_attrs(attrs)}];" if attrs else f"{name};")
 
     def edge(self, a: str, b: str, **attrs: str) -> None:
+        a, b = ident(a), ident(b)
         self._line(f"{a} -> {b} [{_attrs(attrs)}];" if attrs else f"{a} -> {b};")
 
     def cluster(self, name: str, **attrs: str) -> _Cluster:
@@ -131,7 +145,7 @@ class _Cluster:
         self.g, self.name, self.attrs = g, name, attrs
 
     def __enter__(self) -> Digraph:
-        self.g._line(f"subgraph cluster_{self.name} {{")
+        self.g._line(f"subgraph {ident('cluster_' + self.name)} {{")
         self.g.depth += 1
         if self.attrs:
             self.g._line(f"graph [{_attrs(self.attrs)}];")

@@ -3,7 +3,6 @@ target, so a reader (or a crash) never sees a half-written report."""
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import os
 import shutil
@@ -52,20 +51,6 @@ def output_dir(out_dir: str | os.PathLike[str], record: str) -> Iterator[Path]:
     finally:
         if first_new is not None and not (p / record).exists():
             shutil.rmtree(first_new, ignore_errors=True)
-
-
-def prune(out_dir: Path, written: list[str], patterns: tuple[str, ...]) -> list[str]:
-    """Remove the files in ``out_dir`` that match ``patterns`` (gradcheck's own file names) but
-    were not ``written`` by this run: a report of other modes left from an earlier run into the
-    same directory. Returns the names removed."""
-    keep = set(written)
-    gone = []
-    for f in sorted(out_dir.iterdir()):
-        if f.is_file() and f.name not in keep and any(fnmatch.fnmatch(f.name, pat)
-                                                      for pat in patterns):
-            f.unlink()
-            gone.append(f.name)
-    return gone
 
 
 def _umask() -> int:

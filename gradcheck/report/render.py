@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -20,18 +21,15 @@ import jinja2
 
 from ..checks import break_between, break_point
 from ..errors import ConfigError
+from ..sanitize import slugs
 from ..records import FlowReport, OpGraph, OptimizeRecord, RunRecord
 from ..text import CAUSES, fmt, locator_failures, located, value
 from . import dot, plots, views
-from .files import check_writable, prune, write_bytes_atomic, write_text_atomic
+from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .staging import Stage, staged
 from ..text import step_rows
 
 GRAPH_POLICIES = ("auto", "always", "never")
-#: The files a run's report is made of (what an earlier run into the same directory may have
-#: left that this one did not write is removed, so no graph of another mode stays beside it)
-RUN_FILES = ("graph_*.dot", "graph_*.svg", "graph_*.png", "autograd_*.dot", "autograd_*.svg",
-             "samples.png", "grad_per_step.png")
-OPTIMIZE_FILES = ("loss_curve.png", "z0_norm.png", "samples_before_after.png")
 
 
 @dataclass
@@ -50,6 +48,21 @@ class Rendered:
 def _env() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("gradcheck.report", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def _csp(script: str | None) -> str:
+    """The page's Content-Security-Policy: nothing loads from anywhere, images are data URIs,
+    and the one script that runs is the page's own (by its hash; no inline event handler, no
+    other script, even if markup got into the page)."""
+    src = f"'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'" \
+        if script else "'none'"
+    return (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {src}; "
+            f"base-uri 'none'; form-action 'none'")
+
+
+def _script() -> str:
+    """The page's script (its text, hashed into the CSP)."""
+    return _env().get_template("_report.js").render()
 
 
 def _now() -> str:
@@ -188,40 +201,41 @@ def _open_at(r: FlowReport) -> str | None:
     return "end" if b.kind not in ("z0", "x_T") else "start"
 
 
-def _mode_view(name: str, r: FlowReport, out: Path, graphs: str, res: Rendered,
+def _mode_view(name: str, stem: str, r: FlowReport, out: Path, graphs: str, res: Rendered,
                big_raw: OpGraph | None, strings: dict[str, int]) -> tuple[dict[str, Any],
                                                                          dict[str, Any]]:
     """One mode's part of the page (its texts, tables and views; its static graphs drawn into
-    ``out``), and its data for the page's script."""
+    ``out``; their file names from ``stem``, a slug of the mode's name), and its data for the
+    page's script."""
     errors = [f for f in r.checks if f.level == "error"]
     src = dot.step_graph_dot(r)
-    write_text_atomic(out / f"graph_{name}.dot", src)
-    res.files.append(f"graph_{name}.dot")
-    _, note = _draw(src, f"graph_{name}", out, graphs, res, ("svg", "png"))
+    write_text_atomic(out / f"graph_{stem}.dot", src)
+    res.files.append(f"graph_{stem}.dot")
+    _, note = _draw(src, f"graph_{stem}", out, graphs, res, ("svg", "png"))
     if note:
         res.notes.append(f"{name} step graph: {note}")
-    static = {"svg": None if note else f"graph_{name}.svg",
-              "png": None if note else f"graph_{name}.png", "dot": f"graph_{name}.dot",
+    static = {"svg": None if note else f"graph_{stem}.svg",
+              "png": None if note else f"graph_{stem}.png", "dot": f"graph_{stem}.dot",
               "note": note}
 
     g = r.graph
     raw = {"file": None, "dot_file": None, "note": None}
     if g is not None and g.raw is not None:
-        raw_src = dot.op_graph_dot(g.raw, f"autograd_{name}")
-        write_text_atomic(out / f"autograd_{name}.dot", raw_src)
-        res.files.append(f"autograd_{name}.dot")
-        raw["dot_file"] = f"autograd_{name}.dot"
-        uri, raw["note"] = _draw(raw_src, f"autograd_{name}", out, graphs, res, ("svg",))
+        raw_src = dot.op_graph_dot(g.raw, f"autograd_{stem}")
+        write_text_atomic(out / f"autograd_{stem}.dot", raw_src)
+        res.files.append(f"autograd_{stem}.dot")
+        raw["dot_file"] = f"autograd_{stem}.dot"
+        uri, raw["note"] = _draw(raw_src, f"autograd_{stem}", out, graphs, res, ("svg",))
         if uri:
-            raw["file"] = f"autograd_{name}.svg"
+            raw["file"] = f"autograd_{stem}.svg"
     else:
         why = g.raw_skipped if g is not None else "no autograd graph was recorded"
         raw["note"] = f"whole op-level graph not kept: {why}" if why else None
         if big_raw is not None:
-            write_text_atomic(out / f"autograd_{name}.dot",
-                              dot.op_graph_dot(big_raw, f"autograd_{name}"))
-            res.files.append(f"autograd_{name}.dot")
-            raw["dot_file"] = f"autograd_{name}.dot"
+            write_text_atomic(out / f"autograd_{stem}.dot",
+                              dot.op_graph_dot(big_raw, f"autograd_{stem}"))
+            res.files.append(f"autograd_{stem}.dot")
+            raw["dot_file"] = f"autograd_{stem}.dot"
     ch = views.chain(r)
     opv = views.op_views(r, strings)
     for v in opv.values():
@@ -258,26 +272,45 @@ def _script_json(data: Any) -> str:
 
 def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = "auto",
            raw_graphs: dict[str, OpGraph | None] | None = None,
-           generated: str | None = None) -> Rendered:
-    """Write every report file for ``record`` into ``out_dir``.
+           generated: str | None = None, record_file: str | None = None) -> Rendered:
+    """Write every report file for ``record`` into ``out_dir``, replacing the report there whole
+    (:mod:`.staging`: a failure or a kill part-way leaves the previous one as it was).
 
     Args:
         record: the run (from :func:`gradcheck.runner.run` or ``load_record``).
-        out_dir: the directory (created if needed).
+        out_dir: the directory (created if needed). Files there that gradcheck did not write
+            stay; gradcheck's own files of an earlier report go.
         graphs: ``auto`` draws graphs when Graphviz is installed and explains otherwise;
             ``always`` makes a missing ``dot`` an error; ``never`` skips layout.
         raw_graphs: per mode, the op-level graph of runs above the record's node cap, written
             as ``autograd_<mode>.dot`` for reference (the run has them; a re-render does not).
         generated: the timestamp shown in the footer (default: now, UTC).
+        record_file: also write the record itself there under this name (``report.json``).
     """
     if graphs not in GRAPH_POLICIES:
         raise ConfigError(f"unknown graph policy {graphs!r}; choose one of {', '.join(GRAPH_POLICIES)}")
     if graphs == "always" and dot.find_dot() is None:
         raise dot.GraphvizMissing(f"--graph always, but the Graphviz 'dot' binary is not on PATH: "
                                   f"{dot.INSTALL_HINT}")
-    out = check_writable(out_dir)
-    res = Rendered(out_dir=out)
+    with staged(out_dir) as stage:
+        res = write_run_files(record, stage.path, graphs, raw_graphs, generated)
+        if record_file:
+            write_json_atomic(stage.path / record_file, record.to_dict())
+            res.files.append(record_file)
+    return _landed(res, stage)
 
+
+def _landed(res: Rendered, stage: Stage) -> Rendered:
+    res.out_dir = stage.out
+    res.notes += stage.notes
+    return res
+
+
+def write_run_files(record: RunRecord, out: Path, graphs: str = "auto",
+                    raw_graphs: dict[str, OpGraph | None] | None = None,
+                    generated: str | None = None) -> Rendered:
+    """The report's files written into ``out`` as it is (a staging directory: see :func:`render`)."""
+    res = Rendered(out_dir=out)
     png = plots.figure_png(plots.grad_figure(record))
     write_bytes_atomic(out / "grad_per_step.png", png)
     res.files.append("grad_per_step.png")
@@ -292,8 +325,10 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
 
     strings: dict[str, int] = {}
     modes, data = [], []
+    stems = slugs(list(record.modes))
     for name, r in record.modes.items():
-        view, d = _mode_view(name, r, out, graphs, res, (raw_graphs or {}).get(name), strings)
+        view, d = _mode_view(name, stems[name], r, out, graphs, res,
+                             (raw_graphs or {}).get(name), strings)
         modes.append(view)
         data.append(d)
     page_data = _script_json({"modes": data, "strings": list(strings),
@@ -317,8 +352,10 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
     title = run_title(cfg)
     config = config_rows(cfg)
     tkeys = timing_keys([m["timings"] for m in modes])
+    script = _script()
     html = _env().get_template("index.html.j2").render(
-        title=title, modes=modes, check_rows=check_rows, plot_uri=_uri("image/png", png),
+        script=script, csp=_csp(script), title=title, modes=modes, check_rows=check_rows,
+        plot_uri=_uri("image/png", png),
         samples_uri=samples_uri, grid_cols=max(1, len(modes)),
         config=config, environment=_flatten(record.environment), timing_keys=tkeys,
         page_data=page_data, cell_class=_cell_class, fmt=fmt, causes=CAUSES,
@@ -329,16 +366,24 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
     )
     write_text_atomic(out / "index.html", html)
     res.files.append("index.html")
-    prune(out, res.files, RUN_FILES)
     return res
 
 
 def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
-                    generated: str | None = None) -> Rendered:
+                    generated: str | None = None, record_file: str | None = None) -> Rendered:
     """Write the optimisation report from its record alone (``optimize.json``):
     ``loss_curve.png``, ``z0_norm.png``, ``samples_before_after.png`` and ``index.html``."""
+    with staged(out_dir) as stage:
+        res = write_optimize_files(rec, stage.path, generated)
+        if record_file:
+            write_json_atomic(stage.path / record_file, rec.to_dict())
+            res.files.append(record_file)
+    return _landed(res, stage)
+
+
+def write_optimize_files(rec: OptimizeRecord, out: Path, generated: str | None = None) -> Rendered:
+    """The optimisation report's files written into ``out`` as it is."""
     data = asdict(rec)
-    out = check_writable(out_dir)
     res = Rendered(out_dir=out)
     images = {}
     for name, fig in (("loss_curve", plots.loss_curve_figure(data)),
@@ -352,14 +397,13 @@ def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
         images[name] = _uri("image/png", png)
     r = data["result"]
     html = _env().get_template("optimize.html.j2").render(
-        d=data, r=r, images=images, passed=rec.passed,
+        csp=_csp(None), d=data, r=r, images=images, passed=rec.passed,
         config=_flatten(data["config"]),
         environment=_flatten(data.get("environment", {})), grid_cols=2,
         version=data.get("environment", {}).get("gradcheck", ""), generated=generated or _now(),
     )
     write_text_atomic(out / "index.html", html)
     res.files.append("index.html")
-    prune(out, res.files, OPTIMIZE_FILES)
     return res
 
 
@@ -368,11 +412,15 @@ def render_diff(d: Any, out_dir: str | os.PathLike[str], *, generated: str | Non
     from .. import __version__
     from ..diff import RATIO_NOTE
 
-    out = check_writable(out_dir)
-    res = Rendered(out_dir=out)
+    with staged(out_dir) as stage:
+        res = Rendered(out_dir=stage.path)
+        _write_diff(d, stage.path, generated, __version__, RATIO_NOTE)
+        res.files.append("index.html")
+    return _landed(res, stage)
+
+
+def _write_diff(d: Any, out: Path, generated: str | None, version: str, ratio: float) -> None:
     html = _env().get_template("diff.html.j2").render(
-        d=d, ratio_svg=views.ratio_svg, fmt=fmt, factor=f"{RATIO_NOTE:g}", grid_cols=1,
-        version=__version__, generated=generated or _now())
+        csp=_csp(None), d=d, ratio_svg=views.ratio_svg, fmt=fmt, factor=f"{ratio:g}",
+        grid_cols=1, version=version, generated=generated or _now())
     write_text_atomic(out / "index.html", html)
-    res.files.append("index.html")
-    return res

@@ -145,11 +145,11 @@ def heatmap_svg(r: FlowReport, width: int = 1180) -> str:
 
     def cell(p: ProbeStats, x: float, y: float, w: float, h: float, step: int | None) -> None:
         fill, stroke = _fill(p, scale)
-        ds = f' data-step="{step}"' if step is not None else ""
+        ds = f' data-step="{_esc(step)}"' if step is not None else ""
         sw = ' stroke-dasharray="2,1.5"' if p.status == "not_in_graph" else ""
         out.append(f'<rect class="c" x="{x:.2f}" y="{y:.2f}" width="{max(w - 0.6, 1):.2f}" '
                    f'height="{max(h - 0.6, 1):.2f}" fill="{fill}" stroke="{stroke}"{sw}{ds} '
-                   f'data-probe="{p.order}"><title>{_esc(_tip(p))}</title></rect>')
+                   f'data-probe="{_esc(p.order)}"><title>{_esc(_tip(p))}</title></rect>')
         if p.status == "zero" and w >= 9:
             out.append(f'<text x="{x + w / 2:.1f}" y="{y + h * 0.7:.1f}" text-anchor="middle" '
                        f'style="font-size:10px;fill:#7f2704;pointer-events:none">0</text>')
@@ -184,7 +184,7 @@ def heatmap_svg(r: FlowReport, width: int = 1180) -> str:
     for i, s in enumerate(steps):
         if i % every == 0 or i == len(steps) - 1 and (i % every) * cell_w >= 24:
             out.append(f'<text x="{grid_x + (i + 0.5) * cell_w:.1f}" y="{gy + 13}" '
-                       f'text-anchor="middle">{s}</text>')
+                       f'text-anchor="middle">{_esc(s)}</text>')
     out.append(f'<text x="{grid_x + grid_w / 2:.1f}" y="{gy + 28}" text-anchor="middle">'
                f'sampler step</text>')
     out += outlines
@@ -325,7 +325,7 @@ def chain_svg(r: FlowReport, ch: dict[str, Any] | None = None) -> str:
         y = 16 + ri * ROW_H
         sig = next((p.sigma for p in ps if p.sigma is not None), None)
         label = (f"step {name}" if name not in ("start", "end") else name)
-        step_attr = f' data-step="{name}"' if name not in ("start", "end") else ""
+        step_attr = f' data-step="{_esc(name)}"' if name not in ("start", "end") else ""
         out.append(f'<g class="row"{step_attr}><rect class="rowbg" x="2" y="{y - 8}" '
                    f'width="{w - 4}" height="{ROW_H - 4}" rx="6"/>'
                    f'<text class="rowlabel" x="10" y="{y + 14}">{_esc(label)}</text>'
@@ -360,12 +360,12 @@ def chain_svg(r: FlowReport, ch: dict[str, Any] | None = None) -> str:
         t = scale(p.norm) if p.status == "ok" else 0.0
         txt = "#ffffff" if p.status == "ok" and t < 0.6 else "#1f2328"
         brk = " at-break" if bp and p.order in (bp[0].order, bp[1].order) else ""
-        step_attr = f' data-step="{p.step}"' if p.step is not None else ""
+        step_attr = f' data-step="{_esc(p.step)}"' if p.step is not None else ""
         g = (f"|g| {fmt(p.norm)}" if p.status == "ok" else
              {"zero": "|g| = 0", "nonfinite": "non-finite", "unreached": "no gradient",
               "not_in_graph": "not in graph"}[p.status])
         name = p.name if len(p.name) <= 17 else p.name[:16] + "…"
-        out.append(f'<g class="node {p.status}{brk}" data-probe="{p.order}"{step_attr} '
+        out.append(f'<g class="node {_esc(p.status)}{brk}" data-probe="{_esc(p.order)}"{step_attr} '
                    f'data-name="{_esc(p.name)}" data-kind="{_esc(p.kind)}">'
                    f'<title>{_esc(_tip(p))}</title>'
                    f'<rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="5" '
@@ -672,7 +672,7 @@ def ratio_svg(md: Any, width: int = 1180) -> str:
     for i, s in enumerate(steps):
         if i % every == 0:
             out.append(f'<text x="{left + (i + 0.5) * cell_w:.1f}" y="{gy + 13}" '
-                       f'text-anchor="middle">{s}</text>')
+                       f'text-anchor="middle">{_esc(s)}</text>')
     ly = gy + 26
     for i in range(40):
         out.append(f'<rect x="{left + i * 5}" y="{ly}" width="5.3" height="10" '

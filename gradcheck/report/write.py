@@ -41,13 +41,11 @@ def write_report(reports: FlowReport | Sequence[FlowReport] | Mapping[str, FlowR
     """Write ``index.html``, its pictures and ``report.json`` for your own diagnoses into
     ``out_dir`` (the same report ``gradcheck run`` writes); returns the index.html path.
     ``label`` names the sampler in the page; ``graphs`` as ``gradcheck run --graph``. A directory
-    that cannot be written raises :class:`gradcheck.OutputError` before anything is written."""
-    from .files import output_dir, write_json_atomic
+    that cannot be written raises :class:`gradcheck.OutputError` before anything is written; the
+    report there is replaced whole (files gradcheck did not write stay)."""
     from .render import render
 
     record = as_record(reports, label=label, config=config)
-    with output_dir(out_dir, "report.json") as out:
-        raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
-        render(record, out, graphs=graphs, raw_graphs=raw)
-        write_json_atomic(out / "report.json", record.to_dict())  # the record last
-    return out / "index.html"
+    raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
+    rendered = render(record, out_dir, graphs=graphs, raw_graphs=raw, record_file="report.json")
+    return rendered.index

@@ -8,10 +8,6 @@
   var NS = "http://www.w3.org/2000/svg";
   document.documentElement.classList.add("js");
 
-  function esc(s) {
-    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
-      .replace(/"/g, "&quot;");
-  }
   function fmt(x) {
     if (x === null || x === undefined) return "none";
     if (x === 0) return "0";
@@ -145,33 +141,46 @@
 
   function probeName(m, order) { var p = m.probes[order]; return p ? p[0] : "#" + order; }
 
+  /* every drawing is built with DOM calls: text goes in as textContent and values as
+     attributes, so nothing from the data is ever parsed as markup */
+  function el(tag, attrs, text) {
+    var e = document.createElementNS(NS, tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, String(attrs[k])); });
+    if (text !== undefined) e.textContent = String(text);
+    return e;
+  }
+  function num(x) { x = +x; return isFinite(x) ? x : 0; }
+
   function opSvg(m, key, v) {
-    var parts = ['<svg xmlns="' + NS + '" width="' + v.w + '" height="' + v.h + '" class="ops">',
-      '<defs><marker id="gc-oparrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="5" ',
-      'markerHeight="5" orient="auto"><path d="M0,0L8,4L0,8z" fill="#6e7781"/></marker></defs>'];
+    var svg = el("svg", {width: num(v.w), height: num(v.h), "class": "ops"});
+    var defs = el("defs"), mk = el("marker", {id: "gc-oparrow", viewBox: "0 0 8 8", refX: 7,
+      refY: 4, markerWidth: 5, markerHeight: 5, orient: "auto"});
+    mk.appendChild(el("path", {d: "M0,0L8,4L0,8z", fill: "#6e7781"}));
+    defs.appendChild(mk); svg.appendChild(defs);
     v.e.forEach(function (e) {
       var pts = e[3], d = "";
       for (var i = 0; i < pts.length; i += 2) {
-        var x = pts[i], y = pts[i + 1];
+        var x = num(pts[i]), y = num(pts[i + 1]);
         if (i === 0) y += OPH / 2;
         if (i === pts.length - 2) y -= OPH / 2;
         d += (i ? " L" : "M") + x + "," + y;
       }
       // no gradient passes along an edge out of an op whose gradient was not asked for
       var to = v.n[e[1]], cls = e[2] === 2 ? "cut" : e[2] === 1 ? "stops" :
-        (to[5] === "ok" && v.n[e[0]][5] !== "not_asked" ? "ok" : "none"), style = "";
+        (to[5] === "ok" && v.n[e[0]][5] !== "not_asked" ? "ok" : "none");
+      var path = el("path", {"class": "oe " + cls, d: d, "marker-end": "url(#gc-oparrow)"});
       if (cls === "ok" && to[6] !== null) {
-        style = ' style="stroke:' + colour(0.15 + 0.7 * to[6]) + ';stroke-width:' +
-          (0.8 + 2 * to[6]).toFixed(2) + '"';
+        path.style.stroke = colour(0.15 + 0.7 * num(to[6]));
+        path.style.strokeWidth = (0.8 + 2 * num(to[6])).toFixed(2);
       }
       var tip = cls === "cut" ? "the break: the autograd graph ends here" :
         cls === "stops" ? "the gradient stops on this edge: it reaches the op below, not the one above" : "";
-      parts.push('<path class="oe ' + cls + '" d="' + d + '"' + style +
-        ' marker-end="url(#gc-oparrow)">' + (tip ? "<title>" + esc(tip) + "</title>" : "") + "</path>");
+      if (tip) path.appendChild(el("title", {}, tip));
+      svg.appendChild(path);
     });
     v.n.forEach(function (n, i) {
-      var x = n[0], y = n[1], isProbe = n[2] === -2, st = n[5], t = n[6];
-      var fill = st === "ok" && t !== null ? colour(t) : MARK[st] || "#eee";
+      var x = num(n[0]), y = num(n[1]), isProbe = n[2] === -2, st = String(n[5]), t = n[6];
+      var fill = st === "ok" && t !== null ? colour(num(t)) : MARK[st] || "#eee";
       var dark = st === "ok" && t !== null && t < 0.6;
       var label, tip;
       if (isProbe) {
@@ -179,20 +188,34 @@
         label = (n[7] ? "from " : "") + nm;
         tip = "probe " + nm + " · " + (st === "ok" ? "|g| " + fmt(n[4]) : WORDS[st]);
       } else {
-        label = S[n[2]];
+        label = String(S[n[2]]);
         var where = n[3] >= 0 ? S[n[3]] : "(line not recorded)";
         tip = S[n[2]] + " · " + (st === "ok" ? "|g| " + fmt(n[4]) : n[4] === null &&
           !v.detail ? "|g| not recorded" : WORDS[st]) + " · " + where;
       }
       if (label.length > 19) label = label.substr(0, 18) + "…";
-      parts.push('<g class="on ' + (isProbe ? "probe " : "op ") + st + (n[7] && !isProbe ? " hit" : "") +
-        '" data-i="' + i + '" data-tip="' + esc(tip) + '"><title>' + esc(tip) + "</title>" +
-        '<rect x="' + x + '" y="' + y + '" width="' + OPW + '" height="' + OPH + '" rx="' +
-        (isProbe ? 12 : 3) + '" fill="' + fill + '"/><text x="' + (x + OPW / 2) + '" y="' +
-        (y + 16) + '" fill="' + (dark ? "#fff" : "#1f2328") + '">' + esc(label) + "</text></g>");
+      var g = el("g", {"class": "on " + (isProbe ? "probe " : "op ") + st +
+        (n[7] && !isProbe ? " hit" : ""), "data-i": i, "data-tip": tip});
+      g.appendChild(el("title", {}, tip));
+      g.appendChild(el("rect", {x: x, y: y, width: OPW, height: OPH, rx: isProbe ? 12 : 3,
+        fill: fill}));
+      g.appendChild(el("text", {x: x + OPW / 2, y: y + 16, fill: dark ? "#fff" : "#1f2328"},
+        label));
+      svg.appendChild(g);
     });
-    parts.push("</svg>");
-    return parts.join("");
+    return svg;
+  }
+
+  /* a line of text with parts: [text, class] pairs (class null: plain), built as DOM nodes */
+  function say(box, parts) {
+    box.textContent = "";
+    parts.forEach(function (p) {
+      if (!p) return;
+      var node = document.createElement(p[1] === "strong" ? "strong" : p[1] === "div" ? "div" : "span");
+      if (p[1] && p[1] !== "strong") node.className = p[1] === "div" ? "opinfo muted" : p[1];
+      node.textContent = p[0];
+      box.appendChild(p[1] ? node : document.createTextNode(p[0]));
+    });
   }
 
   function openStep(mode, key, highlight) {
@@ -203,21 +226,22 @@
     var head = panel.querySelector(".ophead"), box = panel.querySelector(".viewer.op-box");
     var label = key === "start" || key === "end" ? key : "step " + key;
     if (!v) {
-      head.innerHTML = "<strong>" + esc(label) + "</strong>: no ops recorded here (its probes are leaves, or the graph capture was off).";
-      box.innerHTML = ""; box.hidden = true; panel.dataset.step = key; return true;
+      say(head, [[label, "strong"], [": no ops recorded here (its probes are leaves, or the graph capture was off)."]]);
+      box.textContent = ""; box.hidden = true; panel.dataset.step = key; return true;
     }
     var nOps = v.n.filter(function (n) { return n[2] !== -2; }).length;
     var stops = v.e.filter(function (e) { return e[2] === 1; }).length;
     var cut = v.e.some(function (e) { return e[2] === 2; });
     var notAsked = v.n.filter(function (n) { return n[2] !== -2 && n[5] === "not_asked"; }).length;
-    head.innerHTML = "<strong>" + esc(label) + "</strong>: " + nOps + " ops between " +
-      (v.n.length - nOps) + " probes" + (cut ? '; <span class="bad">the graph ends here (red dashed)</span>' : "") +
-      (stops ? '; <span class="bad">the gradient stops on ' + stops + " edge(s) (red)</span>" : "") +
-      (notAsked ? '; <span class="muted">' + notAsked + " read weights only (pale: their gradient was not asked for)</span>" : "") +
-      (v.detail ? "" : '; <span class="muted">|g| and source lines of ops not recorded (' + esc(m.detail_skipped || "") + ")</span>") +
-      '<div class="opinfo muted">hover an op for its |g| and source line</div>';
+    say(head, [[label, "strong"], [": " + nOps + " ops between " + (v.n.length - nOps) + " probes"],
+      cut && ["; "], cut && ["the graph ends here (red dashed)", "bad"],
+      stops && ["; "], stops && ["the gradient stops on " + stops + " edge(s) (red)", "bad"],
+      notAsked && ["; "], notAsked && [notAsked + " read weights only (pale: their gradient was not asked for)", "muted"],
+      !v.detail && ["; "], !v.detail && ["|g| and source lines of ops not recorded (" + (m.detail_skipped || "") + ")", "muted"],
+      ["hover an op for its |g| and source line", "div"]]);
     box.hidden = false;
-    box.innerHTML = opSvg(m, key, v);
+    box.textContent = "";
+    box.appendChild(opSvg(m, key, v));
     var viewer = M.ops;
     if (viewer) viewer.load(box.querySelector("svg"));
     else {
@@ -271,7 +295,7 @@
   function search(q) {
     q = q.trim().toLowerCase();
     document.querySelectorAll(".node.match").forEach(function (n) { n.classList.remove("match"); });
-    results.innerHTML = "";
+    results.textContent = "";
     if (!q) return [];
     var hits = [];
     Object.keys(modes).forEach(function (mode) {
@@ -292,11 +316,18 @@
         if (n) hits.push({mode: mode, step: key, what: n + " op(s): " + Object.keys(names).slice(0, 4).join(", ")});
       });
     });
-    results.innerHTML = hits.slice(0, 40).map(function (h, i) {
-      return '<li><a href="#" data-i="' + i + '">' + esc(h.mode) + " · " +
-        esc(h.step === "start" || h.step === "end" ? h.step : "step " + h.step) + " · " + esc(h.what) + "</a></li>";
-    }).join("") + (hits.length > 40 ? "<li class=muted>" + (hits.length - 40) + " more</li>" : "") +
-      (hits.length ? "" : "<li class=muted>no probe or op matches</li>");
+    hits.slice(0, 40).forEach(function (h, i) {
+      var li = document.createElement("li"), a = document.createElement("a");
+      a.href = "#"; a.dataset.i = i;
+      a.textContent = h.mode + " · " + (h.step === "start" || h.step === "end" ? h.step : "step " + h.step) + " · " + h.what;
+      li.appendChild(a); results.appendChild(li);
+    });
+    if (hits.length > 40 || !hits.length) {
+      var more = document.createElement("li");
+      more.className = "muted";
+      more.textContent = hits.length ? (hits.length - 40) + " more" : "no probe or op matches";
+      results.appendChild(more);
+    }
     results.onclick = function (e) {
       var a = e.target.closest("a"); if (!a) return;
       e.preventDefault();

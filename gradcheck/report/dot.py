@@ -21,6 +21,7 @@ from pathlib import Path
 from ..checks import break_point
 from ..errors import GradcheckError
 from ..records import FlowReport, OpGraph, ProbeStats
+from ..sanitize import clean
 from ..text import BREAK_POINT_WORDS, node_label, steps_of
 
 #: Seconds allowed for one Graphviz layout before it is abandoned.
@@ -44,8 +45,8 @@ class LayoutFailed(GradcheckError):
 def q(text: str) -> str:
     """A DOT double-quoted string: backslashes, quotes and line breaks escaped, so nothing in
     ``text`` can end the string (and add an attribute such as ``URL``)."""
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace(
-        "\r", "\\n").replace("\n", "\\n") + '"'
+    text = clean(str(text).replace("\r", "\n"))  # control characters as \\xNN text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -1,7 +1,7 @@
 """A k-diffusion-convention sampler, decorated with @torch.no_grad() as k-diffusion's are.
 
     python examples/kdiffusion_sampler.py
-    gradcheck run --sampler examples.kdiffusion_sampler:sample_euler_ancestral --unwrap
+    gradcheck run --path . --sampler examples.kdiffusion_sampler:sample_euler_ancestral --unwrap
 """
 import torch
 

@@ -1,7 +1,7 @@
 """Your own sampling loop around your own model: instrument the model, diagnose the loop.
 
     python examples/own_loop.py
-    gradcheck run --sampler examples.own_loop:ddim_like --denoiser examples.own_loop:model
+    gradcheck run --path . --sampler examples.own_loop:ddim_like --denoiser examples.own_loop:model
 """
 import torch
 

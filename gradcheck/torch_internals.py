@@ -58,7 +58,10 @@ def function_apply() -> tuple[Any, Any] | None:
 
 def hook_registered(handle: Any) -> bool:
     """Whether a ``RemovableHandle`` still has its hook registered."""
-    d = handle.hooks_dict_ref()
+    ref = getattr(handle, "hooks_dict_ref", None)
+    if ref is None:  # a torch whose handles keep their dict elsewhere: cannot tell; removed
+        return False
+    d = ref()
     return d is not None and handle.id in d
 
 

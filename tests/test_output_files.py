@@ -144,3 +144,22 @@ def test_the_built_wheel_renders_its_page(tmp_path):
     for page in (work / "r" / "index.html", work / "r2" / "index.html"):
         html = page.read_text()
         assert "Content-Security-Policy" in html and "gcOpenStep" in html
+
+
+def test_a_folder_gradcheck_did_not_make_is_written_into_not_replaced(tmp_path, capsys,
+                                                                      monkeypatch):
+    """``gradcheck report report.json`` inside the folder a sent file lies in (the working
+    directory, the user's files beside it, no manifest): the files go in one by one, the folder
+    itself (its inode, the user's files) stays, and the command says so."""
+    inbox = tmp_path / "downloads"
+    inbox.mkdir()
+    (inbox / "report.json").write_text(json.dumps(hostile.passing_run()))
+    (inbox / "holiday.jpg").write_bytes(b"mine")
+    inode = inbox.stat().st_ino
+    monkeypatch.chdir(inbox)
+    assert main(["report", "report.json", "--graph", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "written into" in out and "file by file" in out
+    assert inbox.stat().st_ino == inode and (inbox / "holiday.jpg").read_bytes() == b"mine"
+    assert (inbox / "index.html").exists() and "index.html" in written_by_gradcheck(inbox)
+    assert "holiday.jpg" not in written_by_gradcheck(inbox)

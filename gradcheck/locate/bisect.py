@@ -188,7 +188,7 @@ class _Hooks:
                     site()
                 except Exception:  # noqa: BLE001 - recording only
                     pass
-                return fwd.__func__(ctx, *args)
+                return fwd.__get__(None, fn_cls)(ctx, *args)  # a staticmethod, bound
 
             fn_cls.forward = staticmethod(forward)
 

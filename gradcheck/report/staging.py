@@ -7,8 +7,10 @@ report exactly as it was (and no new directory where there was none).
 A manifest (``.gradcheck-manifest.json``) lists the files gradcheck wrote. Everything else in the
 directory is the user's: it is carried into the new directory (hard links, so nothing is copied,
 and the originals stay where they are until the swap), and never deleted. Where a swap would be
-wrong (``--out`` holds the working directory, or thousands of other files), the files are moved
-in one by one instead, the page and the record last, and a note says so.
+wrong (``--out`` holds the working directory; it holds others' files and no manifest, so it is
+not gradcheck's to replace, say a downloads folder a sent report.json lies in; or it holds
+thousands of other files), the files are moved in one by one instead, the page and the record
+last, and a note says so.
 """
 from __future__ import annotations
 
@@ -117,7 +119,7 @@ def _in_place(stage: Stage, names: list[str]) -> None:
     for n in order:
         target = out / n
         if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
+            raise OSError(f"{str(target)!r} is a directory of yours; gradcheck writes a file there")
         os.replace(stage.path / n, target)
     for n in sorted(old - set(names)):
         p = out / n
@@ -151,9 +153,11 @@ def commit(stage: Stage) -> None:
     out = stage.out.resolve()
     holds_cwd = cwd == out or out in cwd.parents
     carried = sum(_count(stage.out / n, MAX_CARRIED + 1) for n in others)
-    if stage.out.exists() and (holds_cwd or carried > MAX_CARRIED):
-        why = ("it holds the working directory" if holds_cwd
-               else f"it holds more than {MAX_CARRIED} files of other programs")
+    foreign = bool(others) and not (stage.out / MANIFEST).exists()
+    if stage.out.exists() and (holds_cwd or foreign or carried > MAX_CARRIED):
+        why = ("it holds the working directory" if holds_cwd else
+               "gradcheck did not make it (no manifest), so it is not replaced" if foreign else
+               f"it holds more than {MAX_CARRIED} files of other programs")
         stage.notes.append(f"the report was written into {str(stage.out)!r} file by file, not "
                            f"swapped in whole: {why}")
         _in_place(stage, names)

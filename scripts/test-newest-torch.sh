@@ -18,10 +18,10 @@ rm -rf dist
 WHEEL=$(ls dist/gradcheck-*.whl)
 $V/bin/python -m pip install -q --force-reinstall --no-deps "$WHEEL"
 $V/bin/python -m pip install -q "$WHEEL[test]"
-$V/bin/python -c "import torch, gradcheck; print(f'newest torch: torch {torch.__version__}, gradcheck from {gradcheck.__file__}')"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
+"$ROOT/$V/bin/python" -c "import torch, gradcheck; print(f'newest torch: torch {torch.__version__}, gradcheck from {gradcheck.__file__}')"
 "$ROOT/$V/bin/gradcheck" run --steps 2 --out r >/dev/null
 "$ROOT/$V/bin/gradcheck" report r/report.json --out r2 >/dev/null
 for page in r/index.html r2/index.html; do

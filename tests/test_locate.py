@@ -256,6 +256,7 @@ def test_a_module_that_switches_grad_off_at_import_is_named_with_its_line(tmp_pa
         "torch.set_grad_enabled(False)  # a loader's habit\n\n"
         "def factory():\n    return None\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # what --path does
     from gradcheck.runner import import_object
 
     try:

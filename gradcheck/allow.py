@@ -10,26 +10,30 @@ such code) is neutralised: grad mode stays as it was, and the site is recorded (
 function, its file:line, how often). torch's own internal uses are left alone, and so is
 gradcheck's.
 
-Mechanism: ``torch._C._set_grad_enabled`` (what ``no_grad``, ``set_grad_enabled`` and their
-decorators call) and ``torch.inference_mode.__enter__/__exit__`` are wrapped while at least one
-``AllowGrad`` is active (nesting and re-entry share one installation, counted), and restored
-exactly afterwards, with the grad mode the block started with, also on exceptions and
-``KeyboardInterrupt``.
+Mechanism: this thread subscribes to ``torch._C._set_grad_enabled`` (what ``no_grad``,
+``set_grad_enabled`` and their decorators call) and ``torch.inference_mode.__enter__/__exit__``
+(:mod:`gradcheck.patches`: one wrapper each, dispatching to the calling thread's subscribers)
+while at least one ``AllowGrad`` is active in it (nesting and re-entry share one subscription),
+and the grad mode the block started with is restored afterwards, also on exceptions and
+``KeyboardInterrupt``. Another thread is untouched: its ``no_grad`` blocks switch grad off as
+usual and are not listed.
 
 Limits (reported, not silently ignored: a cut that remains under ``allow_grad`` is located as
 usual, and says that ``allow_grad`` could not reach it): code compiled by ``torch.compile`` (its
 grad mode is part of the compiled graph), switches made in C++ (``torch._C._InferenceMode``
-used directly, extensions), and other threads (grad mode is per thread; the wrapper is global, so
-do not diagnose while another thread relies on ``no_grad``).
+used directly, extensions), and work the sampler hands to other threads (grad mode is per
+thread; only the diagnosing thread's switches are neutralised).
 """
 from __future__ import annotations
 
-import sys
+import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from . import patches
 from .torch_internals import is_user_file, qualname, rel_path
 
 _GRAD_FILES = ("grad_mode.py", "_contextlib.py")
@@ -49,7 +53,7 @@ def _switch_site(api_hint: str) -> tuple[str, str | None, str | None] | None:
     """Who is disabling grad now, if it is the user's or a library's code (else None): the API
     as written, the function, its file:line. Walks out of torch's grad-mode plumbing; a
     decorator is named by the function it wraps."""
-    f = sys._getframe(2)
+    f = patches.caller_frame()
     api = api_hint
     while f is not None:
         code = f.f_code
@@ -78,69 +82,68 @@ def _switch_site(api_hint: str) -> tuple[str, str | None, str | None] | None:
 
 
 class _Installation:
-    """The wrappers, installed while any AllowGrad is active."""
+    """One thread's AllowGrads, and its subscriptions while any of them is active."""
 
     def __init__(self) -> None:
-        self.depth = 0
         self.active: list[AllowGrad] = []
-        self.saved: dict[str, Any] = {}
+        self.subscriptions: contextlib.ExitStack | None = None
 
     def record(self, api: str, function: str | None, location: str | None) -> None:
         for a in self.active:
             a._record(api, function, location)
 
-    def install(self) -> None:
-        real_set = torch._C._set_grad_enabled
-        self.saved["set"] = real_set
-        me = self
-
-        def set_grad_enabled(mode: bool) -> Any:
-            if not mode and me.active and torch.is_grad_enabled():  # a switch that turns it off
-                try:
-                    site = _switch_site("torch.set_grad_enabled(False)")
-                except Exception:  # noqa: BLE001 - never break the switch: let it happen
-                    site = None
-                if site is not None:
-                    me.record(*site)
-                    return None  # neutralised: grad mode stays as it is
-            return real_set(mode)
-
-        torch._C._set_grad_enabled = set_grad_enabled
-        im = torch.inference_mode
-        self.saved["im_enter"] = im.__dict__["__enter__"]
-        self.saved["im_exit"] = im.__dict__["__exit__"]
-        enter, exit_ = self.saved["im_enter"], self.saved["im_exit"]
-
-        def im_enter(ctx: Any) -> None:
-            site = None
-            if getattr(ctx, "mode", True) and me.active:
-                try:
-                    site = _switch_site("torch.inference_mode()")
-                except Exception:  # noqa: BLE001
-                    site = None
+    def switch(self, call_next: Callable[..., Any], mode: bool) -> Any:
+        if not mode and self.active and torch.is_grad_enabled():  # a switch that turns it off
+            try:
+                site = _switch_site("torch.set_grad_enabled(False)")
+            except Exception:  # noqa: BLE001 - never break the switch: it happens unallowed
+                site = None
             if site is not None:
-                me.record(*site)
-                ctx._gradcheck_allowed = True
-                return None
+                self.record(*site)
+                return None  # neutralised: grad mode stays as it is
+        return call_next(mode)
+
+    def enter(self, call_next: Callable[..., Any], ctx: Any) -> Any:
+        site = None
+        if getattr(ctx, "mode", True) and self.active:
+            try:
+                site = _switch_site("torch.inference_mode()")
+            except Exception:  # noqa: BLE001 - never break the block: it happens unallowed
+                site = None
+        if site is not None:
+            self.record(*site)
+            ctx._gradcheck_allowed = True
+            return None
+        ctx._gradcheck_allowed = False
+        return call_next(ctx)
+
+    def exit(self, call_next: Callable[..., Any], ctx: Any, *exc: Any) -> Any:
+        if getattr(ctx, "_gradcheck_allowed", False):
             ctx._gradcheck_allowed = False
-            return enter(ctx)
+            return None
+        return call_next(ctx, *exc)
 
-        def im_exit(ctx: Any, *exc: Any) -> Any:
-            if getattr(ctx, "_gradcheck_allowed", False):
-                ctx._gradcheck_allowed = False
-                return None
-            return exit_(ctx, *exc)
-
-        im.__enter__ = im_enter
-        im.__exit__ = im_exit
+    def install(self) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(patches.GRAD_MODE.subscribe(self.switch))
+        stack.enter_context(patches.INFERENCE_ENTER.subscribe(self.enter))
+        stack.enter_context(patches.INFERENCE_EXIT.subscribe(self.exit))
+        self.subscriptions = stack
 
     def uninstall(self) -> None:
-        torch._C._set_grad_enabled = self.saved.pop("set")
-        torch.inference_mode.__enter__ = self.saved.pop("im_enter")
-        torch.inference_mode.__exit__ = self.saved.pop("im_exit")
+        if self.subscriptions is not None:
+            self.subscriptions.close()
+            self.subscriptions = None
 
 
-_INSTALLED = _Installation()
+_THREAD = threading.local()
+
+
+def _installation() -> _Installation:
+    inst = getattr(_THREAD, "installation", None)
+    if inst is None:
+        inst = _THREAD.installation = _Installation()
+    return inst
 
 
 class AllowGrad:
@@ -162,25 +165,26 @@ class AllowGrad:
 
     def __enter__(self) -> AllowGrad:
         self._grad_mode = torch.is_grad_enabled()
-        if _INSTALLED.depth == 0:
-            _INSTALLED.install()
-        _INSTALLED.depth += 1
-        _INSTALLED.active.append(self)
+        inst = _installation()
+        if not inst.active:
+            inst.install()
+        inst.active.append(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        inst = _installation()
         try:
-            _INSTALLED.active.remove(self)
+            inst.active.remove(self)
         finally:
-            _INSTALLED.depth -= 1
-            if _INSTALLED.depth == 0:
-                _INSTALLED.uninstall()
+            if not inst.active:
+                inst.uninstall()
             torch._C._set_grad_enabled(self._grad_mode)
 
 
 def active() -> bool:
-    """Whether an AllowGrad is in effect (a cut still seen under it is one it cannot reach)."""
-    return bool(_INSTALLED.active)
+    """Whether an AllowGrad is in effect in this thread (a cut still seen under it is one it
+    cannot reach)."""
+    return bool(_installation().active)
 
 
 class Allowing:

@@ -11,39 +11,45 @@ third-party code. The cost is one frame walk per switch to False (none for switc
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
 
-_STATE: dict[str, Any] = {"installed": False, "off": None}
+from . import patches
+
+#: installed once; failures: switches the watcher could not place (the switch still happened)
+_STATE: dict[str, Any] = {"installed": False, "failures": 0}
+#: per thread (grad mode is): the switch that turned it off
+_OFF = threading.local()
+
+
+def _watch(call_next: Any, mode: bool) -> Any:
+    try:
+        if not mode and torch.is_grad_enabled():
+            from .torch_internals import grad_switch_site
+
+            loc, fn, api, block = grad_switch_site()
+            _OFF.site = {"location": loc, "function": fn, "api": api, "block": block}
+        elif mode:
+            _OFF.site = None
+    except Exception:  # noqa: BLE001 - a watcher never breaks the switch: counted, not raised
+        _STATE["failures"] += 1
+    return call_next(mode)
 
 
 def watch_grad_mode() -> None:
-    """Install the watcher (idempotent)."""
+    """Install the watcher (idempotent): a process-wide observer of grad-mode switches
+    (:mod:`gradcheck.patches`), each thread's own remembered apart."""
     if _STATE["installed"]:
         return
-    from .torch_internals import grad_switch_site
-
-    real = torch._C._set_grad_enabled
-
-    def set_grad_enabled(mode: bool) -> Any:
-        try:
-            if not mode and torch.is_grad_enabled():
-                loc, fn, api, block = grad_switch_site()
-                _STATE["off"] = {"location": loc, "function": fn, "api": api, "block": block}
-            elif mode:
-                _STATE["off"] = None
-        except Exception:  # noqa: BLE001 - a watcher never breaks the switch
-            pass
-        return real(mode)
-
-    torch._C._set_grad_enabled = set_grad_enabled
+    patches.GRAD_MODE.observe(_watch)
     _STATE["installed"] = True
 
 
 def who_switched_off() -> dict[str, Any] | None:
-    """The switch that turned grad mode off, if the watcher saw it and it is still off:
-    ``{"location", "function", "api", "block"}``."""
+    """The switch that turned this thread's grad mode off, if the watcher saw it and it is
+    still off: ``{"location", "function", "api", "block"}``."""
     if torch.is_grad_enabled():
         return None
-    return _STATE["off"]
+    return getattr(_OFF, "site", None)

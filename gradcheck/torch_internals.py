@@ -36,24 +36,6 @@ def tensors_in(x: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
 
 
-# -- custom autograd Functions ----------------------------------------------------------------------
-
-def function_apply() -> tuple[Any, Any] | None:
-    """``(the descriptor torch.autograd.Function.apply is now, a caller(cls, *args, **kwargs) of
-    it)``, or None where this torch's ``apply`` cannot be wrapped. torch <= 2.13 defines it as a
-    Python ``classmethod`` (with ``__func__``); torch 2.14 as the C ``classmethod_descriptor`` of
-    ``_C._FunctionBase``, which has none. Both bind to a class through the descriptor protocol
-    (``__get__(None, cls)``), which is what the caller uses."""
-    saved = torch.autograd.Function.__dict__.get("apply")
-    if saved is None or not hasattr(saved, "__get__"):
-        return None
-
-    def call(cls: type, *args: Any, **kwargs: Any) -> Any:
-        return saved.__get__(None, cls)(*args, **kwargs)
-
-    return saved, call
-
-
 # -- hooks ----------------------------------------------------------------------------------------
 
 def hook_registered(handle: Any) -> bool:

@@ -30,12 +30,13 @@ passes per measurement.
 from __future__ import annotations
 
 import math
-import sys
+import contextlib
 import time
 from typing import Any, Callable
 
 import torch
 
+from .. import patches
 from ..numeric import ROUNDOFF_FACTOR, SETTINGS, judge_kink
 from ..probes import probe, trace
 from ..records import Bisection, BreakEvent, VjpCheck
@@ -66,7 +67,9 @@ class _Hooks:
         self.tr = tr
         self.hooks: list[dict[str, Any]] = []
         self._inside = False
-        self._saved: dict[str, Any] = {}
+        self.subscriptions = contextlib.ExitStack()
+        #: hooks and regions that could not be recorded or measured (the user's code still ran)
+        self.failures = 0
 
     def _where(self) -> tuple[int | None, int]:
         entries = self.tr._entries
@@ -94,114 +97,73 @@ class _Hooks:
                     change = d / n if n > 0 else (math.inf if d > 0 else 0.0)
                     info["change"] = max(info["change"], change)
             except Exception:  # noqa: BLE001 - the measurement only; the hook's result stands
-                pass
+                self.failures += 1
             return result
         return measured
 
-    def __enter__(self) -> _Hooks:
-        rec = self
-        real = torch.Tensor.__dict__["register_hook"]
-        self._saved["register_hook"] = real
+    def _register_hook(self, call_next: Callable[..., Any], t: torch.Tensor,
+                       hook: Callable[..., Any]) -> Any:
+        caller = patches.caller_frame().f_globals.get("__name__", "")
+        if self._inside or caller.startswith("gradcheck.") or not t.requires_grad or \
+                len(self.hooks) >= MAX_HOOKS:
+            return call_next(t, hook)
+        self._inside = True  # a TorchFunctionMode sends the call round again: record once
+        try:
+            loc, fn = user_frame()
+            step, after = self._where()
+            info = {"name": getattr(hook, "__qualname__", type(hook).__name__),
+                    "location": loc, "function": fn, "step": step, "after": after,
+                    "fired": 0, "change": 0.0, "module": None}
+            self.hooks.append(info)
+            return call_next(t, self._wrap(info, hook))
+        finally:
+            self._inside = False
 
-        def register_hook(t: torch.Tensor, hook: Callable[..., Any]) -> Any:
-            caller = sys._getframe(1).f_globals.get("__name__", "")
-            if rec._inside or caller.startswith("gradcheck.") or not t.requires_grad or \
-                    len(rec.hooks) >= MAX_HOOKS:
-                return real(t, hook)
-            rec._inside = True  # a TorchFunctionMode sends the call round again: record once
-            try:
+    def _backward_hook_init(self, call_next: Callable[..., Any], bh: Any, module: Any,
+                            user_hooks: Any, user_pre_hooks: Any) -> None:
+        try:
+            if user_hooks and len(self.hooks) < MAX_HOOKS:
+                called, _ = user_frame()
+                step, after = self._where()
+                wrapped = []
+                for h in user_hooks:  # the line to change: the hook's own
+                    info = {"name": getattr(h, "__qualname__", type(h).__name__),
+                            "location": _source_of(h) or called, "called": called,
+                            "function": getattr(h, "__name__", None), "step": step,
+                            "after": after,
+                            "fired": 0, "change": 0.0, "module": type(module).__name__}
+                    self.hooks.append(info)
+                    wrapped.append(self._wrap(info, h))
+                user_hooks = wrapped
+        except Exception:  # noqa: BLE001 - recording only: counted, the module's hooks run
+            self.failures += 1
+        call_next(bh, module, user_hooks, user_pre_hooks)
+
+    def _checkpoint(self, call_next: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A checkpointed region begins (a non-reentrant frame, or a reentrant
+        ``CheckpointFunction``): its backward recomputes the forward, and a recomputation that
+        differs (state changed after the forward) gives a wrong gradient."""
+        try:
+            if len(self.hooks) < MAX_HOOKS:
                 loc, fn = user_frame()
-                step, after = rec._where()
-                info = {"name": getattr(hook, "__qualname__", type(hook).__name__),
-                        "location": loc, "function": fn, "step": step, "after": after,
-                        "fired": 0, "change": 0.0, "module": None}
-                rec.hooks.append(info)
-                return real(t, rec._wrap(info, hook))
-            finally:
-                rec._inside = False
+                step, after = self._where()
+                self.hooks.append({"name": "checkpoint", "location": loc, "function": fn,
+                                   "step": step, "after": after, "fired": 0, "change": None,
+                                   "module": None, "checkpoint": True})
+        except Exception:  # noqa: BLE001 - recording only: counted, the region runs
+            self.failures += 1
+        return call_next(*args, **kwargs)
 
-        torch.Tensor.register_hook = register_hook
-        from torch.utils import hooks as th
-
-        init = th.BackwardHook.__init__
-        self._saved["BackwardHook"] = init
-
-        def backward_hook_init(bh: Any, module: Any, user_hooks: Any, user_pre_hooks: Any) -> None:
-            try:
-                if user_hooks and len(rec.hooks) < MAX_HOOKS:
-                    called, _ = user_frame()
-                    step, after = rec._where()
-                    wrapped = []
-                    for h in user_hooks:  # the line to change: the hook's own
-                        info = {"name": getattr(h, "__qualname__", type(h).__name__),
-                                "location": _source_of(h) or called, "called": called,
-                                "function": getattr(h, "__name__", None), "step": step,
-                                "after": after,
-                                "fired": 0, "change": 0.0, "module": type(module).__name__}
-                        rec.hooks.append(info)
-                        wrapped.append(rec._wrap(info, h))
-                    user_hooks = wrapped
-            except Exception:  # noqa: BLE001 - recording only
-                pass
-            init(bh, module, user_hooks, user_pre_hooks)
-
-        th.BackwardHook.__init__ = backward_hook_init
-        self._patch_checkpoints()
+    def __enter__(self) -> _Hooks:
+        for point, sub in ((patches.REGISTER_HOOK, self._register_hook),
+                           (patches.BACKWARD_HOOK_INIT, self._backward_hook_init),
+                           (patches.CHECKPOINT_FRAME_INIT, self._checkpoint),
+                           (patches.CHECKPOINT_FORWARD, self._checkpoint)):
+            self.subscriptions.enter_context(point.subscribe(sub))
         return self
 
-    def _patch_checkpoints(self) -> None:
-        """Record each checkpointed region (non-reentrant frames and reentrant
-        ``CheckpointFunction``s): its backward recomputes the forward, and a recomputation that
-        differs (state changed after the forward) gives a wrong gradient."""
-        import torch.utils.checkpoint as ck
-
-        rec = self
-
-        def site() -> None:
-            if len(rec.hooks) < MAX_HOOKS:
-                loc, fn = user_frame()
-                step, after = rec._where()
-                rec.hooks.append({"name": "checkpoint", "location": loc, "function": fn,
-                                  "step": step, "after": after, "fired": 0, "change": None,
-                                  "module": None, "checkpoint": True})
-
-        frame = getattr(ck, "_CheckpointFrame", None)
-        if frame is not None:
-            init = frame.__init__
-            self._saved["_CheckpointFrame"] = init
-
-            def frame_init(fr: Any, *args: Any, **kwargs: Any) -> None:
-                try:
-                    site()
-                except Exception:  # noqa: BLE001 - recording only
-                    pass
-                init(fr, *args, **kwargs)
-
-            frame.__init__ = frame_init
-        fn_cls = getattr(ck, "CheckpointFunction", None)
-        if fn_cls is not None:
-            fwd = fn_cls.__dict__["forward"]
-            self._saved["CheckpointFunction"] = fwd
-
-            def forward(ctx: Any, *args: Any) -> Any:
-                try:
-                    site()
-                except Exception:  # noqa: BLE001 - recording only
-                    pass
-                return fwd.__get__(None, fn_cls)(ctx, *args)  # a staticmethod, bound
-
-            fn_cls.forward = staticmethod(forward)
-
     def __exit__(self, *exc: Any) -> None:
-        torch.Tensor.register_hook = self._saved["register_hook"]
-        from torch.utils import hooks as th
-        import torch.utils.checkpoint as ck
-
-        th.BackwardHook.__init__ = self._saved["BackwardHook"]
-        if "_CheckpointFrame" in self._saved:
-            ck._CheckpointFrame.__init__ = self._saved["_CheckpointFrame"]
-        if "CheckpointFunction" in self._saved:
-            ck.CheckpointFunction.forward = self._saved["CheckpointFunction"]
+        self.subscriptions.close()
 
 
 def _source_of(fn: Any) -> str | None:

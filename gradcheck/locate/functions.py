@@ -20,7 +20,8 @@ import torch
 
 from ..records import BreakEvent
 from ..rng import seeded
-from ..torch_internals import function_apply, tensors_in, user_frame
+from .. import patches
+from ..torch_internals import tensors_in, user_frame
 
 #: at most this many applications are recorded (the first ones, in forward order)
 MAX_CALLS = 256
@@ -38,16 +39,9 @@ class FunctionCalls:
         self.saved: Any = None
 
     def __enter__(self) -> FunctionCalls:
-        fn_cls = torch.autograd.Function
-        found = function_apply()
-        if found is None:  # a torch whose apply cannot be wrapped: say so, record nothing
-            self.prov.failed("autograd.Function.apply", TypeError(
-                "not wrappable on this torch: custom Functions' applications are not recorded"))
-            return self
-        self.saved, real = found
         rec = self
 
-        def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        def apply(call_next: Any, cls: type, *args: Any, **kwargs: Any) -> Any:
             try:
                 deps = [t for t in tensors_in((args, kwargs)) if rec.prov.dep(t)]
                 if deps and len(rec.calls) < MAX_CALLS:
@@ -60,14 +54,17 @@ class FunctionCalls:
                                  for a in args]})
             except Exception as exc:  # noqa: BLE001 - counted and reported, the call runs
                 rec.prov.failed(f"{getattr(cls, '__name__', cls)}.apply", exc)
-            return real(cls, *args, **kwargs)
+            return call_next(cls, *args, **kwargs)
 
-        fn_cls.apply = classmethod(apply)
+        if not patches.FUNCTION_APPLY.available:  # a torch without it: say so, record nothing
+            self.prov.failed("autograd.Function.apply", TypeError(
+                "not on this torch: custom Functions' applications are not recorded"))
+        self.saved = patches.FUNCTION_APPLY.subscribe(apply)
+        self.saved.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.saved is not None:
-            torch.autograd.Function.apply = self.saved
+        self.saved.__exit__(*exc)
         entries = self.prov.trace._entries
         for call in self.calls:  # before the first stepped probe: the step of the next probe
             if call["step"] is None and call["after"] < len(entries):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import patches
 from ..records import BreakEvent
 
 #: at most this many float() sites are replayed
@@ -28,36 +29,30 @@ NUDGE = 1e-2
 
 
 class _Nudged:
-    """While active, the ``target``-th call of ``Tensor.__float__`` (0-based, all tensors)
-    returns its value nudged."""
+    """While active, the ``target``-th call of ``Tensor.__float__`` (0-based, all tensors of this
+    thread) returns its value nudged."""
 
     def __init__(self, target: int, sign: float = 1.0) -> None:
         self.target = target
         self.sign = sign
         self.count = 0
-        self.saved: Any = None
+        self.subscription: Any = None
+
+    def nudge(self, call_next: Callable[..., float], t: torch.Tensor) -> float:
+        v = call_next(t)
+        k = self.count
+        self.count += 1
+        if k == self.target:
+            return v + self.sign * NUDGE * (abs(v) if v != 0.0 else 1.0)
+        return v
 
     def __enter__(self) -> _Nudged:
-        self.saved = torch.Tensor.__dict__.get("__float__")
-        real = torch.Tensor.__float__
-        me = self
-
-        def __float__(t: torch.Tensor) -> float:
-            v = real(t)
-            k = me.count
-            me.count += 1
-            if k == me.target:
-                return v + me.sign * NUDGE * (abs(v) if v != 0.0 else 1.0)
-            return v
-
-        torch.Tensor.__float__ = __float__
+        self.subscription = patches.TENSOR_FLOAT.subscribe(self.nudge)
+        self.subscription.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.saved is not None:
-            torch.Tensor.__float__ = self.saved
-        else:
-            del torch.Tensor.__float__
+        self.subscription.__exit__(*exc)
 
 
 def float_biases(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,

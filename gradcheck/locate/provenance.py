@@ -21,6 +21,7 @@ reported (``LocatorResult.internal_failures``), never swallowed silently.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import weakref
@@ -29,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .. import graph
+from .. import graph, patches
 from ..probes import Trace
 from ..records import BreakEvent
 from ..torch_internals import (
@@ -180,27 +181,18 @@ class Collectives:
 
     def __init__(self, prov: Provenance) -> None:
         self.prov = prov
-        self.saved: dict[str, Any] = {}
+        self.subscriptions = contextlib.ExitStack()
 
     def __enter__(self) -> Collectives:
-        import torch.distributed as dist
-
-        if not dist.is_available():
-            return self
         for name, (out_pos, in_pos) in COLLECTIVES.items():
-            fn = getattr(dist, name, None)
-            if fn is not None:
-                self.saved[name] = fn
-                setattr(dist, name, self._wrap(name, fn, out_pos, in_pos))
+            self.subscriptions.enter_context(
+                patches.collective(name).subscribe(self._wrap(name, out_pos, in_pos)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import torch.distributed as dist
+        self.subscriptions.close()
 
-        for name, fn in self.saved.items():
-            setattr(dist, name, fn)
-
-    def _wrap(self, name: str, fn: Callable[..., Any], out_pos: int | None,
+    def _wrap(self, name: str, out_pos: int | None,
               in_pos: int | None) -> Callable[..., Any]:
         prov = self.prov
 
@@ -216,7 +208,7 @@ class Collectives:
                 ev = next((m.ev for t in dep if (m := prov.get(t)) and m.ev is not None), None)
             return dep, ev
 
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
+        def wrapped(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             try:
                 dep, ev = before(args)
             except Exception as exc:  # noqa: BLE001 - counted and reported, the call still runs
@@ -232,7 +224,6 @@ class Collectives:
                 prov.failed(f"torch.distributed.{name}", exc)
             return res
 
-        wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
         return wrapped
 
 
@@ -260,13 +251,12 @@ class GradSwitches:
 
     def __init__(self, prov: Provenance) -> None:
         self.prov = prov
-        self.saved: Any = None
+        self.subscription: Any = None
 
     def __enter__(self) -> GradSwitches:
-        self.saved = torch._C._set_grad_enabled
-        prov, real = self.prov, self.saved
+        prov = self.prov
 
-        def set_grad_enabled(mode: bool) -> Any:
+        def set_grad_enabled(call_next: Callable[..., Any], mode: bool) -> Any:
             try:
                 if not mode:
                     loc, fn, api, block = grad_switch_site()
@@ -288,13 +278,14 @@ class GradSwitches:
                     prov.grad_off_calls.clear()
             except Exception as exc:  # noqa: BLE001 - counted and reported, the switch happens
                 prov.failed("torch.set_grad_enabled", exc)
-            return real(mode)
+            return call_next(mode)
 
-        torch._C._set_grad_enabled = set_grad_enabled
+        self.subscription = patches.GRAD_MODE.subscribe(set_grad_enabled)
+        self.subscription.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        torch._C._set_grad_enabled = self.saved
+        self.subscription.__exit__(*exc)
 
 
 class Provenance(TorchFunctionMode):

@@ -12,7 +12,9 @@ from the fault catalogue per fault kind, an adapter run (a k-diffusion-conventio
 Differences the comparison forgives, each for a reason stated where it is listed (``FORGIVEN``):
 a non-finite float is the same number whether written as the string ``"Infinity"`` (schema 1) or
 as ``{"$float": "Infinity"}`` (schema 2); fields that only a later schema has are reported but
-are not differences.
+are not differences. Source line numbers (``file.py:123``, ``source_line``) and library paths
+(``.../site-packages/``) are normalised before comparing: an edit above a line, or another
+environment, moves them without changing what the report says.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -125,16 +128,32 @@ def _fault_cases(out: Path) -> list[str]:
     return names
 
 
+#: source line numbers (``path.py:123``) and library paths (``.../site-packages/``) are where code
+#: sits, not what the report says: an edit above a line, or another environment, moves them
+_LINE = re.compile(r"(\.py):\d+")
+_LIB = re.compile(r"[^\s'\"(]*(?:site|dist)-packages/")
+#: fields that hold a source line number
+LINE_KEYS = {"source_line"}
+
+
+def _norm_text(s: str) -> str:
+    return _LIB.sub("<lib>/", _LINE.sub(r"\1:<line>", s))
+
+
 def _norm(x: Any) -> Any:
-    """Non-finite floats in either encoding -> a canonical string; everything else as is."""
+    """Non-finite floats in either encoding -> a canonical string; source line numbers and
+    library paths -> placeholders; everything else as is."""
     if isinstance(x, dict):
         if set(x) == {"$float"}:
             return f"<float {x['$float']}>"
-        return {k: _norm(v) for k, v in x.items() if k not in IGNORED_KEYS}
+        return {k: ("<line>" if k in LINE_KEYS and isinstance(v, int) else _norm(v))
+                for k, v in x.items() if k not in IGNORED_KEYS}
     if isinstance(x, list):
         return [_norm(v) for v in x]
     if isinstance(x, str) and x in ("NaN", "Infinity", "-Infinity"):
         return f"<float {x}>"
+    if isinstance(x, str):
+        return _norm_text(x)
     if isinstance(x, float) and not math.isfinite(x):
         return f"<float {'NaN' if math.isnan(x) else ('Infinity' if x > 0 else '-Infinity')}>"
     return x
@@ -181,8 +200,6 @@ def diff(a: Any, b: Any, path: str = "") -> tuple[list[str], list[str]]:
 
 
 def _starred(path: str) -> str:
-    import re
-
     return re.sub(r"\[\d+\]", "", path)
 
 

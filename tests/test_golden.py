@@ -19,3 +19,20 @@ def test_the_golden_reports_are_unchanged():
 
     m = re.search(r"(\d+) of (\d+) golden reports equal", res.stdout)
     assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 25, res.stdout[-2000:]
+
+
+def test_the_comparison_ignores_where_code_sits_and_nothing_else():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("golden_script", ROOT / "scripts" / "golden.py")
+    golden = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(golden)
+    a = {"detail": "cut at gradcheck/sampling/denoisers.py:66 (forward)", "source_line": 66,
+         "location": "/usr/lib/python3/site-packages/diffusers/x.py:12", "step": 3}
+    moved = {"detail": "cut at gradcheck/sampling/denoisers.py:70 (forward)", "source_line": 70,
+             "location": "/opt/venv/lib/python3.11/site-packages/diffusers/x.py:19", "step": 3}
+    assert golden.diff(golden._norm(a), golden._norm(moved)) == ([], [])
+    for key, other in (("detail", "cut at gradcheck/sampling/solvers.py:66 (forward)"),
+                       ("step", 4), ("location", "/opt/venv/site-packages/torch/x.py:12")):
+        bad, _ = golden.diff(golden._norm(a), golden._norm({**a, key: other}))
+        assert bad, key

@@ -77,6 +77,8 @@ class BranchWatch(TorchFunctionMode):
         super().__init__()
         self.signature: list[tuple[str, int, int]] = []
         self._pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        #: piecewise ops whose branch mask could not be read (not watched; they still ran)
+        self.unread = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
@@ -104,7 +106,7 @@ class BranchWatch(TorchFunctionMode):
                 pos = torch.arange(1, m.numel() + 1, device=m.device, dtype=torch.int64)
                 self._pending.append((name, m.sum(), (m * pos).sum()))
         except Exception:  # noqa: BLE001 - an op it cannot read is not watched, never broken
-            pass
+            self.unread += 1  # counted: how many ops the signature could not read
 
     def finish(self) -> list[tuple[str, int, int]]:
         """The signature as plain numbers (one transfer per op, at the end)."""

@@ -127,8 +127,8 @@ def _grad_off_withs(filename: str) -> list[tuple[int, int, str]]:
                         text = ast.unparse(item.context_expr)
                         if _GRAD_OFF_WITH.search(text):
                             found.append((node.lineno, node.end_lineno or node.lineno, text))
-        except (OSError, SyntaxError, ValueError):
-            pass
+        except (OSError, SyntaxError, ValueError):  # unreadable source: no with-sites known in it
+            found = []
         _WITH_CACHE[key] = found
     return _WITH_CACHE[key]
 

@@ -60,8 +60,8 @@ def _umask() -> int:
             for line in f:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError):  # no /proc (not Linux) or another format: read it as below
+        mask = None
     mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
     os.umask(mask)
     return mask

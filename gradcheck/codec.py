@@ -25,6 +25,8 @@ from typing import Any, ClassVar, Union
 
 from .errors import GradcheckError
 
+#: the version of the file format (report.json, optimize.json) this gradcheck writes
+SCHEMA_VERSION = 2
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _HINTS: dict[type, dict[str, Any]] = {}
 
@@ -207,8 +209,6 @@ class Record:
         """The record from its data; a top-level record checks its schema version first."""
         legacy = False
         if cls.TOOL is not None:
-            from .records import SCHEMA_VERSION
-
             if not isinstance(d, dict):
                 raise RecordError(f"not a {cls.TOOL} record: the JSON is a "
                                   f"{type(d).__name__}, not an object")
@@ -237,8 +237,6 @@ class Record:
                 raise RecordError(f"{cls.__name__} lacks the field {f.name!r}"
                                   + (f" (at {where})" if where else ""))
         if cls.TOOL is not None:  # in memory it is a record of today's schema
-            from .records import SCHEMA_VERSION
-
             kw["schema_version"] = SCHEMA_VERSION
         return cls(**kw)
 

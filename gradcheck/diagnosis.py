@@ -34,6 +34,7 @@ from .records import (
     Cost, FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, Raised,
     StageCost, StepGraph,
 )
+from .sampling.noise import path_cotangent
 
 #: machine epsilon -> floating dtype (the precision a sampler computes in, agreed across ranks)
 _DTYPE_OF_EPS = {torch.finfo(d).eps: d for d in (torch.float64, torch.float32, torch.bfloat16,
@@ -581,14 +582,6 @@ def shadow_check(sample_fn: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
 
 
 # -- stage 5b: a stationary loss or a dead path? -----------------------------------------------------
-
-def path_cotangent(out: torch.Tensor, seed: int, rank: int = 0) -> torch.Tensor:
-    """The seeded random output direction the path probe (and the locator) send back."""
-    from .sampling.noise import sub_seed
-
-    g = torch.Generator().manual_seed(sub_seed(seed, 5, rank))
-    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
-
 
 def probe_path(run: Callable[[torch.Tensor], torch.Tensor], rec: Recording, *, seed: int,
                policy: Local) -> PathProbe:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import Record
+from .codec import SCHEMA_VERSION, Record
+from .words import break_where, describe_break
 
-SCHEMA_VERSION = 2
 
 #: Kinds that make up the sampler's gradient path (the "every step" check looks at these).
 PATH_KINDS = ("x_T", "state", "denoiser_in", "denoiser_out")
@@ -184,15 +184,11 @@ class BreakEvent(Record):
     source_line: int | None = None
 
     def where(self) -> str:
-        """'step 2 (denoiser output -> state update)' (:func:`gradcheck.text.break_where`)."""
-        from .text import break_where
-
+        """'step 2 (denoiser output -> state update)' (:func:`gradcheck.words.break_where`)."""
         return break_where(self)
 
     def describe(self) -> str:
-        """One sentence: where, which op, which line, why (:func:`gradcheck.text.describe_break`)."""
-        from .text import describe_break
-
+        """One sentence: where, which op, which line, why (:func:`gradcheck.words.describe_break`)."""
         return describe_break(self)
 
 
@@ -424,13 +420,6 @@ class FlowReport(Record):
         return (f"<FlowReport mode={self.mode} {'PASS' if self.passed else 'FAIL'} "
                 f"({len(errors) - len(bad)}/{len(errors)} checks"
                 + (f"; failed: {', '.join(bad)}" if bad else "") + f"), loss {loss}>")
-
-    def summary(self) -> str:
-        """What ``gradcheck run`` prints for this diagnosis: every check, the located break, the
-        per-step gradient table, the timings."""
-        from .report.terminal import mode_summary
-
-        return "\n".join(mode_summary(self))
 
     @property
     def failed(self) -> list[Finding]:

@@ -146,7 +146,9 @@ def test_the_pure_parts_import_without_torch():
         sys.meta_path.insert(0, Block())
         import gradcheck.locate, gradcheck.locate.primary, gradcheck.text, gradcheck.modes
         import gradcheck.checks, gradcheck.schema, gradcheck.codec, gradcheck.observers
-        import gradcheck.report.dot, gradcheck.report.render
+        import gradcheck.report.dot, gradcheck.report.render, gradcheck.report.staging
+        import gradcheck.rejudge, gradcheck.sanitize, gradcheck.words, gradcheck.diff
+        from gradcheck.report import load_record
         print("NO-TORCH-OK")
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -477,3 +479,66 @@ def test_no_module_or_function_grows_past_the_house_limits():
                     over[key] = max(length, over.get(key, 0))
     grew = {k: (OVER_LIMIT.get(k), v) for k, v in over.items() if v > OVER_LIMIT.get(k, 0)}
     assert not grew, f"over 500 lines a module / 80 a function (was, now): {grew}"
+
+
+def _imports_between_modules():
+    """gradcheck module -> the gradcheck modules it imports, at module level or inside a
+    function (an import inside a function is an edge all the same)."""
+    import ast
+
+    root = Path(gradcheck.__file__).resolve().parent
+    names = {}
+    for p in root.rglob("*.py"):
+        parts = ["gradcheck", *p.relative_to(root).with_suffix("").parts]
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    edges: dict[str, set[str]] = {m: set() for m in names}
+    for m, p in names.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - (n.level - 1)] if n.level else []
+                target = ".".join(base + ([n.module] if n.module else [])) if n.level \
+                    else (n.module or "")
+                found = [target, *(f"{target}.{a.name}" for a in n.names)]
+            elif isinstance(n, ast.Import):
+                found = [a.name for a in n.names]
+            else:
+                continue
+            edges[m] |= {f for f in found if f in names and f != m}
+    return edges
+
+
+def test_no_import_circle_not_even_inside_a_function():
+    edges = _imports_between_modules()
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(start: str) -> None:  # iterative depth-first search; grey = on the path
+        path, stack = [start], [iter(sorted(edges[start]))]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                circles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(edges[nxt])))
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles[:5])
+
+
+def test_the_record_layer_imports_nothing_above_it():
+    """records -> checks -> text / render: the records (and what they are made of) never import
+    the checks, the words of the report, or the renderers."""
+    edges = _imports_between_modules()
+    low = {"gradcheck.codec", "gradcheck.records", "gradcheck.words", "gradcheck.errors",
+           "gradcheck.sanitize", "gradcheck.modes"}
+    for m in low:
+        assert edges[m] <= low | {"gradcheck"}, (m, edges[m] - low)

@@ -56,7 +56,7 @@ def test_allow_grad_in_one_thread_leaves_another_threads_no_grad_alone():
         stop.set()
         worker.join(timeout=60)
     assert seen["blocks"] > 0 and seen["leaked"] == 0 and seen["mode_off"] == 0, seen
-    assert rep.passed, rep.summary()
+    assert rep.passed, gradcheck.summary(rep)
     here = Path(__file__).name
     where = [s.location or "" for s in rep.allowed_grad or []]
     assert where and all("nested_no_grad.py" in w for w in where), where

@@ -8,6 +8,7 @@ import torch
 
 from ..probes import probe, trace
 from ..records import PATH_KINDS, BreakEvent, FlowReport, LocatorResult
+from ..sampling.noise import path_cotangent
 from .backward import backward_analysis
 from .functions import FunctionCalls, wrong_backwards
 from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
@@ -65,7 +66,6 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
                 out.grad_fn is not None:
             # the loss is stationary and sends nothing back: probe the path from the output
             # along the path probe's random direction, where the gradient becomes exactly zero
-            from ..diagnosis import path_cotangent
 
             back = backward_analysis(out, z, prov.grad_fn_info, want, tr,
                                      cotangent=path_cotangent(out, pp.seed, rank))

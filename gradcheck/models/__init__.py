@@ -4,19 +4,14 @@ loaded with ``torch.load(weights_only=True)`` and verified against the SHA-256 i
 ``weights/manifest.json`` before use."""
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import GradcheckError
+from ..sampling.denoisers import trained_denoiser
+from ..weights import DENOISER_CONFIG, WEIGHTS, load_state, save_weights  # noqa: F401 - re-exported
 
-WEIGHTS = Path(__file__).parent / "weights"
-#: The denoiser's architecture; part of the manifest.
-DENOISER_CONFIG = {"width": 32, "emb": 64, "sigma_data": 0.75}
 SHAPE = (1, 8, 8)
 
 
@@ -36,47 +31,15 @@ class DigitClassifier(nn.Module):
         return self.net(x)
 
 
-def save_weights(model: nn.Module, path: Path) -> dict:
-    """Save a state dict; return {file, sha256, bytes, params}."""
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buf)
-    data = buf.getvalue()
-    Path(path).write_bytes(data)
-    return {"file": Path(path).name, "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data), "params": sum(p.numel() for p in model.parameters())}
-
-
-def _load_state(name: str, weights: Path | None = None) -> dict:
-    folder = Path(weights) if weights else WEIGHTS
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        entry = manifest[name]
-        data = (folder / entry["file"]).read_bytes()
-    except (OSError, KeyError, ValueError) as exc:
-        raise GradcheckError(f"built-in {name} weights missing or unreadable in {folder}: {exc}; "
-                             f"retrain with python -m gradcheck.models.train --out {folder}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise GradcheckError(f"built-in {name} weights fail their checksum ({digest[:12]}... != "
-                             f"{entry['sha256'][:12]}...): the file is corrupt or was replaced")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
 def load_denoiser(*, dtype: torch.dtype = torch.float32, device="cpu",
                   weights: Path | None = None) -> nn.Module:
     """The trained EDM denoiser, frozen, in eval mode."""
-    from ..sampling.denoisers import EDMDenoiser, TinyUNet
-
-    cfg = DENOISER_CONFIG
-    model = EDMDenoiser(TinyUNet(channels=1, width=cfg["width"], emb=cfg["emb"]),
-                        sigma_data=cfg["sigma_data"])
-    model.load_state_dict(_load_state("denoiser", weights))
-    return model.requires_grad_(False).to(device=device, dtype=dtype).eval()
+    return trained_denoiser(dtype=dtype, device=device, weights=weights)
 
 
 def load_classifier(*, dtype: torch.dtype = torch.float32, device="cpu",
                     weights: Path | None = None) -> DigitClassifier:
     """The trained digit classifier, frozen, in eval mode."""
     model = DigitClassifier()
-    model.load_state_dict(_load_state("classifier", weights))
+    model.load_state_dict(load_state("classifier", weights))
     return model.requires_grad_(False).to(device=device, dtype=dtype).eval()

@@ -87,7 +87,12 @@ def cost_line(c) -> str:
             f"passes, {c.backwards} backward")
 
 
-def summary(rec: RunRecord) -> str:
+def summary(rec: RunRecord | FlowReport) -> str:
+    """What ``gradcheck run`` prints: for a whole run, its heading and every mode; for one
+    diagnosis (a :class:`FlowReport`), every check, the located break, the per-step gradient
+    table, the timings."""
+    if isinstance(rec, FlowReport):
+        return "\n".join(mode_summary(rec))
     c = rec.config
     s = c.get("sampler", {})
     if "sampler_description" in c:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..rng import seeded
+from ..weights import DENOISER_CONFIG, load_state
 
 
 def _sigma_like(sigma: Any, x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +159,16 @@ BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "conv": (1, 8
                                               "gaussian": (1, 8, 8), "conv3d": (4, 4, 8, 8)}
 
 
+def trained_denoiser(*, dtype: torch.dtype = torch.float32, device="cpu",
+                  weights: str | Path | None = None) -> nn.Module:
+    """The trained EDM denoiser, frozen, in eval mode."""
+    cfg = DENOISER_CONFIG
+    model = EDMDenoiser(TinyUNet(channels=1, width=cfg["width"], emb=cfg["emb"]),
+                        sigma_data=cfg["sigma_data"])
+    model.load_state_dict(load_state("denoiser", weights))
+    return model.requires_grad_(False).to(device=device, dtype=dtype).eval()
+
+
 def build_denoiser(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                    device: str | torch.device = "cpu") -> nn.Module:
     """A built-in denoiser by name: ``digits`` (the trained EDM denoiser of 8x8 digits, shipped
@@ -164,9 +176,7 @@ def build_denoiser(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float
     (the exact denoiser of Gaussian data: the oracle, any shape) or ``conv3d`` (a small 3D-conv
     network with seeded random weights for video latents [C, T, H, W])."""
     if name == "digits":
-        from ..models import load_denoiser
-
-        return load_denoiser(dtype=dtype, device=device)
+        return trained_denoiser(dtype=dtype, device=device)
     if name == "gaussian":
         return GaussianDenoiser(mu=0.0, s=0.5)
     if name == "conv":

@@ -32,6 +32,12 @@ def sub_seed(seed: int, stream: int, index: int) -> int:
     return (int(seed) * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % (2**63)
 
 
+def path_cotangent(out: torch.Tensor, seed: int, rank: int = 0) -> torch.Tensor:
+    """The seeded random output direction the path probe (and the locator) send back."""
+    g = torch.Generator().manual_seed(sub_seed(seed, 5, rank))
+    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+
+
 def _gen(seed: int, stream: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(sub_seed(seed, stream, index))
 

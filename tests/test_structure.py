@@ -439,7 +439,6 @@ OVER_LIMIT = {
     "gradcheck/locate/provenance.py:_after": 139, "gradcheck/locate/run.py:locate": 117,
     "gradcheck/numeric.py:one_direction": 123, "gradcheck/optimize.py:run_optimize": 90,
     "gradcheck/report/views.py:heatmap_svg": 104, "gradcheck/report/views.py:op_views": 113,
-    "gradcheck/sampling/solvers.py:sample_res": 122,
 }
 TABLES = {"gradcheck/cli.py:build_parser"}
 
@@ -479,6 +478,8 @@ def test_no_module_or_function_grows_past_the_house_limits():
                     over[key] = max(length, over.get(key, 0))
     grew = {k: (OVER_LIMIT.get(k), v) for k, v in over.items() if v > OVER_LIMIT.get(k, 0)}
     assert not grew, f"over 500 lines a module / 80 a function (was, now): {grew}"
+    fixed = sorted(set(OVER_LIMIT) - set(over))
+    assert not fixed, f"within the limits now: take {fixed} out of OVER_LIMIT"
 
 
 def _imports_between_modules():

@@ -63,6 +63,94 @@ def res2_step(x: torch.Tensor, x0_s: torch.Tensor, x0_s1: torch.Tensor, sigma_s:
     return math.exp(-h) * x + h * (b1 * x0_s + b2 * x0_s1)
 
 
+# -- the solvers: one step each, from x at sigma_s (its prediction x0 made) to sigma_t ----------
+# ``D(x, sigma, suffix)`` is this step's denoiser; ``prev`` the previous step's (x0, sigma).
+
+def step_1euler(D: Callable[..., torch.Tensor], x: torch.Tensor, x0: torch.Tensor,
+                sigma_s: float, sigma_t: float, prev: Any) -> torch.Tensor:
+    return euler_step(x, x0, sigma_s, sigma_t)
+
+
+def step_2ab(D: Callable[..., torch.Tensor], x: torch.Tensor, x0: torch.Tensor,
+             sigma_s: float, sigma_t: float, prev: Any) -> torch.Tensor:
+    """Adams-Bashforth in lambda: the RES core with s1 = the previous step's sigma (Euler first)."""
+    if prev is None:
+        return euler_step(x, x0, sigma_s, sigma_t)
+    x0_prev, sigma_prev = prev
+    return res2_step(x, x0, x0_prev, sigma_s, sigma_prev, sigma_t)
+
+
+def step_2mid(D: Callable[..., torch.Tensor], x: torch.Tensor, x0: torch.Tensor,
+              sigma_s: float, sigma_t: float, prev: Any) -> torch.Tensor:
+    """Euler to the lambda-midpoint, a second prediction there, the RES core."""
+    sigma_mid = math.sqrt(sigma_s * sigma_t)
+    x0_mid = D(euler_step(x, x0, sigma_s, sigma_mid), sigma_mid, "@mid")
+    return res2_step(x, x0, x0_mid, sigma_s, sigma_mid, sigma_t)
+
+
+STEPS = {"1euler": step_1euler, "2ab": step_2ab, "2mid": step_2mid}
+
+
+# -- what wraps the denoiser and the state -----------------------------------------------------
+
+def denoiser_call(denoiser: Denoiser, *, batch: int, in_dtype: torch.dtype,
+                  state_dtype: torch.dtype, checkpoint: bool = False,
+                  detach_before: int | None = None) -> Callable[..., torch.Tensor]:
+    """``D(x, sigma, step, suffix="")``: the denoiser called the way the sampler calls it (sigma
+    as a [B] tensor, x in the input dtype, probed as step ``step``), its output in the state's
+    dtype; under non-reentrant activation checkpointing with ``checkpoint``; its output
+    detached for the steps before ``detach_before`` (AlignProp-style truncation: the skip path
+    keeps a gradient)."""
+    fn = denoiser
+    if checkpoint:
+        from torch.utils.checkpoint import checkpoint as _ckpt
+
+        def fn(xs: torch.Tensor, s: torch.Tensor) -> Any:  # noqa: F811 - the checkpointed call
+            if not torch.is_grad_enabled():
+                return denoiser(xs, s)
+            return _ckpt(denoiser, xs, s, use_reentrant=False)
+
+    def D(xs: torch.Tensor, sigma: float, step: int, suffix: str = "") -> torch.Tensor:
+        s = torch.full((batch,), sigma, dtype=in_dtype, device=xs.device)  # [B]
+        out = output_tensor(call_denoiser(fn, xs.to(in_dtype), s, step=step, suffix=suffix))
+        out = out.to(state_dtype)
+        return out.detach() if detach_before is not None and step < detach_before else out
+
+    return D
+
+
+def churn(x: torch.Tensor, i: int, sigma: float, eta: float, *, s_min: float, s_max: float,
+          s_noise: float, step_noise: StepNoiseFn | None) -> tuple[torch.Tensor, float]:
+    """EDM Algorithm 2: raise sigma to sigma_hat and add the matching (probed) step noise."""
+    if not (eta > 0.0 and s_min < sigma < s_max):
+        return x, sigma
+    sigma_hat = sigma * (1.0 + eta)
+    eps = step_noise(i, x) if (step_noise is not None and s_noise != 0.0) else None
+    if eps is not None:
+        eps = probe(eps, f"eps[{i}]", step=i, kind="step_noise", sigma=sigma)
+        x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * eps.to(x.dtype)
+    return x, sigma_hat
+
+
+def _called_back(callback: Callable[[dict[str, Any]], Any], x_next: torch.Tensor, i: int,
+                 sigma: float, sigma_hat: float, sigma_next: float,
+                 x0: torch.Tensor) -> torch.Tensor:
+    """Like k-diffusion's callback, plus: a returned tensor replaces the state, which is how real
+    callbacks that receive ``**locals()`` end up detaching or mutating it; the state is probed on
+    both sides, so a callback that cuts the gradient shows."""
+    x_next = probe(x_next, f"x[{i + 1}]@callback", step=i, kind="state", sigma=sigma_next)
+    ret = callback({"i": i, "x": x_next, "sigma": sigma, "sigma_hat": sigma_hat,
+                    "denoised": x0})
+    return ret if isinstance(ret, torch.Tensor) else x_next
+
+
+def _check(solver: str, truncate_kind: str) -> None:
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if truncate_kind not in ("state", "denoiser"):
+        raise ConfigError(f"truncate_kind must be 'state' or 'denoiser', got {truncate_kind!r}")
+
+
 def sample_res(
     denoiser: Denoiser,
     x: torch.Tensor,
@@ -106,82 +194,31 @@ def sample_res(
     Returns:
         The clean prediction at sigma_min (or x_N), in x's input dtype.
     """
-    if solver not in SOLVERS:
-        raise ConfigError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    _check(solver, truncate_kind)
     sig = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
-    n = len(sig) - 1
-    in_dtype = x.dtype
-    state_dtype = solver_dtype or in_dtype
-    batch = x.shape[0]
-
-    if truncate_kind not in ("state", "denoiser"):
-        raise ConfigError(f"truncate_kind must be 'state' or 'denoiser', got {truncate_kind!r}")
-    n_steps = len(sig) - 1
-    cut = None if truncate is None else max(0, n_steps - int(truncate))
-    fn = denoiser
-    if checkpoint:
-        from torch.utils.checkpoint import checkpoint as _ckpt
-
-        def fn(xs, s):  # noqa: F811 - the checkpointed call
-            if not torch.is_grad_enabled():
-                return denoiser(xs, s)
-            return _ckpt(denoiser, xs, s, use_reentrant=False)
-
-    def D(xs: torch.Tensor, sigma: float, step: int, suffix: str = "") -> torch.Tensor:
-        s = torch.full((batch,), sigma, dtype=in_dtype, device=xs.device)  # [B]
-        out = call_denoiser(fn, xs.to(in_dtype), s, step=step, suffix=suffix)
-        out = output_tensor(out).to(state_dtype)
-        if cut is not None and truncate_kind == "denoiser" and step < cut:
-            out = out.detach()  # AlignProp-style truncation: the skip path keeps a gradient
-        return out
-
-    eta = churn_eta(s_churn, n)
-    x = x.to(state_dtype)
-    prev: tuple[torch.Tensor, float] | None = None  # 2ab: (x0 of the previous step, its sigma)
+    n, in_dtype = len(sig) - 1, x.dtype
+    cut = None if truncate is None else max(0, n - int(truncate))
+    D = denoiser_call(denoiser, batch=x.shape[0], in_dtype=in_dtype,
+                      state_dtype=solver_dtype or in_dtype, checkpoint=checkpoint,
+                      detach_before=cut if truncate_kind == "denoiser" else None)
+    eta, step = churn_eta(s_churn, n), STEPS[solver]
+    x = x.to(solver_dtype or in_dtype)
+    prev: tuple[torch.Tensor, float] | None = None  # the previous step's (x0, sigma)
     for i in range(n):
         sigma, sigma_next = sig[i], sig[i + 1]
         if cut is not None and truncate_kind == "state" and i == cut and i > 0:
             # DRaFT-K truncation: nothing before the last K steps receives gradient
-            x = x.detach()
-            prev = (prev[0].detach(), prev[1]) if prev is not None else None
+            x, prev = x.detach(), (prev[0].detach(), prev[1]) if prev is not None else None
         x = probe(x, "x_T" if i == 0 else f"x[{i}]", step=i, kind="x_T" if i == 0 else "state",
                   sigma=sigma)
-
-        # 1. churn (EDM Algorithm 2): raise sigma to sigma_hat and add matching noise
-        sigma_hat = sigma
-        if eta > 0.0 and s_min < sigma < s_max:
-            sigma_hat = sigma * (1.0 + eta)
-            eps = step_noise(i, x) if (step_noise is not None and s_noise != 0.0) else None
-            if eps is not None:
-                eps = probe(eps, f"eps[{i}]", step=i, kind="step_noise", sigma=sigma)
-                x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * eps.to(state_dtype)
-
-        # 2. solver update
+        x, sigma_hat = churn(x, i, sigma, eta, s_min=s_min, s_max=s_max, s_noise=s_noise,
+                             step_noise=step_noise)
         x0 = D(x, sigma_hat, i)
-        if solver == "1euler" or (solver == "2ab" and prev is None):
-            x_next = euler_step(x, x0, sigma_hat, sigma_next)
-        elif solver == "2ab":
-            # Adams-Bashforth in lambda: the RES core with s1 = the previous step's sigma
-            x0_prev, sigma_prev = prev
-            x_next = res2_step(x, x0, x0_prev, sigma_hat, sigma_prev, sigma_next)
-        else:  # 2mid: Euler to the lambda-midpoint, second prediction there, RES core
-            sigma_mid = math.sqrt(sigma_hat * sigma_next)
-            x_mid = euler_step(x, x0, sigma_hat, sigma_mid)
-            x0_mid = D(x_mid, sigma_mid, i, "@mid")
-            x_next = res2_step(x, x0, x0_mid, sigma_hat, sigma_mid, sigma_next)
+        x_next = step(lambda xs, s, suffix, i=i: D(xs, s, i, suffix), x, x0, sigma_hat,
+                      sigma_next, prev)
         prev = (x0, sigma_hat)
         if callback is not None:
-            # like k-diffusion's callback, plus: a returned tensor replaces the state, which is
-            # how real callbacks that receive **locals() end up detaching or mutating it; the
-            # state is probed on both sides, so a callback that cuts the gradient shows
-            x_next = probe(x_next, f"x[{i + 1}]@callback", step=i, kind="state", sigma=sigma_next)
-            ret = callback({"i": i, "x": x_next, "sigma": sigma, "sigma_hat": sigma_hat,
-                            "denoised": x0})
-            if isinstance(ret, torch.Tensor):
-                x_next = ret
+            x_next = _called_back(callback, x_next, i, sigma, sigma_hat, sigma_next, x0)
         x = x_next
-
     x = probe(x, f"x[{n}]", step=n, kind="state", sigma=sig[n])
-    if not final_denoise:
-        return x.to(in_dtype)
-    return D(x, sig[n], n).to(in_dtype)
+    return D(x, sig[n], n).to(in_dtype) if final_denoise else x.to(in_dtype)

@@ -543,3 +543,12 @@ def test_the_record_layer_imports_nothing_above_it():
            "gradcheck.sanitize", "gradcheck.modes"}
     for m in low:
         assert edges[m] <= low | {"gradcheck"}, (m, edges[m] - low)
+
+
+def test_how_it_is_built_names_every_module():
+    text = (Path(gradcheck.__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## How it is built"):]
+    root = Path(gradcheck.__file__).resolve().parent
+    missing = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+               if p.name != "__init__.py" and p.name not in section]
+    assert not missing, f"README's How it is built does not name {missing}"

@@ -6,7 +6,6 @@ Exit codes (as coverage.py): 0 every check passed, 2 a check failed, 1 bad input
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -364,111 +363,38 @@ def _print_rendered(json_path, rendered) -> None:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    # composition only, in the order it runs: check options, launch ranks, build the sampler and
-    # objective (one process or sharded), optimise, record (optimize.optimize_record), render
-    import torch
-
-    from .optimize import check_options, optimize_record, parse_objective, run_optimize
+    # composition only: options -> a config; launch the ranks; run; write and print the record
+    from . import distributed
+    from .optimize_run import OptimizeConfig, lines, run
     from .report import output_dir, staged, write_json_atomic
     from .report.render import write_optimize_files
-    from .runner import DTYPES, environment, load_denoiser, resolve_device
-    from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig
+    from .runner import resolve_device
 
-    from . import distributed
-
-    mode = args.mode
-    check_options(iters=args.iters, lr=args.lr, clip=args.clip, norm_reg=args.norm_reg,
-                  chi_weight=args.chi_weight, perturb=args.perturb)
-    if args.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
-    if args.batch < 1:
-        raise ConfigError(f"batch must be >= 1, got {args.batch}")
     nproc = _nproc(args)
-    distributed.check_options(nproc, args.parallel, args.batch, args.dist_timeout)
-    if nproc > 1 and args.checkpoint:
-        raise ConfigError("--nproc runs without --checkpoint")
-    cfg = SamplerConfig(solver=args.solver, steps=args.steps, checkpoint=args.checkpoint).validate()
-    dtype, device = DTYPES[args.dtype], resolve_device(args.device)
+    cfg = OptimizeConfig(
+        objective=args.objective, iters=args.iters, lr=args.lr, clip=args.clip,
+        norm_reg=args.norm_reg, chi_weight=args.chi_weight, perturb=args.perturb, mode=args.mode,
+        denoiser=args.denoiser, solver=args.solver, steps=args.steps, batch=args.batch,
+        seed=args.seed, dtype=args.dtype, device=args.device, checkpoint=args.checkpoint,
+        nproc=nproc, parallel=args.parallel, dist_timeout=args.dist_timeout,
+        progress=not args.no_progress).validate()
     if nproc > 1 and not distributed.launched():
         with output_dir(args.out, "optimize.json"):  # fail before launching, not after
             return distributed.launch(_without_nproc(args.argv), nproc)
-    ctx = distributed.init_from_env(args.dist_timeout, device) if nproc > 1 else None
-    rank = ctx.rank if ctx is not None else 0
-    # rank 0's directory (others write nothing): removed again if the optimisation fails
-    guard = staged(args.out) if rank == 0 else contextlib.nullcontext()
-    with guard as stage:
-        den, shape = load_denoiser(args.denoiser, seed=args.seed, dtype=dtype, device=device)
-        shape = shape or BUILTIN_SHAPES["digits"]
-        clf = None
-        if args.denoiser in ("digits", "conv") or args.objective.startswith("class:"):
-            from .models import load_classifier
-
-            clf = load_classifier(dtype=dtype, device=device)
-        g = torch.Generator().manual_seed(args.seed)
-        z0 = torch.randn((args.batch, *shape), generator=g, dtype=torch.float64)
-        z0 = z0.to(device, dtype)
-        sharding = None
-        if ctx is None:
-            sampler = ResSampler(den, cfg, mode=mode, seed=args.seed)
-            objective, start = parse_objective(args.objective, sampler=sampler, z0=z0,
-                                               classifier=clf, perturb=args.perturb,
-                                               seed=args.seed)
-            full_out = sampler
-        else:
-            # every rank optimises its shard; the objective and the step are the global ones
-            sampler = distributed.parallel_sampler(den, cfg, mode, args.seed, args.parallel, ctx)
-            sharding = distributed.Sharding(ctx, sampler.shard_dim)
-            gen = torch.Generator().manual_seed(args.seed + 7919)
-            noise = torch.randn(z0.shape, generator=gen, dtype=torch.float64).to(z0)
-            objective, start = parse_objective(
-                args.objective, sampler=lambda z: sharding.full(sampler(z)),
-                z0=distributed.shard(z0, sampler.shard_dim, ctx), classifier=clf,
-                perturb=args.perturb, seed=args.seed,
-                start_noise=distributed.shard(noise, sampler.shard_dim, ctx),
-                like=z0 if sharding.replicated else None)
-
-            def full_out(z):
-                out_ = sharding.full(sampler(z))
-                if sharding.replicated:
-                    return out_
-                parts = ctx.gather(out_.detach().cpu())  # rank 0: the whole batch
-                return torch.cat(parts) if parts is not None else out_
-        with torch.no_grad():
-            before = full_out(start)
-        res, z_final = run_optimize(sampler, start, objective, iters=args.iters, lr=args.lr,
-                                    clip=args.clip, norm_reg=args.norm_reg,
-                                    chi_weight=args.chi_weight,
-                                    progress=not args.no_progress and rank == 0,
-                                    sharding=sharding)
-        with torch.no_grad():
-            after = full_out(z_final)
-        if rank != 0:  # rank 0 alone writes
-            return distributed.report_status(EXIT_OK, ctx)
-
-        config = {"objective": args.objective, "iters": args.iters, "lr": args.lr,
-                  "clip": args.clip, "norm_reg": args.norm_reg, "chi_weight": args.chi_weight,
-                  "perturb": args.perturb, "mode": mode, "denoiser": args.denoiser,
-                  "batch": args.batch, "seed": args.seed, "dtype": args.dtype,
-                  "device": args.device, "sampler": cfg.to_dict()}
-        rec = optimize_record(config, environment(args.dtype, device), res, shape, before, after,
-                              classifier=clf)
+    ctx = distributed.init_from_env(args.dist_timeout, resolve_device(args.device)) \
+        if nproc > 1 else None
+    if ctx is not None and ctx.rank != 0:  # rank 0 alone writes
+        run(cfg, ctx)
+        return distributed.report_status(EXIT_OK, ctx)
+    with staged(args.out) as stage:  # removed again if the optimisation fails
+        outcome = run(cfg, ctx)
+        rec = outcome.record
         rendered = write_optimize_files(rec, stage.path)
         write_json_atomic(stage.path / "optimize.json", rec.to_dict())
-    path = stage.out / "optimize.json"
-    rendered.out_dir = stage.out
-    print(f"optimize {res.objective} ({objective.description})")
-    print(f"  {res.objective}: {res.values[0]:.6g} -> {res.values[-1]:.6g} in {res.iters} "
-          f"iterations ({res.seconds:.1f} s), mode {mode}, lr {res.lr:g}"
-          + (f", clip {res.clip:g}" if res.clip else "") + f", norm-reg {res.norm_reg}")
-    if rec.class_hits is not None:
-        print(f"  classified as {res.extra['class']}: {rec.class_hits_before} -> "
-              f"{rec.class_hits} of {args.batch}")
-    for c in res.checks:
-        tag = "WARN" if c.get("level") == "warning" else ("PASS" if c["passed"] else "FAIL")
-        print(clean(f"  {tag}  {c['name']}: {c['message']}"))
-    print(f"record: {path}")
-    print(f"report: {rendered.index}", flush=True)
-    code = EXIT_OK if res.passed else EXIT_FAILED
+    print(clean("\n".join(lines(rec, outcome.objective, cfg.batch))))
+    print(f"record: {stage.out / 'optimize.json'}")
+    print(f"report: {stage.out / rendered.index.name}", flush=True)
+    code = EXIT_OK if rec.passed else EXIT_FAILED
     return distributed.report_status(code, ctx) if ctx is not None else code
 
 

@@ -481,13 +481,13 @@ class OptimizeResult(Record):
     sqrt_d: float  # where a Gaussian z0's norm concentrates
     z_finite: bool  # z0 stayed finite
     seconds: float
-    checks: list[dict[str, Any]] = field(default_factory=list)  # name, passed, message
+    checks: list[Finding] = field(default_factory=list)  # the optimisation's checks
     extra: dict[str, Any] = field(default_factory=dict)  # the objective's parameters
     batch: int = 0  # samples in z0 (the whole batch across processes; 0: not recorded)
 
     @property
     def passed(self) -> bool:
-        return all(c["passed"] for c in self.checks if c.get("level", "error") == "error")
+        return all(c.passed for c in self.checks if c.level == "error")
 
 
 @dataclass

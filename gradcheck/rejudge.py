@@ -4,7 +4,6 @@ trusted. Where the stored verdict disagrees with the fresh one (a hand-edited or
 a record written by another version of the checks), the fresh one stands and a note says so."""
 from __future__ import annotations
 
-from typing import Any
 
 from .checks import optimize_checks, run_checks
 from .codec import RecordError
@@ -14,16 +13,14 @@ from .records import Finding, FlowReport, OptimizeRecord, RunRecord
 MAX_MODES = 64
 
 
-def _verdicts(checks: list[Any]) -> dict[str, tuple[bool, str]]:
+def _verdicts(checks: list[Finding]) -> dict[str, tuple[bool, str]]:
     out = {}
     for c in checks:
-        name, passed, level = ((c.name, c.passed, c.level) if isinstance(c, Finding) else
-                               (c.get("name"), c.get("passed"), c.get("level", "error")))
-        out[str(name)] = (passed, str(level))
+        out[c.name] = (c.passed, c.level)
     return out
 
 
-def disagreements(stored: list[Any], fresh: list[Any]) -> list[str]:
+def disagreements(stored: list[Finding], fresh: list[Finding]) -> list[str]:
     """What the stored checks said that the fresh ones do not: ``name: stored X, re-judged Y``."""
     old, new = _verdicts(stored), _verdicts(fresh)
     word = {True: "PASS", False: "FAIL"}

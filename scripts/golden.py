@@ -49,6 +49,10 @@ ADDED: dict[str, str] = {
     "*locator.internal_failures": "issue 11: the locator's own failures are counted",
     "*locator.failed_ops": "issue 11: ... with the ops it could not follow",
     "class_hits*": "issue 11: optimize.json is a record type (null where no class objective)",
+    "result.checks*.value": "issue 26: optimize's checks are Findings (the value judged)",
+    "result.checks*.threshold": "issue 26: ... (what it was judged against)",
+    "result.checks*.step": "issue 26: ... (the iteration concerned)",
+    "result.checks*.level": "issue 26: ... (error or warning, on every check)",
 }
 
 

@@ -47,8 +47,8 @@ def test_norm_regularisers_keep_z0_on_the_shell(reg, den):
     z0 = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     obj, start = parse_objective("diverge", sampler=smp, z0=z0)
     res, z = run_optimize(smp, start, obj, iters=15, lr=0.1, norm_reg=reg)
-    shell = next(c for c in res.checks if c["name"] == "z0_plausible")
-    assert shell["passed"], shell["message"]
+    shell = next(c for c in res.checks if c.name == "z0_plausible")
+    assert shell.passed, shell.message
     assert res.passed and res.values[-1] > res.values[0]
 
 
@@ -136,18 +136,18 @@ def test_the_plausibility_band_is_computed_and_raises_no_false_alarm():
     alarms = 0
     for n in norms[:5000].tolist():  # renorm: every iteration has the honest draw's mean norm
         checks = optimize_checks(result([n, n]))
-        alarms += not next(c for c in checks if c["name"] == "z0_plausible")["passed"]
+        alarms += not next(c for c in checks if c.name == "z0_plausible").passed
     assert alarms == 0
     drift = optimize_checks(result([mu, mu + 4 * sd]))
-    warn = next(c for c in drift if c["name"] == "z0_norm_drift")
-    assert warn["level"] == "warning" and warn["passed"]
+    warn = next(c for c in drift if c.name == "z0_norm_drift")
+    assert warn.level == "warning" and warn.passed
     r = result([mu, mu + 4 * sd])
     r.checks = drift
     assert r.passed  # a warning never fails the run
     far = optimize_checks(result([mu, mu + (PLAUSIBLE_SIGMAS + 0.5) * sd]))
-    assert not next(c for c in far if c["name"] == "z0_plausible")["passed"]
+    assert not next(c for c in far if c.name == "z0_plausible").passed
     nan = optimize_checks(result([mu, float("nan")]))
-    assert not next(c for c in nan if c["name"] == "z0_plausible")["passed"]
+    assert not next(c for c in nan if c.name == "z0_plausible").passed
 
 
 def test_chi_nll_is_minimal_on_the_shell():

@@ -26,13 +26,15 @@ from . import graph, modes, observers
 from .checks import numeric_directional, run_checks
 from .errors import ConfigError, GradcheckError, InputError
 from .numeric import DIRECTIONS, directional_check
-from .opdetail import AUTO_BUDGET_S, POLICIES as OP_DETAIL_POLICIES, OpGrads, OpSources
+from .opdetail import AUTO_BUDGET_S, OpGrads, OpSources
+from .options import Options
+from .plan import LEVELS, Facts, Plan, plan, random_target
 from .policy import Local, current
 from .probes import probe, trace
 from .rng import seeded
 from .records import (
-    Cost, FlowReport, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats, Raised,
-    StageCost, StepGraph,
+    Cost, FlowReport, GradSite, Hygiene, NumericResult, OptimResult, PathProbe, ProbeStats,
+    Raised, StageCost, StepGraph,
 )
 from .sampling.noise import path_cotangent
 
@@ -508,7 +510,7 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
 def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | None,
              optim: OptimResult | None, thresholds: dict[str, float],
              sample_fn: Any) -> FlowReport:
-    """The plain report of the recorded stages, judged (:func:`gradcheck.checks.run_checks`)."""
+    """The plain report of the recorded stages (not judged yet: :func:`judge`)."""
     out_stats = next((p for p in rec.probes if p.kind == "output"), None)
     report = FlowReport(
         mode=mode, objective=loss.objective, loss_description=loss.description,
@@ -541,7 +543,6 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
                               strip.reshape(strip.shape[0], -1).tolist()]
             report.expect["sample_shape"] = [ch, h, t * w]
             report.expect["frames"] = t
-    report.checks = run_checks(report)
     return report
 
 
@@ -628,7 +629,8 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
     """Name where and why the gradient breaks (one more forward pass under provenance tracking,
     and a backward pass where a gradient became zero or non-finite), only when a check failed,
     when asked, or to scan a custom sampler for fresh randomness; then
-    :func:`remeasure_at_working_precision`. Updates ``report`` in place and judges it again."""
+    :func:`remeasure_at_working_precision`. ``report`` comes judged on the evidence so far (the
+    locator explains that verdict); it is updated in place, and judged at the end."""
     from .locate import locate as run_locator, symptoms
 
     why = symptoms(report) if report.failed or locate != "never" else []
@@ -651,7 +653,6 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
         if ev is not None and not ev.source:
             ev.source, ev.source_line = source_around(ev.location)
     remeasure_at_working_precision(run, loss, rec, report, seed=seed, policy=policy)
-    report.checks = run_checks(report)
 
 
 def remeasure_at_working_precision(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss,
@@ -679,245 +680,153 @@ def remeasure_at_working_precision(run: Callable[[torch.Tensor], torch.Tensor], 
 
 # -- the diagnosis ----------------------------------------------------------------------------------
 
-def diagnose(
-    sample_fn: Callable[[torch.Tensor], torch.Tensor],
-    z0: torch.Tensor,
-    *,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    target: torch.Tensor | None = None,
-    objective: str | None = None,
-    mode: str | None = None,
-    seed: int = 0,
-    numeric: bool = True,
-    optim_steps: int | None = None,
-    lr: float = 1e-2,
-    raw_graph_cap: int = 600,
-    keep_raw_graph: bool = False,
-    locate: str = "auto",
-    capture_graph: bool = True,
-    vanishing_rel: float = 1e-8,
-    exploding_ratio: float = 1e4,
-    scan_randomness: bool | None = None,
-    policy: Local | None = None,
-    shadow: bool | None = None,
-    allow_grad: bool = False,
-    op_detail: str = "auto",
-    grad_weights: bool = False,
-    checks: str = "default",
-) -> FlowReport:
-    """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
+class _Run:
+    """One diagnosis in progress: the sampler as it is called (allowed, counted), the seeded
+    runner, the process policy, and the ledger of every stage's passes and seconds."""
 
-    Args:
-        sample_fn: ``z0 -> output``; instrument its denoiser with :func:`gradcheck.instrument`
-            (the built-in :class:`~gradcheck.sampling.ResSampler` is instrumented already).
-        z0: the initial noise. Not modified: a leaf copy of it is differentiated and returned in
-            ``report.handles["z0"]``.
-        loss_fn: ``output -> scalar``. Default: MSE between the output and ``target``; without a
-            target, MSE to a fixed baseline: the output of the same sampler (no grad) from a
-            *different* seeded noise draw (a baseline from the same z0 would equal the output and
-            put the loss at a stationary point with exactly zero gradient).
-        target: a tensor to compare the output with (MSE).
-        objective: ``"minimize"`` or ``"maximize"``; default maximize for the baseline loss (the
-            originating experiment: push the output away from the baseline), minimize otherwise.
-        mode: the noise mode, which sets what is expected of the step noise; default
-            ``sample_fn.mode``, else ``"custom"``: a sampler of the user's own, whose step noise
-            is scanned for fresh randomness (reported as a warning).
-        seed: seeds the global RNG around every sampler call, the baseline draw and the numeric
-            direction.
-        numeric: run the finite-difference check (2 forward passes per step size).
-        optim_steps: Adam steps on a copy of z0 for the optimizer checks (0 skips them; default
-            by ``checks``: 1, the first with the recorded gradient, so one forward pass, not paid
-            after a float64 verification; 3 in ``full``, 0 in ``quick``). Given explicitly,
-            every step is measured.
-        lr: Adam's learning rate for those steps.
-        raw_graph_cap: keep the op-level autograd graph in the record only up to this many
-            nodes; bigger graphs take minutes to lay out.
-        keep_raw_graph: also keep the op-level graph of a run above the cap, in
-            ``report.handles["raw_graph"]`` (not serialised; ``gradcheck run`` writes its DOT).
-        locate: ``auto`` re-runs the forward pass under provenance tracking to name where and why
-            the gradient breaks, only when a check found a problem; ``always``; ``never``.
-        capture_graph: record the autograd graph collapsed onto the probes (the report's step
-            graph); one Python walk of the graph, a few us per autograd node
-            (``benchmarks/overhead.py`` times it). It also finds the probes just above a cut
-            between the loss and z0, which the backward then differentiates too, so the probes
-            above the cut report their gradient. Without it, the backward differentiates z0,
-            the step-noise leaves and the probed values it captures (those of at most
-            ``probes.DEFER_NUMEL`` elements): with such a cut, and weights that require grad
-            keeping the output in the graph, larger probed values above the cut (a video
-            latent's) are then reported unreached.
-        vanishing_rel: a probe whose |g| is below this fraction of the output's is vanishing.
-        exploding_ratio: a state whose |g| is more than this many times the next step's is
-            exploding.
-        scan_randomness: run the provenance pass (one more forward) to find fresh random draws
-            mixed into the state even when every check passes; default: for mode ``custom``.
-            ``locate="never"`` turns it off.
-        policy: how the diagnosis behaves across processes (:mod:`gradcheck.policy`); default:
-            that of the process group this process is in (a single process: the trivial one).
-        shadow: below float64, also check the gradient of a float64 shadow run of the same
-            sampler (default: where the sampler can be cast, ``sample_fn.at_dtype``, and the
-            loss is a built-in one; ``False`` skips it).
-        allow_grad: run the sampler with its grad-disabling sites (``@torch.no_grad()``,
-            ``with torch.no_grad()``/``inference_mode``, ``set_grad_enabled(False)`` in the
-            user's or a library's code) neutralised, and list them in the report as what to
-            change (:mod:`gradcheck.allow`; check ``grad_allowed``). Global state is restored.
-        op_detail: in the recorded pass, also note every op's source line and the gradient at
-            its output, for the report's op-level view of each step (:mod:`gradcheck.opdetail`;
-            no extra pass; its cost over the record phase is measured by
-            ``benchmarks/overhead.py``: large on the tiny built-in model, whose ops take
-            microseconds, small on big ones). ``auto`` records it while the forward pass stays
-            under 2 s, ``always``, ``never``.
-        checks: how much evidence to buy, counted in forward+backward passes of the sampler
-            (``report.cost``): ``default`` (the baseline draw, the record, a one-sided difference
-            from the recorded loss, the central pair at the preferred step and then the sweep
-            only on disagreement, one Adam step: its forward pass is not paid where the numeric
-            check verified dL/dz0 in float64, ``loss_moves`` then reports the step's first-order
-            change), ``quick`` (no baseline draw: MSE to a seeded random target unless a loss or
-            target is given; one direction; no Adam step), ``full`` (central differences over
-            the whole step-size sweep, three measured Adam steps).
-        grad_weights: also differentiate the leaves that are not z0 or probed (a model's weights
-            that require grad): what ``loss.backward()`` would compute. Off by default: they do
-            not change dL/dz0 and cost about a third of the backward pass.
+    def __init__(self, sample_fn: Any, z0: torch.Tensor, opts: Options) -> None:
+        self.allowing = None
+        if opts.allow_grad:  # every pass runs with the sampler's grad-disabling sites neutralised
+            from .allow import Allowing
 
-    Returns:
-        A :class:`FlowReport` with probes, numbers and findings; ``.passed`` is the verdict.
-    """
-    mode = mode or getattr(sample_fn, "mode", None) or "custom"
-    if locate not in ("auto", "always", "never"):
-        raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {locate!r}")
-    if op_detail not in OP_DETAIL_POLICIES:
-        raise ConfigError(f"op_detail must be 'auto', 'always' or 'never', got {op_detail!r}")
-    if checks not in CHECK_LEVELS:
-        raise ConfigError(f"checks must be one of {', '.join(CHECK_LEVELS)}, got {checks!r}")
-    asked_optim = optim_steps is not None
-    if optim_steps is None:
-        optim_steps = CHECK_LEVELS[checks]["optim_steps"]
-    modes.get(mode)
-    z0 = validate_z0(z0)
-    allowing = None
-    if allow_grad:  # every pass runs with the sampler's grad-disabling sites neutralised
-        from .allow import Allowing
+            sample_fn = self.allowing = Allowing(sample_fn)
+        self.sample_fn = self.counted = Counted(sample_fn)
+        self.policy = opts.policy or current(getattr(sample_fn, "shard_dim", 0))
+        self.run = runner(self.sample_fn, opts.seed, z0.device)
+        self.calls: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
+        self.t_start = time.perf_counter()
 
-        sample_fn = allowing = Allowing(sample_fn)
-    sample_fn = counted = Counted(sample_fn)
-    calls: dict[str, int] = {}
+    def stage(self, name: str, fn: Callable[[], Any], timed: bool = True) -> Any:
+        """``fn()`` as stage ``name``: its sampler calls counted, its seconds noted."""
+        t0, c0 = time.perf_counter(), self.counted.calls
+        out = fn()
+        if timed:
+            self.timings[f"{name}_s"] = time.perf_counter() - t0
+        self.calls[name] = self.calls.get(name, 0) + self.counted.calls - c0
+        return out
 
-    def tally(stage: str, since: int) -> None:
-        calls[stage] = calls.get(stage, 0) + counted.calls - since
+    def allowed_sites(self) -> list[GradSite] | None:
+        if self.allowing is None:
+            return None
+        return [GradSite(s.api, s.function, s.location, s.count)
+                for s in self.allowing.sites or []]
 
-    policy = policy or current(getattr(sample_fn, "shard_dim", 0))
-    t_start = time.perf_counter()
-    run = runner(sample_fn, seed, z0.device)
-
-    try:
-        c0 = counted.calls
-        loss = build_loss(run, z0, loss_fn=loss_fn, target=target, objective=objective,
-                          seed=seed, policy=policy,
-                          random_target=checks == "quick" and policy.world == 1)
-        tally("baseline", c0)
-    except GradcheckError:
-        raise
-    except Exception:  # the sampler raises: the record pass below meets it again and says where
-        loss = Loss(lambda out: out.double().square().mean(), "(no baseline: the sampler raised "
-                    "while drawing it)", "maximize")
-    c0 = counted.calls
-    rec = record(sample_fn, z0, loss, seed=seed, capture_graph=capture_graph,
-                 raw_graph_cap=raw_graph_cap, keep_raw_graph=keep_raw_graph, policy=policy,
-                 op_detail=op_detail, grad_weights=grad_weights)
-    tally("record", c0)
-    timings = {**loss.timings, **rec.timings}
-    level = CHECK_LEVELS[checks]
-
-    def finish(report: FlowReport) -> FlowReport:
-        timings["total_s"] = time.perf_counter() - t_start
-        report.timings = timings
-        report.cost = _ledger(timings, calls, rec, report, checks)
-        report.sampler = getattr(sample_fn, "description", None)
-        report.notes = [str(n) for n in getattr(sample_fn, "notes", ())]
-        report = policy.merge(report, sample_fn)
+    def finish(self, report: FlowReport, rec: Recording, checks: str) -> FlowReport:
+        """The judged report with its timings, cost and notes, merged across processes."""
+        self.timings["total_s"] = time.perf_counter() - self.t_start
+        report.timings = self.timings
+        report.cost = _ledger(self.timings, self.calls, rec, report, checks)
+        report.sampler = getattr(self.sample_fn, "description", None)
+        report.notes = [str(n) for n in getattr(self.sample_fn, "notes", ())]
+        report = self.policy.merge(report, self.sample_fn)
         observers.notify(report)
         return report
 
-    if rec.raised is not None:  # nothing else can run: the report says where and what
-        report = assemble(rec, loss, mode=mode, numeric=None, optim=None, sample_fn=sample_fn,
-                          thresholds={"vanishing_rel": vanishing_rel,
-                                      "exploding_ratio": exploding_ratio})
-        return finish(report)
-    # a float64 shadow buys the numeric check's full power below float64, at the price of a
-    # float64 forward+backward (several units on a CPU, far more on a GPU, twice the weights'
-    # memory): the default level pays it only for a sampler whose pass is cheap; checks="full"
-    # always, and shadow=True asks for it
-    expensive = rec.unit_s > SHADOW_BUDGET_S and checks == "default" and shadow is None
-    shadow_num = None
-    if numeric and loss_fn is None and z0.dtype != torch.float64 and policy.world == 1 and \
-            checks != "quick" and not expensive and \
-            (shadow if shadow is not None else hasattr(sample_fn, "at_dtype")):
-        t0, c0 = time.perf_counter(), counted.calls
-        shadow_num = shadow_check(sample_fn, z0, loss, seed=seed, policy=policy)
-        timings["shadow_s"] = time.perf_counter() - t0
-        tally("shadow", c0)
-    num = None
-    if numeric:
-        # a float64 shadow run that was judged carries the power; the working-precision
-        # check then needs one direction, not seven
-        judged = shadow_num is not None and shadow_num.skipped is None
-        t0, c0 = time.perf_counter(), counted.calls
-        num = numeric_check(run, loss, rec, seed=seed, policy=policy,
-                            directions=1 if judged or checks == "quick" or expensive
-                            else None,
-                            full_sweep=level["sweep"],
-                            one_sided={"quick": True, "default": "float64"}.get(checks, False))
-        timings["numeric_s"] = time.perf_counter() - t0
-        tally("numeric", c0)
-        prec = getattr(torch, num.working_dtype or num.dtype, None)
-        if expensive and not judged and DIRECTIONS.get(prec, 1) > num.directions:
-            num.limited = (f"the recorded pass takes {rec.unit_s:.1f} s, so the default checks "
-                           f"skip the float64 shadow and further directions; --checks full "
-                           f"buys them")
-    opt = None
-    if optim_steps > 0:
-        warm = warm_optimizer()
-        if warm:
-            timings["setup_s"] = warm  # once per process, not the diagnosis's cost
-        t0, c0 = time.perf_counter(), counted.calls
-        # the default level's one Adam step: its forward pass is paid only where the numeric
-        # check has not already verified the gradient in float64 (it would then only say
-        # whether lr suits the loss's curvature, nothing about the gradient)
-        why = None if asked_optim or checks != "default" else verified(num, shadow_num)
-        opt = optimizer_probe(run, loss, rec, steps=optim_steps, lr=lr, policy=policy,
-                              unmeasured=why)
-        timings["optim_s"] = time.perf_counter() - t0
-        tally("optim", c0)
-    report = assemble(rec, loss, mode=mode, numeric=num, optim=opt, sample_fn=sample_fn,
-                      thresholds={"vanishing_rel": vanishing_rel,
-                                  "exploding_ratio": exploding_ratio})
-    report.numeric_shadow = shadow_num
-    if allowing is not None:
-        from .records import GradSite
 
-        report.allowed_grad = [GradSite(s.api, s.function, s.location, s.count)
-                               for s in allowing.sites or []]
-    if shadow_num is not None or allowing is not None:
-        report.checks = run_checks(report)
-    report.timings = timings
+def judge(report: FlowReport) -> FlowReport:
+    """The checks (pure: :func:`gradcheck.checks.run_checks`) on the evidence gathered."""
+    report.checks = run_checks(report)
+    return report
+
+
+def baseline_stage(r: _Run, z0: torch.Tensor, opts: Options) -> Loss:
+    """The loss (stage 1); a sampler that raises while its baseline is drawn gets a stand-in:
+    the record pass meets the exception again and says where."""
+    try:
+        return build_loss(r.run, z0, loss_fn=opts.loss_fn, target=opts.target,
+                          objective=opts.objective, seed=opts.seed, policy=r.policy,
+                          random_target=random_target(opts.checks, r.policy.world))
+    except GradcheckError:
+        raise
+    except Exception:  # noqa: BLE001 - reported by the record pass, which meets it again
+        return Loss(lambda out: out.double().square().mean(), "(no baseline: the sampler raised "
+                    "while drawing it)", "maximize")
+
+
+def facts(opts: Options, z0: torch.Tensor, rec: Recording, r: _Run) -> Facts:
+    return Facts(level=opts.checks, dtype=str(z0.dtype).replace("torch.", ""),
+                 unit_s=rec.unit_s, world=r.policy.world, numeric=opts.numeric,
+                 shadow=opts.shadow, custom_loss=opts.loss_fn is not None,
+                 castable=hasattr(r.sample_fn, "at_dtype"), optim_steps=opts.optim_steps,
+                 step_noise=modes.MODES[opts.mode].step_noise,
+                 scan_randomness=opts.scan_randomness, budget_s=SHADOW_BUDGET_S)
+
+
+def numeric_stage(r: _Run, p: Plan, loss: Loss, rec: Recording, shadow_num: Any,
+                  seed: int) -> NumericResult:
+    """The finite-difference check at working precision (stage 3): one direction where a float64
+    shadow carried the power, else as many as the dtype's power needs (and the plan allows)."""
+    judged = shadow_num is not None and shadow_num.skipped is None
+    num = numeric_check(r.run, loss, rec, seed=seed, policy=r.policy,
+                        directions=p.directions(judged), full_sweep=p.full_sweep,
+                        one_sided=p.one_sided)
+    prec = getattr(torch, num.working_dtype or num.dtype, None)
+    if p.expensive and not judged and DIRECTIONS.get(prec, 1) > num.directions:
+        num.limited = (f"the recorded pass takes {rec.unit_s:.1f} s, so the default checks "
+                       f"skip the float64 shadow and further directions; --checks full buys "
+                       f"them")
+    return num
+
+
+def optim_stage(r: _Run, p: Plan, loss: Loss, rec: Recording, num: Any, shadow_num: Any,
+                lr: float) -> OptimResult:
+    """Adam steps on a copy of z0 (stage 4). The default level's one step pays its forward pass
+    only where the numeric check has not already verified the gradient in float64 (it would then
+    only say whether lr suits the loss's curvature, nothing about the gradient)."""
+    warm = warm_optimizer()
+    if warm:
+        r.timings["setup_s"] = warm  # once per process, not the diagnosis's cost
+    why = None if p.optim_asked else verified(num, shadow_num)
+    return r.stage("optim", lambda: optimizer_probe(r.run, loss, rec, steps=p.optim_steps,
+                                                     lr=lr, policy=r.policy, unmeasured=why))
+
+
+def diagnose(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
+             **options: Any) -> FlowReport:
+    """Diagnose whether the gradient of a loss on ``sample_fn(z0)`` reaches z0, and how.
+
+    ``sample_fn``: ``z0 -> output``, its denoiser instrumented (:func:`gradcheck.instrument`;
+    the built-in :class:`~gradcheck.sampling.ResSampler` is). ``z0``: the initial noise, not
+    modified (a leaf copy of it is differentiated: ``report.handles["z0"]``). ``options``: the
+    fields of :class:`gradcheck.options.Options` (``loss_fn``, ``target``, ``mode``, ``seed``,
+    ``checks``, ``allow_grad``, ...; each documented there), validated once. The stages run in
+    order, each returning what it found; :func:`gradcheck.plan.plan` decides from the recorded
+    pass which further evidence to buy; the checks judge the evidence at the end. Returns a
+    :class:`FlowReport`; ``.passed`` is the verdict.
+    """
+    opts = Options.of(options).validate(sample_fn)
+    z0 = validate_z0(z0)
+    r = _Run(sample_fn, z0, opts)
+    loss = r.stage("baseline", lambda: baseline_stage(r, z0, opts), timed=False)
+    rec = r.stage("record", lambda: record(
+        r.sample_fn, z0, loss, seed=opts.seed, capture_graph=opts.capture_graph,
+        raw_graph_cap=opts.raw_graph_cap, keep_raw_graph=opts.keep_raw_graph, policy=r.policy,
+        op_detail=opts.op_detail, grad_weights=opts.grad_weights), timed=False)
+    r.timings.update({**loss.timings, **rec.timings})
+    if rec.raised is not None:  # nothing else can run: the report says where and what
+        return r.finish(judge(assemble(rec, loss, mode=opts.mode, numeric=None, optim=None,
+                                       sample_fn=r.sample_fn, thresholds=opts.thresholds)),
+                        rec, opts.checks)
+    p = plan(facts(opts, z0, rec, r))
+    shadow_num = r.stage("shadow", lambda: shadow_check(
+        r.sample_fn, z0, loss, seed=opts.seed, policy=r.policy)) if p.shadow else None
+    num = r.stage("numeric", lambda: numeric_stage(
+        r, p, loss, rec, shadow_num, opts.seed)) if p.numeric else None
+    opt = optim_stage(r, p, loss, rec, num, shadow_num, opts.lr) if p.optim_steps > 0 else None
+    report = assemble(rec, loss, mode=opts.mode, numeric=num, optim=opt, sample_fn=r.sample_fn,
+                      thresholds=opts.thresholds)
+    report.numeric_shadow, report.allowed_grad = shadow_num, r.allowed_sites()
+    report.timings = r.timings
     # a stationary loss (on any rank: every rank takes part): is the path itself alive?
-    if policy.any(report.output_requires_grad and report.output_grad_max_abs == 0.0):
-        t0, c0 = time.perf_counter(), counted.calls
-        report.path_probe = probe_path(run, rec, seed=seed, policy=policy)
-        timings["path_probe_s"] = time.perf_counter() - t0
-        tally("path_probe", c0)
-        report.checks = run_checks(report)
-    if scan_randomness is None:
-        scan_randomness = modes.MODES[mode].step_noise == "unknown"
-    # below float64 (or without it) the numeric check cannot prove the gradient right: the
-    # provenance pass looks for values that leave autograd and come back (a proven bias)
-    scan_bias = (not numeric or z0.dtype != torch.float64) and checks != "quick" and \
-        not expensive  # an expensive pass: checks="full" (or locate="always") scans
-    c0 = counted.calls
-    locate_stage(sample_fn, z0, run, loss, rec, report, locate=locate,
-                 scan_randomness=scan_randomness, scan_bias=scan_bias, seed=seed,
-                 policy=policy)
-    tally("locate", c0)
-    return finish(report)
+    if r.policy.any(report.output_requires_grad and report.output_grad_max_abs == 0.0):
+        report.path_probe = r.stage("path_probe", lambda: probe_path(
+            r.run, rec, seed=opts.seed, policy=r.policy))
+    r.stage("locate", lambda: locate_stage(
+        r.sample_fn, z0, r.run, loss, rec, judge(report), locate=opts.locate,
+        scan_randomness=p.scan_randomness, scan_bias=p.scan_bias, seed=opts.seed,
+        policy=r.policy), timed=False)
+    return r.finish(judge(report), rec, opts.checks)
 
 
 #: the default level's float64 shadow and its 7 working-precision directions are for samplers
@@ -925,12 +834,8 @@ def diagnose(
 #: its power stated, and checks="full" buys the rest
 SHADOW_BUDGET_S = 2.0
 
-#: what each ``checks`` level runs (see :func:`diagnose`)
-CHECK_LEVELS: dict[str, dict[str, Any]] = {
-    "quick": {"optim_steps": 0, "sweep": False},
-    "default": {"optim_steps": 1, "sweep": False},
-    "full": {"optim_steps": 3, "sweep": True},
-}
+#: what each ``checks`` level runs (see :mod:`gradcheck.plan`)
+CHECK_LEVELS = LEVELS
 
 
 def _ledger(timings: dict[str, float], calls: dict[str, int], rec: Recording,

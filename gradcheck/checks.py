@@ -3,11 +3,13 @@ anywhere. Messages follow pytest's ``approx`` style: what failed, how many of ho
 value against the threshold, where, and one hint."""
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from .checks_optimize import (  # noqa: F401 - re-exported: gradcheck optimize's checks
     DRIFT_SIGMAS, PLAUSIBLE_SIGMAS, chi_band, optimize_checks,
+)
+from .checks_numbers import (  # noqa: F401 - power, limits: re-exported
+    grad_scale, limits, loss_moves, numeric_directional, optimizer_changes_z0, power,
 )
 from .records import PATH_KINDS, Finding, FlowReport, ProbeStats
 from .text import BREAK_POINT_WORDS, describe_break, fmt, located, probe_where, ranges, step_picture, steps_phrase
@@ -318,159 +320,6 @@ def no_proven_bias(r: FlowReport) -> Finding:
                    "and nothing was written behind autograd's back"
                    + (f"; {len(left)} value(s) left it only to steer control flow or logging "
                       f"(reported, not failed): {said}" if left else ""))
-
-
-def power(n) -> str:
-    """'; 7 directions: a gradient 1.9% off is caught with 99% probability'."""
-    if n.detectable is None:
-        return ""
-    many = f"{n.directions} directions" if n.directions > 1 else "1 direction"
-    return (f"; {many}: a gradient {n.detectable:.2%} off is caught with 99% probability"
-            + limits(n))
-
-
-def limits(n) -> str:
-    """' (why the check bought less than it could)', or ''."""
-    return f" ({n.limited})" if getattr(n, "limited", None) else ""
-
-
-def numeric_directional(r: FlowReport) -> Finding:
-    f = _numeric_directional(r)
-    sh = r.numeric_shadow
-    if sh is None:
-        return f
-    if sh.skipped:
-        return Finding(f.name, f.passed, value=f.value, threshold=f.threshold, level=f.level,
-                       message=f"{f.message}; no float64 shadow check: {sh.skipped}")
-    tol = sh.rtol * max(abs(sh.fd), abs(sh.reverse)) + sh.atol
-    ok = sh.abs_error <= tol or sh.verdict in ("kink", "inconclusive")  # as the main check
-    said = (f"; a float64 shadow run of the same sampler: <v, dL/dz0> = {sh.reverse:.6e} vs "
-            f"finite differences {sh.fd:.6e}, relative error {fmt(sh.rel_error)}{power(sh)}")
-    if ok:
-        return Finding(f.name, f.passed, value=f.value, threshold=f.threshold, level=f.level,
-                       message=f.message + said)
-    return Finding(f.name, False, value=sh.rel_error, threshold=sh.rtol,
-                   message=f.message + said + ". reverse mode disagrees with the loss in float64: "
-                   "a wrong custom backward or a biased shortcut"
-                   + (f"; located: {located(r)}" if located(r) else ""))
-
-
-def _numeric_directional(r: FlowReport) -> Finding:
-    n = r.numeric
-    if n is None or n.skipped:
-        return Finding("numeric_directional", True, level="info", value=None, threshold=None,
-                       message=f"numeric check skipped{': ' + n.skipped if n and n.skipped else ''}")
-    tol = n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol
-    ok = n.abs_error <= tol
-    if ok and n.verdict == "inconclusive":  # both sides under the round-off: no evidence
-        return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
-                       level="warning",
-                       message=f"inconclusive: <v, dL/dz0> = {n.reverse:.6e}, finite "
-                       f"differences {n.fd:.6e}: {n.note}"
-                       + limits(n))
-    if not ok and n.verdict in ("kink", "inconclusive"):
-        # a piecewise-smooth sampler (clamp, clip_sample, relu): the central difference crosses
-        # a kink; judged on one-sided evidence, or said to be inconclusive, never failed
-        head = (f"<v, dL/dz0> = {n.reverse:.6e}; central finite differences {n.fd:.6e} "
-                f"(eps {n.eps:.1e}, {n.dtype}) disagree, but {n.note}")
-        return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
-                       level="error" if n.verdict == "kink" else "warning",
-                       message=("" if n.verdict == "kink" else "inconclusive: ") + head
-                       + power(n))
-    head = (f"<v, dL/dz0> = {n.reverse:.6e} vs finite differences {n.fd:.6e} "
-            f"(eps {n.eps:.1e}, {n.dtype}): relative error {fmt(n.rel_error)}, "
-            f"tolerance rtol {n.rtol:.0e} + round-off {fmt(n.atol)}")
-    if n.working_dtype:
-        head += (f" (judged at {n.working_dtype}: the sampler computes in {n.working_dtype} "
-                 f"inside)")
-    head += power(n)
-    if not ok and n.reverse == 0.0:
-        head += ". The loss changes along v but reverse mode says it does not: the gradient path " \
-                "is cut (detach / no_grad / a non-differentiable round trip)"
-    elif not ok:
-        head += ". reverse mode disagrees with the loss it differentiates: a wrong custom " \
-                "backward, a stochastic sampler (unseeded noise), or a biased shortcut"
-    if not ok and located(r):
-        head += f"; located: {located(r)}"
-    return Finding("numeric_directional", ok, value=n.rel_error, threshold=n.rtol, message=head)
-
-
-def grad_scale(r: FlowReport) -> Finding:
-    """Vanishing (a state's or z0's |g| below ``vanishing_rel`` of the output's) and exploding (a state's |g| more
-    than ``exploding_ratio`` times the next step's) gradients."""
-    vr = r.thresholds.get("vanishing_rel", 1e-8)
-    er = r.thresholds.get("exploding_ratio", 1e4)
-    out = next((p for p in r.probes if p.kind == "output"), None)
-    if out is None or out.status != "ok":
-        return Finding("grad_scale", True, level="info", value=None, threshold=None,
-                       message="no gradient at the output to compare against")
-    # states and z0 only: a denoiser input's gradient is legitimately tiny where the denoiser
-    # all but ignores its input (high sigma)
-    vanishing = [p for p in r.probes if p.kind in ("z0", "x_T", "state") and p.status == "ok"
-                 and p.norm < vr * out.norm]
-    states = sorted((p for p in r.probes if p.kind in ("x_T", "state") and p.status == "ok"),
-                    key=lambda p: p.order)
-    exploding = [(a, b, a.norm / b.norm) for a, b in zip(states, states[1:])
-                 if b.norm > 0 and a.norm / b.norm > er]
-    problems = []
-    if vanishing:
-        worst = min(vanishing, key=lambda p: p.norm)
-        problems.append(f"vanishing at {len(vanishing)} probe(s), worst {worst.name} "
-                        f"|g| {fmt(worst.norm)} = {fmt(worst.norm / out.norm)} x the output's "
-                        f"(threshold {vr:g})")
-    if exploding:
-        a, b, ratio = max(exploding, key=lambda t: t[2])
-        problems.append(f"exploding between {a.name} and {b.name}: |g| grows {ratio:.3g}x in one "
-                        f"step (threshold {er:g})")
-    ok = not problems
-    return Finding("grad_scale", ok, value=(min(p.norm / out.norm for p in vanishing)
-                                           if vanishing else None),
-                   threshold={"vanishing_rel": vr, "exploding_ratio": er},
-                   message="no vanishing or exploding gradient" if ok else "; ".join(problems),
-                   step=(vanishing[0].step if vanishing else exploding[0][0].step) if not ok else None)
-
-
-def optimizer_changes_z0(r: FlowReport) -> Finding:
-    o = r.optim
-    if o is None or o.skipped:
-        return Finding("optimizer_changes_z0", True, level="info", value=None, threshold=None,
-                       message="optimizer check skipped")
-    msg = (f"one Adam step (lr {o.lr:g}) changes z0 (max |dz0| {fmt(o.max_abs_change)})"
-           if o.z0_changed else
-           f"one Adam step (lr {o.lr:g}) leaves z0 unchanged: its gradient is None or zero")
-    return Finding("optimizer_changes_z0", o.z0_changed, value=o.max_abs_change, threshold="> 0",
-                   message=msg)
-
-
-def loss_moves(r: FlowReport) -> Finding:
-    o = r.optim
-    if o is None or o.skipped or (len(o.losses) < 2 and not o.unmeasured):
-        return Finding("loss_moves", True, level="info", value=None, threshold=None,
-                       message="optimizer check skipped")
-    sign = 1.0 if o.objective == "maximize" else -1.0
-    way = "up" if o.objective == "maximize" else "down"
-    if o.unmeasured:
-        pred = o.predicted if o.predicted is not None else math.nan
-        return Finding("loss_moves", sign * pred > 0, level="info", value=pred,
-                       threshold=way,
-                       message=f"one Adam step (lr {o.lr:g}) moves the loss {way} by "
-                       f"{abs(pred):.3g} to first order (<dL/dz0, dz0> = {pred:+.3g}); its "
-                       f"forward pass was not paid: {o.unmeasured}")
-    first, last = o.losses[0], o.losses[-1]
-    ok = math.isfinite(last) and sign * (last - first) > 0
-    way = "up" if o.objective == "maximize" else "down"
-    moved = [(lr, v) for lr, v in o.backtrack if math.isfinite(v) and sign * (v - first) > 0]
-    if not ok and moved:  # the given step overshoots a curved or kinked loss; a smaller one
-        lr, v = moved[0]  # taken along the same gradient moves it as intended
-        return Finding("loss_moves", True, value=v - first, threshold=f"{way}",
-                       message=f"{o.steps} Adam steps at lr {o.lr:g} went {first:.6g} -> "
-                       f"{last:.6g} (the step overshoots), but one step at lr {lr:g} along the "
-                       f"same gradient moves the loss {way} as intended: {first:.6g} -> {v:.6g}")
-    msg = (f"{o.steps} Adam steps move the loss {way} as intended: {first:.6g} -> {last:.6g}"
-           if ok else
-           f"{o.steps} Adam steps should move the loss {way} ({o.objective}) but it went "
-           f"{first:.6g} -> {last:.6g}. hint: the gradient is missing, zero or has the wrong sign")
-    return Finding("loss_moves", ok, value=last - first, threshold=f"{way}", message=msg)
 
 
 def trace_hygiene(r: FlowReport) -> Finding:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import importlib
-import os
 import platform
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable

@@ -92,30 +92,27 @@ class _Installation:
         for a in self.active:
             a._record(api, function, location)
 
+    def _allowed(self, api: str) -> bool:
+        """Whether the grad-disabling call now made is the user's or a library's (then it is
+        recorded and neutralised); never breaks the call: a site that cannot be read is left."""
+        try:
+            site = _switch_site(api)
+        except Exception:  # noqa: BLE001 - never break the switch: it happens unallowed
+            site = None
+        if site is not None:
+            self.record(*site)
+        return site is not None
+
     def switch(self, call_next: Callable[..., Any], mode: bool) -> Any:
-        if not mode and self.active and torch.is_grad_enabled():  # a switch that turns it off
-            try:
-                site = _switch_site("torch.set_grad_enabled(False)")
-            except Exception:  # noqa: BLE001 - never break the switch: it happens unallowed
-                site = None
-            if site is not None:
-                self.record(*site)
-                return None  # neutralised: grad mode stays as it is
+        if not mode and self.active and torch.is_grad_enabled() and \
+                self._allowed("torch.set_grad_enabled(False)"):
+            return None  # neutralised: grad mode stays as it is
         return call_next(mode)
 
     def enter(self, call_next: Callable[..., Any], ctx: Any) -> Any:
-        site = None
-        if getattr(ctx, "mode", True) and self.active:
-            try:
-                site = _switch_site("torch.inference_mode()")
-            except Exception:  # noqa: BLE001 - never break the block: it happens unallowed
-                site = None
-        if site is not None:
-            self.record(*site)
-            ctx._gradcheck_allowed = True
-            return None
-        ctx._gradcheck_allowed = False
-        return call_next(ctx)
+        ctx._gradcheck_allowed = bool(getattr(ctx, "mode", True) and self.active
+                                      and self._allowed("torch.inference_mode()"))
+        return None if ctx._gradcheck_allowed else call_next(ctx)
 
     def exit(self, call_next: Callable[..., Any], ctx: Any, *exc: Any) -> Any:
         if getattr(ctx, "_gradcheck_allowed", False):

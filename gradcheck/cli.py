@@ -293,8 +293,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=not args.no_html)
         data = record.to_dict()
         rendered = None
-        if not args.no_html:
-            from .report.render import write_run_files
+        if not args.no_html:  # the renderer (jinja2, matplotlib) only when a page is asked for
+            from .report.render import landed, write_run_files
 
             raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
             rendered = write_run_files(record, stage.path, graphs=args.graph, raw_graphs=raw)
@@ -303,8 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json_atomic(stage.path / "report.json", data)
     path = stage.out / "report.json"
     if rendered is not None:
-        rendered.out_dir = stage.out
-        rendered.notes += stage.notes
+        rendered = landed(rendered, stage)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
@@ -367,7 +366,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from . import distributed
     from .optimize_run import OptimizeConfig, lines, run
     from .report import output_dir, staged, write_json_atomic
-    from .report.render import write_optimize_files
+    from .report.render import landed, write_optimize_files
     from .runner import resolve_device
 
     nproc = _nproc(args)
@@ -392,8 +391,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         rendered = write_optimize_files(rec, stage.path)
         write_json_atomic(stage.path / "optimize.json", rec.to_dict())
     print(clean("\n".join(lines(rec, outcome.objective, cfg.batch))))
-    print(f"record: {stage.out / 'optimize.json'}")
-    print(f"report: {stage.out / rendered.index.name}", flush=True)
+    _print_rendered(stage.out / "optimize.json", landed(rendered, stage))
     code = EXIT_OK if rec.passed else EXIT_FAILED
     return distributed.report_status(code, ctx) if ctx is not None else code
 

@@ -23,7 +23,7 @@ from .checks import run_checks
 from .errors import GradcheckError, InputError
 from .numeric import DIRECTIONS
 from .options import Options
-from .plan import LEVELS, Facts, Plan, plan, random_target
+from .plan import SHADOW_BUDGET_S as PLAN_BUDGET_S, Facts, Plan, plan, random_target
 from .policy import Local, current
 from .rng import seeded
 from .records import Cost, FlowReport, GradSite, NumericResult, OptimResult, StageCost
@@ -62,7 +62,7 @@ def cost_of(stages: list[tuple[str, int, int, float]], unit_s: float, checks: st
                 checks=checks)
 
 
-# -- stage 5: judge (the report the checks read) --------------------------------------------------
+# -- stage 5: the report the checks read ------------------------------------------------------------
 
 def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | None,
              optim: OptimResult | None, thresholds: dict[str, float],
@@ -287,13 +287,9 @@ def diagnose(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor
     return r.finish(judge(report), rec, opts.checks)
 
 
-#: the default level's float64 shadow and its 7 working-precision directions are for samplers
-#: whose recorded forward+backward takes at most this long; a slower one gets one direction,
-#: its power stated, and checks="full" buys the rest
-SHADOW_BUDGET_S = 2.0
-
-#: what each ``checks`` level runs (see :mod:`gradcheck.plan`)
-CHECK_LEVELS = LEVELS
+#: the plan's budget for the default level (:data:`gradcheck.plan.SHADOW_BUDGET_S`), read here
+#: at each diagnosis so that it can be set for a process
+SHADOW_BUDGET_S = PLAN_BUDGET_S
 
 
 def _ledger(timings: dict[str, float], calls: dict[str, int], rec: Recording,

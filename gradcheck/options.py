@@ -7,10 +7,10 @@ from typing import Any, Callable
 
 from . import modes
 from .errors import ConfigError
+from .opdetail import POLICIES as OP_DETAIL_POLICIES
 from .plan import LEVELS
 
 _LOCATE = ("auto", "always", "never")
-_OP_DETAIL = ("auto", "always", "never")
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Options:
         self.mode = self.mode or getattr(sample_fn, "mode", None) or "custom"
         if self.locate not in _LOCATE:
             raise ConfigError(f"locate must be 'auto', 'always' or 'never', got {self.locate!r}")
-        if self.op_detail not in _OP_DETAIL:
+        if self.op_detail not in OP_DETAIL_POLICIES:
             raise ConfigError(f"op_detail must be 'auto', 'always' or 'never', got "
                               f"{self.op_detail!r}")
         if self.checks not in LEVELS:

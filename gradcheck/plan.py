@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: the default level's float64 shadow and its 7 working-precision directions are for samplers
+#: whose recorded forward+backward takes at most this long; a slower one gets one direction,
+#: its power stated, and checks="full" buys the rest
+SHADOW_BUDGET_S = 2.0
+
 #: what each ``checks`` level runs (see :func:`gradcheck.diagnose`)
 LEVELS: dict[str, dict[str, object]] = {
     "quick": {"optim_steps": 0, "sweep": False, "one_sided": True},
@@ -30,7 +35,7 @@ class Facts:
     optim_steps: int | None = None  # asked for explicitly, or None: the level's
     step_noise: str = "none"  # what the mode expects of the step noise ("unknown": custom)
     scan_randomness: bool | None = None  # asked for, or None: for a custom sampler
-    budget_s: float = 2.0  # a pass above this is expensive at the default level
+    budget_s: float = SHADOW_BUDGET_S  # a pass above this is expensive at the default level
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ trusted. Where the stored verdict disagrees with the fresh one (a hand-edited or
 a record written by another version of the checks), the fresh one stands and a note says so."""
 from __future__ import annotations
 
-
 from .checks import optimize_checks, run_checks
 from .codec import RecordError
 from .records import Finding, FlowReport, OptimizeRecord, RunRecord
@@ -13,26 +12,18 @@ from .records import Finding, FlowReport, OptimizeRecord, RunRecord
 MAX_MODES = 64
 
 
-def _verdicts(checks: list[Finding]) -> dict[str, tuple[bool, str]]:
-    out = {}
-    for c in checks:
-        out[c.name] = (c.passed, c.level)
-    return out
-
-
 def disagreements(stored: list[Finding], fresh: list[Finding]) -> list[str]:
     """What the stored checks said that the fresh ones do not: ``name: stored X, re-judged Y``."""
-    old, new = _verdicts(stored), _verdicts(fresh)
+    old = {c.name: c.passed for c in stored}
     word = {True: "PASS", False: "FAIL"}
     out = []
-    for name, (passed, level) in new.items():
-        if level != "error":
+    for c in fresh:
+        if c.level != "error":
             continue
-        if name not in old:
-            out.append(f"{name}: not stored, re-judged {word[passed]}")
-        elif old[name][0] is not passed:
-            out.append(f"{name}: stored {word.get(old[name][0], repr(old[name][0]))}, "
-                       f"re-judged {word[passed]}")
+        if c.name not in old:
+            out.append(f"{c.name}: not stored, re-judged {word[c.passed]}")
+        elif old[c.name] is not c.passed:
+            out.append(f"{c.name}: stored {word[old[c.name]]}, re-judged {word[c.passed]}")
     return out
 
 

@@ -32,6 +32,17 @@ def check_writable(out_dir: str | os.PathLike[str]) -> Path:
     return p
 
 
+def first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what creating ``path``
+    creates, and what to remove again if nothing lands in it); None when ``path`` exists."""
+    first = None
+    for q in [path, *path.parents]:
+        if q.exists():
+            break
+        first = q
+    return first
+
+
 @contextlib.contextmanager
 def output_dir(out_dir: str | os.PathLike[str], record: str) -> Iterator[Path]:
     """``out_dir`` made ready for one command's files: proved writable now (before any work),
@@ -40,11 +51,7 @@ def output_dir(out_dir: str | os.PathLike[str], record: str) -> Iterator[Path]:
     failed command leaves no empty or half-filled new directory behind. A directory that existed
     before is never removed (its old files stay until a successful run replaces them)."""
     p = Path(out_dir)
-    first_new = None
-    for q in [p, *p.parents]:
-        if q.exists():
-            break
-        first_new = q
+    first_new = first_missing(p)
     p = check_writable(p)
     try:
         yield p
@@ -53,15 +60,23 @@ def output_dir(out_dir: str | os.PathLike[str], record: str) -> Iterator[Path]:
             shutil.rmtree(first_new, ignore_errors=True)
 
 
-def _umask() -> int:
-    """The process's umask (read without changing it where the OS allows)."""
+def _proc_umask() -> int | None:
+    """The umask Linux states in ``/proc/self/status``; None where there is none to read."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    except (OSError, ValueError):  # no /proc (not Linux) or another format: read it as below
-        mask = None
+    except (OSError, ValueError):  # no /proc (not Linux), or another format
+        return None
+    return None
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where the OS allows)."""
+    mask = _proc_umask()
+    if mask is not None:
+        return mask
     mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
     os.umask(mask)
     return mask

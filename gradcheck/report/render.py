@@ -297,10 +297,11 @@ def render(record: RunRecord, out_dir: str | os.PathLike[str], *, graphs: str = 
         if record_file:
             write_json_atomic(stage.path / record_file, record.to_dict())
             res.files.append(record_file)
-    return _landed(res, stage)
+    return landed(res, stage)
 
 
-def _landed(res: Rendered, stage: Stage) -> Rendered:
+def landed(res: Rendered, stage: Stage) -> Rendered:
+    """``res``, written into ``stage.path``, as it landed: in ``stage.out``, with its notes."""
     res.out_dir = stage.out
     res.notes += stage.notes
     return res
@@ -378,7 +379,7 @@ def render_optimize(rec: OptimizeRecord, out_dir: str | os.PathLike[str], *,
         if record_file:
             write_json_atomic(stage.path / record_file, rec.to_dict())
             res.files.append(record_file)
-    return _landed(res, stage)
+    return landed(res, stage)
 
 
 def write_optimize_files(rec: OptimizeRecord, out: Path, generated: str | None = None) -> Rendered:
@@ -416,7 +417,7 @@ def render_diff(d: Any, out_dir: str | os.PathLike[str], *, generated: str | Non
         res = Rendered(out_dir=stage.path)
         _write_diff(d, stage.path, generated, __version__, RATIO_NOTE)
         res.files.append("index.html")
-    return _landed(res, stage)
+    return landed(res, stage)
 
 
 def _write_diff(d: Any, out: Path, generated: str | None, version: str, ratio: float) -> None:

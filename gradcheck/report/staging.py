@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import OutputError
-from .files import _umask
+from .files import _umask, first_missing
 
 MANIFEST = ".gradcheck-manifest.json"
 #: a directory holding more entries of the user's than this is written in place, not swapped
@@ -173,11 +173,7 @@ def staged(out_dir: str | os.PathLike[str]) -> Iterator[Stage]:
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"cannot write to output directory {str(out_dir)!r}: it is a file")
-    first_new = None
-    for q in [out.parent, *out.parent.parents]:
-        if q.exists():
-            break
-        first_new = q
+    first_new = first_missing(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=f".{out.name}.gradcheck-", dir=out.parent))

@@ -1,5 +1,5 @@
 """Hook or capture: what recording the gradient at 1,000 intermediate values costs a backward pass,
-by the values' size. Sets ``probes.DEFER_NUMEL`` and ``opdetail.CAPTURE_NUMEL``: up to that size the
+by the values' size. Sets ``gradstats.DEFER_NUMEL`` and ``opdetail.CAPTURE_NUMEL``: up to that size the
 record pass captures a value's gradient edge instead of hooking it.
 
     .venv/bin/python benchmarks/capture_cost.py [--repeats 15]
@@ -32,7 +32,7 @@ from torch.autograd.graph import GradientEdge
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_file  # noqa: E402
 
-from gradcheck.probes import DEFER_NUMEL  # noqa: E402
+from gradcheck.gradstats import DEFER_NUMEL  # noqa: E402
 
 OPS = 1000
 SIZES = (256, 4096, 16384, 65536)

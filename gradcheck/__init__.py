@@ -21,7 +21,7 @@ from .records import Finding, FlowReport, ProbeStats, RunRecord
 
 _LAZY = {
     "diagnose": "gradcheck.diagnosis",
-    "instrument": "gradcheck.probes",
+    "instrument": "gradcheck.denoiser_calls",
     "probe": "gradcheck.probes",
     "summary": "gradcheck.report.terminal",
     "trace": "gradcheck.probes",

@@ -26,7 +26,8 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError, GradcheckError
 from .modes import NOISE_TO_MODE
-from .probes import instrument, output_tensor, probe
+from .denoiser_calls import instrument, output_tensor
+from .probes import probe
 from .torch_internals import grad_decorator, grad_decorators  # noqa: F401 - public here too
 from .sampling.noise import StepNoiseSource
 

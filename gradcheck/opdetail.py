@@ -8,7 +8,7 @@ Both ride on the one recorded forward+backward; neither makes a pass of its own:
   ``(id, sequence number)``, so a node freed during the forward cannot lend its line to a later
   one at the same address.
 - the same mode puts a hook on every op's output tensors, which holds the gradient arriving there
-  (small ones: :class:`gradcheck.probes.HeldGrads`) or its norm as a 0-d tensor (no device sync);
+  (small ones: :class:`gradcheck.gradstats.HeldGrads`) or its norm as a 0-d tensor (no device sync);
   :class:`OpGrads` reads the norms of the op-level view's nodes once, after the backward. In the
   record pass (``capture=True``) the small outputs get no hook: their gradient edges are inputs of
   the record's backward (:meth:`OpSources.capture_edges`), which hands their gradients over at
@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .probes import (DEFER_BYTES, DEFER_NUMEL, CaptureBudget, HeldGrads, ObservingHook,
-                     scalars_to_floats)
+from .gradstats import DEFER_BYTES, DEFER_NUMEL, CaptureBudget, HeldGrads
+from .probes import ObservingHook, scalars_to_floats
 from .records import OpRegion
 from .torch_internals import is_user_file, rel_path
 
@@ -46,7 +46,7 @@ AUTO_BUDGET_S = 2.0
 #: memory reused by the rest of the backward, which costs more than the hook for larger
 #: gradients (``benchmarks/capture_cost.py``: capture is the cheaper up to 4,096 elements, the
 #: dearer at 16,384, no cheaper beyond): the same bounds as the small gradients a hook holds
-#: (probes.DEFER_*)
+#: (gradstats.DEFER_*)
 CAPTURE_NUMEL = DEFER_NUMEL
 CAPTURE_BYTES = DEFER_BYTES
 
@@ -237,7 +237,7 @@ class _OpHook(ObservingHook):
 class OpGrads:
     """|dL/d(output)| at each node of the op-level view, from the tensor hooks that
     :class:`OpSources` put on every op's outputs during the forward pass: held small gradients
-    are reduced all at once after the backward (:class:`gradcheck.probes.HeldGrads`), larger
+    are reduced all at once after the backward (:class:`gradcheck.gradstats.HeldGrads`), larger
     ones in the hook to a 0-d tensor; one transfer per device."""
 
     def __init__(self, regions: list[tuple[OpRegion, list[Any]]], sources: OpSources) -> None:

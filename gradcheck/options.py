@@ -48,7 +48,7 @@ class Options:
         between the loss and z0, which the backward then differentiates too, so the probes
         above the cut report their gradient. Without it, the backward differentiates z0,
         the step-noise leaves and the probed values it captures (those of at most
-        ``probes.DEFER_NUMEL`` elements): with such a cut, and weights that require grad
+        ``gradstats.DEFER_NUMEL`` elements): with such a cut, and weights that require grad
         keeping the output in the graph, larger probed values above the cut (a video
         latent's) are then reported unreached.
     vanishing_rel: a probe whose |g| is below this fraction of the output's is vanishing.

@@ -14,9 +14,7 @@ module-level tensor global.
 """
 from __future__ import annotations
 
-import copy
 import math
-import re
 import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -25,7 +23,8 @@ from typing import Any, Callable
 import torch
 
 from . import graph
-from .errors import DenoiserError, GradcheckError
+from . import gradstats
+from .gradstats import HELD_DTYPES, CaptureBudget, HeldGrads, grad_stats
 from .records import ProbeStats
 from .torch_internals import hook_registered
 
@@ -64,7 +63,7 @@ class _Entry:
     grad_fn: str | None
     connected_to_z0: bool | None
     numel: int = 0
-    stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see _grad_stats)
+    stats: torch.Tensor | None = None  # [norm, sum|g|, max|g|, finite count] (see gradstats.grad_stats)
     fired: int = 0
     ref: Any = None  # the grad_fn (or the leaf tensor) while the trace is open, for graph capture
     output_nr: int = 0  # which of ref's outputs the probed value is (its gradient edge)
@@ -77,129 +76,8 @@ class _Entry:
         if self.held is not None and self.held.take(self.order, g):
             self.stats = None
         else:
-            self.stats = _grad_stats(g)
+            self.stats = grad_stats(g)
         self.fired += 1
-
-
-def _grad_stats(g: torch.Tensor) -> torch.Tensor:
-    """[L2 norm, sum |g|, max |g|, finite count] as one small tensor on g's device. No sync;
-    mean |g| and the non-finite count are derived from it when the trace closes."""
-    with torch.no_grad():
-        g = g.detach()
-        if g.numel() == 0:
-            return torch.zeros(4, dtype=torch.float32, device=g.device)
-        acc = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
-        # |g| summed and maximised directly: torch's vector_norm takes a slow path for the 1- and
-        # inf-norms on CPU (6x and 20x a sum of |g| on a video latent's gradient, 1.8M elements)
-        a = g.abs()
-        return torch.stack([
-            torch.linalg.vector_norm(g, dtype=acc),
-            a.sum(dtype=acc),
-            a.amax().to(acc),
-            torch.isfinite(g).sum(dtype=acc),
-        ])
-
-
-#: gradients of at most this many elements are held (not copied) until the trace closes and then
-#: summarised all together, a few batched reductions instead of a handful of small ops a probe:
-#: on a small model those ops are a measurable part of the backward pass. Larger gradients (a
-#: video latent's), and any beyond DEFER_BYTES in all, are summarised in the hook as before:
-#: stacking them for a batched reduction copies more than the per-op overhead it saves (the
-#: break-even on this CPU is a few thousand elements).
-DEFER_NUMEL = 1 << 12
-DEFER_BYTES = 8 << 20
-_HELD_DTYPES = (torch.float32, torch.float64)
-
-
-def _norms_along(flat: torch.Tensor, p: float) -> torch.Tensor:
-    """The p-norm (2, 1 or inf) of each row: sums and maxima of |x| for 1 and inf (torch's
-    vector_norm along a dimension is 7x and 17x slower there for the held gradients' 112 x 256)."""
-    if p == 2:
-        return torch.linalg.vector_norm(flat, dim=1)
-    if p == 1:
-        return flat.abs().sum(1)
-    if p == math.inf:
-        return flat.abs().amax(1)
-    return torch.linalg.vector_norm(flat, p, dim=1)
-
-
-def small_strided(t: torch.Tensor, numel: int) -> int:
-    """``t``'s element count when it is a plain strided tensor (no subclass) of 1 to ``numel``
-    elements, else 0: what a held or captured gradient may be."""
-    n = t.numel()
-    return n if type(t) is torch.Tensor and 0 < n <= numel and t.layout is torch.strided else 0
-
-
-class HeldGrads:
-    """Small gradients held by key until :meth:`flush`, then summarised in one batch per device,
-    dtype and shape. Holding a reference never changes the gradient: autograd accumulates in
-    place only into a buffer nobody else refers to. Used by the probes and by the op detail's
-    per-op norms (:class:`gradcheck.opdetail.OpGrads`)."""
-
-    def __init__(self) -> None:
-        self.held: dict[Any, torch.Tensor] = {}
-        self.nbytes = 0
-
-    def take(self, key: Any, g: torch.Tensor) -> bool:
-        """Hold ``g`` under ``key`` (replacing an earlier one: a hook that fires again keeps
-        the last) if it is small and the budget allows; False: the caller summarises it now."""
-        n = small_strided(g, DEFER_NUMEL)
-        if not n or g.dtype not in _HELD_DTYPES:
-            self.drop(key)
-            return False
-        held = self.held
-        if key not in held:
-            size = n * g.element_size()
-            if self.nbytes + size > DEFER_BYTES:
-                return False
-            self.nbytes += size
-        held[key] = g.detach() if g.requires_grad else g  # (create_graph: not the graph)
-        return True
-
-    def drop(self, key: Any) -> None:
-        """Forget what is held under ``key`` (it was summarised in its hook since)."""
-        self.held.pop(key, None)
-
-    def flush(self, norms: tuple[float, ...] = (2, 1, math.inf)) -> dict[Any, list[float]]:
-        """Summarise every held gradient, let go of it: key -> [L2 norm, sum |g|, max |g|,
-        finite count] (``norms=(2,)``: [L2 norm, finite count]). Gradients of one shape (a
-        sampler's states and denoiser inputs share the latent's) are stacked and reduced along
-        a dimension: a reduction a norm and one transfer for the lot."""
-        groups: dict[tuple, list[Any]] = {}
-        held = self.held
-        for k, g in held.items():
-            groups.setdefault((g.device, g.dtype, g.shape), []).append(k)
-        values: dict[Any, list[float]] = {}
-        with torch.no_grad():
-            for keys in groups.values():
-                flat = torch.stack([held[k] for k in keys]).reshape(len(keys), -1)
-                rows = torch.stack([_norms_along(flat, p) for p in norms], dim=1).tolist()
-                n = flat.shape[1]
-                for k, row in zip(keys, rows):
-                    # a finite L2 norm means every element is finite; count only otherwise
-                    finite = n if math.isfinite(row[0]) else int(torch.isfinite(held[k]).sum())
-                    values[k] = [*row, float(finite)]
-        self.held, self.nbytes = {}, 0
-        return values
-
-
-class CaptureBudget:
-    """Which values' gradients a backward may capture (hand over together when it returns):
-    plain strided tensors of at most ``numel`` elements, while their gradients stay within
-    ``nbytes`` in all (each one taken is counted)."""
-
-    def __init__(self, numel: int, nbytes: int) -> None:
-        self.numel, self.left = numel, nbytes
-
-    def take(self, t: torch.Tensor) -> bool:
-        n = small_strided(t, self.numel)
-        if not n:
-            return False
-        size = n * t.element_size()
-        if size > self.left:
-            return False
-        self.left -= size
-        return True
 
 
 @dataclass
@@ -227,7 +105,7 @@ class Trace:
         self._handles: list[Any] = []
         self._capture = capture
         self._captured: list[_Entry] = []
-        self._budget = CaptureBudget(DEFER_NUMEL, DEFER_BYTES)
+        self._budget = CaptureBudget(gradstats.DEFER_NUMEL, gradstats.DEFER_BYTES)
         self._owners: list[list[_Entry]] = []
         self._seen: dict[str, weakref.ref] = {}
         self._calls = 0
@@ -328,7 +206,7 @@ class Trace:
         Not one with tensor hooks of its own (a hook that rescales the gradient): autograd
         captures an edge's gradient before the hooks run, while a probe's hook, registered after
         them, records the gradient they pass on (what the backward carries below)."""
-        if t.dtype not in _HELD_DTYPES:
+        if t.dtype not in HELD_DTYPES:
             return False
         hooks = t._backward_hooks  # the op detail's own hooks only read (ObservingHook)
         if hooks and not all(isinstance(h, ObservingHook) for h in hooks.values()):
@@ -524,160 +402,3 @@ def alias(x: torch.Tensor) -> torch.Tensor:
     return x.view_as(x) if x.requires_grad else x
 
 
-def output_tensor(out: Any, field: str = "sample") -> torch.Tensor | None:
-    """The tensor inside a model's result: the tensor itself, a diffusers-style output object's
-    ``.sample`` (a pipeline's: ``field="images"``), or the first element of a tuple or list."""
-    if isinstance(out, torch.Tensor):
-        return out
-    sample = getattr(out, field, None)
-    if isinstance(sample, torch.Tensor):
-        return sample
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    return None
-
-
-def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: Any,
-                  step: int | None = None, label: str = "D", suffix: str = "",
-                  check_shape: bool = True, **kwargs: Any) -> Any:
-    """Call a denoiser ``fn(x, sigma, ...)``, probing input and output and checking the result is
-    a tensor of ``x``'s shape (or an output object holding one: diffusers' ``.sample``, a tuple's
-    first element; it is returned as it came). ``step`` defaults to the call index within the
-    active trace. ``check_shape=False`` allows an output of another shape (a learned-variance
-    model's 2C channels)."""
-    tr = _ACTIVE.get()
-    call = tr.next_call() if tr is not None else None
-    if step is None:
-        step = call
-    if tr is not None:
-        x = alias(x)
-        x = tr.add(x, f"{label}_in[{step}]{suffix}", step=step, kind="denoiser_in",
-                   sigma=sigma, call=call)
-    try:
-        out = fn(x, sigma, *args, **kwargs)
-    except GradcheckError:
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        if not _SHAPE_WORDS.search(first):
-            raise  # not about the input's layout (out of memory, a bug): the error as it came
-        # the input does not fit the network: say which shape came, and which it takes
-        raise DenoiserError(
-            f"denoiser {_fn_name(fn)} raised {type(exc).__name__} on an input of shape "
-            f"{tuple(x.shape)} ({str(x.dtype).replace('torch.', '')}): {first}"
-            + (f"; it takes samples of shape {tuple(want)}" if (want := _sample_shape(fn))
-               else "")) from exc
-    pred = output_tensor(out)
-    if pred is None:
-        raise DenoiserError(
-            f"denoiser {_fn_name(fn)} returned {type(out).__name__}, expected a tensor of shape "
-            f"{tuple(x.shape)}"
-        )
-    if check_shape and pred.shape != x.shape:
-        raise DenoiserError(
-            f"denoiser {_fn_name(fn)} returned shape {tuple(pred.shape)}, expected the input's "
-            f"shape {tuple(x.shape)}"
-        )
-    if tr is not None:
-        seen = tr.add(pred, f"{label}_out[{step}]{suffix}", step=step, kind="denoiser_out",
-                      sigma=sigma, call=call)
-        if seen is not pred:  # a perturbed value (numeric localisation): go on with it
-            out = _with_output(out, pred, seen)
-    return out
-
-
-def _with_output(out: Any, pred: torch.Tensor, new: torch.Tensor) -> Any:
-    """``out`` (a tensor, a tuple or list, an output object) with ``pred`` replaced by ``new``;
-    ``out`` itself where that cannot be done (the perturbation is then seen not to propagate)."""
-    if out is pred:
-        return new
-    if isinstance(out, (tuple, list)) and out and out[0] is pred:
-        return type(out)([new, *out[1:]]) if isinstance(out, list) else (new, *out[1:])
-    try:
-        dup = copy.copy(out)
-        setattr(dup, "sample", new)
-        return dup if getattr(dup, "sample", None) is new else out
-    except Exception:  # noqa: BLE001 - an output object that cannot be copied
-        return out
-
-
-#: Words of torch's messages about an input that does not fit a layer (conv, linear, view, ...).
-_SHAPE_WORDS = re.compile(r"shape|size|dimension|channel|mat1|mat2", re.IGNORECASE)
-
-
-def _sample_shape(fn: Any) -> tuple[int, ...] | None:
-    """The per-sample shape a denoiser says it takes (a ``sample_shape`` attribute), if any."""
-    shape = getattr(getattr(fn, "inner", fn), "sample_shape", None)
-    return tuple(shape) if shape else None
-
-
-def _fn_name(fn: Any) -> str:
-    inner = getattr(fn, "inner", fn)
-    return getattr(inner, "__qualname__", None) or type(inner).__name__
-
-
-class _InstrumentedFn:
-    """A denoiser callable whose every call is probed (see :func:`instrument`)."""
-
-    def __init__(self, inner: Callable[..., Any], label: str, check_shape: bool = True) -> None:
-        self.inner = inner
-        self.label = label
-        self.check_shape = check_shape
-
-    def __call__(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> Any:
-        return call_denoiser(self.inner, x, sigma, *args, label=self.label,
-                             check_shape=self.check_shape, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __repr__(self) -> str:
-        return f"instrument({self.inner!r})"
-
-
-class _InstrumentedModule(torch.nn.Module):
-    """An ``nn.Module`` wrapper whose forward is probed; parameters stay the inner module's."""
-
-    def __init__(self, inner: torch.nn.Module, label: str, check_shape: bool = True) -> None:
-        super().__init__()
-        self.inner = inner
-        self.label = label
-        self.check_shape = check_shape
-
-    def forward(self, x: torch.Tensor, sigma: Any, *args: Any, **kwargs: Any) -> Any:
-        return call_denoiser(self.inner, x, sigma, *args, label=self.label,
-                             check_shape=self.check_shape, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:  # the inner model's attributes (diffusers' .config, .dtype, ...)
-            return getattr(super().__getattr__("inner"), name)
-
-
-def instrument(denoiser: Callable[..., Any], label: str = "D", *,
-               check_shape: bool = True) -> Callable[..., Any]:
-    """Wrap a denoiser ``D(x, sigma, ...) -> x0_hat`` so that every call's input and output are
-    probed, numbered by call index (a sampler's steps are numbered by denoiser call), and its
-    output is checked to be a tensor of x's shape. Any call convention ``D(x, t_or_sigma, *args,
-    **kwargs)`` works; a result that is an output object (diffusers' ``UNet2DOutput``: its
-    ``.sample``) or a tuple (its first element) is probed inside and returned unchanged.
-
-    Results are unchanged (the input is passed through a value-preserving view so the input probe
-    measures only the gradient that flows through the denoiser). Works on ``nn.Module`` (the
-    wrapper is a Module sharing the parameters) and on any callable. Outside a trace it only
-    checks the output.
-
-    Args:
-        denoiser: the callable or module.
-        label: prefix of the probe names (``D_in[3]``, ``D_out[3]``).
-        check_shape: require the prediction to have the input's shape (off for a model that
-            predicts more channels, e.g. a learned variance).
-    """
-    if isinstance(denoiser, (_InstrumentedFn, _InstrumentedModule)):
-        return denoiser
-    if isinstance(denoiser, torch.nn.Module):
-        return _InstrumentedModule(denoiser, label, check_shape)
-    if not callable(denoiser):
-        raise DenoiserError(f"instrument() needs a callable denoiser, got {type(denoiser).__name__}")
-    return _InstrumentedFn(denoiser, label, check_shape)

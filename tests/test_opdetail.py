@@ -181,7 +181,7 @@ def test_a_cut_below_weights_that_require_grad_still_shows_the_gradient_above_it
     are captured edges of the backward. And with every probe hooked (values too large to
     capture): the plan then adds the gradient edges of the probes just above the cut."""
     if hooked:
-        monkeypatch.setattr("gradcheck.probes.DEFER_NUMEL", 0)
+        monkeypatch.setattr("gradcheck.gradstats.DEFER_NUMEL", 0)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
                               torch.nn.Linear(16, 8)).double()

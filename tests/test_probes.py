@@ -46,7 +46,7 @@ def test_held_and_immediate_statistics_agree(monkeypatch, dtype):
     """Small gradients are held until the trace closes and summarised together; large ones (or
     past the byte budget, or of another dtype) in the hook. Both give the same numbers, also
     for a tensor whose gradient is accumulated from two uses, an overflowing and a NaN one."""
-    import gradcheck.probes as P
+    import gradcheck.gradstats as P
 
     def run(defer):
         monkeypatch.setattr(P, "DEFER_NUMEL", defer)
@@ -78,9 +78,9 @@ def test_held_gradients_are_released_and_the_budget_holds(monkeypatch):
     import gc
     import weakref
 
-    import gradcheck.probes as P
+    import gradcheck.gradstats as G
 
-    monkeypatch.setattr(P, "DEFER_BYTES", 3 * 8 * 8)  # room for three 8-element float64 grads
+    monkeypatch.setattr(G, "DEFER_BYTES", 3 * 8 * 8)  # room for three 8-element float64 grads
     x = torch.randn(8, dtype=torch.float64, requires_grad=True)
     refs = []
     with trace() as tr:

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError
-from ..probes import call_denoiser, output_tensor, probe
+from ..denoiser_calls import call_denoiser, output_tensor
+from ..probes import probe
 
 SOLVERS = ("2ab", "2mid", "1euler")
 

@@ -21,138 +21,29 @@ reported (``LocatorResult.internal_failures``), never swallowed silently.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import re
 import weakref
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .. import graph, patches
+from .. import graph
 from ..probes import Trace
 from ..records import BreakEvent
 from ..torch_internals import (
-    caller_of_user_frame, decorated_on_stack, describe_sites, grad_off_sites, grad_switch_site,
+    caller_of_user_frame, decorated_on_stack, describe_sites, grad_off_sites,
     in_reentrant_checkpoint, tensors_in, user_frame,
 )
+from .opfacts import (
+    ADDITIVE, CAST_OPS, COPY_OPS, ESCAPE_OPS, GRAD_OFF_CAUSES, Inputs, MIXED_BIAS_CAUSES,
+    NONDIFF_OPS, PRODUCTS, RANDOM_OPS, SHAPE_ONLY, TAINTED_ESCAPES, ZERO_GRAD_OPS, zero_factor,
+)
 from .primary import ValueFacts
+from .taint import plain_floats, taint, tainted_in
 
 #: how many failing ops the locator names (it counts them all)
 MAX_FAILED_OPS = 8
-
-
-#: Ops whose gradient is zero almost everywhere: they cut the gradient while keeping requires_grad.
-ZERO_GRAD_OPS = {"round", "round_", "floor", "floor_", "ceil", "ceil_", "sign", "sign_", "trunc",
-                 "trunc_", "fix", "fix_", "sgn", "heaviside"}
-NONDIFF_OPS = ZERO_GRAD_OPS | {
-    "argmax", "argmin", "argsort", "gt", "lt", "ge", "le", "eq", "ne", "greater", "less",
-    "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "isclose", "isnan", "isinf",
-    "isfinite", "logical_and", "logical_or", "logical_not", "bucketize", "searchsorted",
-}
-CAST_OPS = {"to", "type", "int", "long", "short", "byte", "char", "bool", "type_as"}
-ESCAPE_OPS = {"item": "python_roundtrip", "tolist": "python_roundtrip",
-              "__int__": "python_roundtrip", "__float__": "python_roundtrip",
-              "__index__": "python_roundtrip", "__bool__": "python_roundtrip",
-              "numpy": "numpy_roundtrip", "__array__": "numpy_roundtrip"}
-RANDOM_OPS = {"randn", "randn_like", "rand", "rand_like", "randint", "randint_like", "normal",
-              "normal_", "uniform_", "bernoulli", "bernoulli_", "multinomial", "poisson",
-              "exponential_", "geometric_", "log_normal_", "cauchy_", "random_", "randperm"}
-#: Ops whose output values do not depend on their inputs' values (only on shape/dtype).
-VALUE_FREE = {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones",
-              "new_empty", "new_full", "size", "dim", "numel", "__len__"} | RANDOM_OPS
-ADDITIVE = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__",
-            "__rsub__", "__isub__", "addcmul", "addcmul_", "lerp", "lerp_"}
-#: Ops whose second tensor argument gives only a shape or dtype, not values.
-SHAPE_ONLY = {"view_as", "expand_as", "reshape_as", "type_as"}
-#: Products: a z0-dependent value times a constant that is exactly zero passes no gradient, by
-#: the schedule's design (a structural zero), not because of the data.
-PRODUCTS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
-#: Causes that are grad mode switched off (their events list every site in effect).
-GRAD_OFF_CAUSES = {"no_grad", "decorated_no_grad", "inference_mode", "grad_mode_off"}
-#: Copies/moves: an escape right after one of these upgrades the cause of the cut before it.
-COPY_OPS = {"cpu", "cuda", "to", "contiguous", "clone", "float", "double"}
-
-
-#: Escapes whose Python result is followed (a float that comes back into a torch op is a bias).
-#: ``float(x)`` cannot be: Python turns what ``__float__`` returns into a plain float, so its
-#: value is remembered instead and recognised when it comes back (see ``Provenance.escaped``).
-TAINTED_ESCAPES = {"item", "tolist"}
-#: Cuts whose value, mixed back into a value that carries z0's gradient, makes that gradient
-#: wrong (a .detach() can be meant: stop-gradient and straight-through tricks are not flagged).
-MIXED_BIAS_CAUSES = {"python_roundtrip", "numpy_roundtrip", "data_read"}
-
-
-class Tainted(float):
-    """A Python float computed from z0 behind autograd's back (``float(x)``, ``x.item()``,
-    ``x.tolist()``), carrying the escape event through Python arithmetic, so that its return
-    into a torch op is seen: there the gradient through it is missing (a proven bias). Compares,
-    formats and steers control flow as the float it is."""
-
-    event: BreakEvent
-
-    def __new__(cls, value: float, event: BreakEvent) -> Tainted:
-        self = super().__new__(cls, value)
-        self.event = event
-        return self
-
-    def __reduce__(self) -> Any:  # pickles as a plain float
-        return (float, (float(self),))
-
-
-def _taint_arith(name: str) -> Callable[..., Any]:
-    op = getattr(float, name)
-
-    def method(self: Tainted, *other: Any) -> Any:
-        res = op(self, *other)
-        return Tainted(res, self.event) if isinstance(res, float) else res
-    method.__name__ = name
-    return method
-
-
-for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
-            "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pow__",
-            "__rpow__", "__neg__", "__pos__", "__abs__"):
-    setattr(Tainted, _op, _taint_arith(_op))
-
-
-def taint(value: Any, event: BreakEvent) -> Any:
-    """``value`` (a float, or nested lists of them, as ``tolist`` gives) with every float
-    tainted by ``event``."""
-    if isinstance(value, float):
-        return Tainted(value, event)
-    if isinstance(value, list):
-        return [taint(v, event) for v in value]
-    return value
-
-
-def tainted_in(x: Any) -> list[BreakEvent]:
-    """The escape events of the tainted floats among a call's arguments (nested lists too)."""
-    out, stack = [], [x]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, Tainted):
-            out.append(v.event)
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-    return out
-
-
-def _plain_floats(x: Any) -> list[float]:
-    """The non-integral Python floats among a call's arguments (nested lists too)."""
-    out, stack = [], [x]
-    while stack:
-        v = stack.pop()
-        if type(v) is float and not v.is_integer():
-            out.append(v)
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-    return out
 
 
 def _name(func: Any) -> str:
@@ -161,131 +52,6 @@ def _name(func: Any) -> str:
     if n in ("__get__", "__set__") and owner is not None and hasattr(owner, "__name__"):
         return f"{owner.__name__}.{n}"  # a property: 'data.__get__', 'requires_grad.__set__'
     return n
-
-
-#: torch.distributed's collectives (not autograd-aware): which positional argument they write
-#: into, and which they read from (None: the same as written)
-COLLECTIVES = {
-    "all_reduce": (0, None), "broadcast": (0, None), "reduce": (0, None),
-    "all_gather": (0, 1), "all_gather_into_tensor": (0, 1), "gather": (1, 0),
-    "scatter": (0, 1), "reduce_scatter": (0, 1), "reduce_scatter_tensor": (0, 1),
-    "all_to_all": (0, 1), "all_to_all_single": (0, 1), "recv": (0, None), "irecv": (0, None),
-    "send": (None, 0), "isend": (None, 0),
-}
-
-
-class Collectives:
-    """While the provenance pass runs, wraps torch.distributed's collectives: one applied to a
-    value that carries z0's gradient is a cut (autograd does not see it), named with the user's
-    file:line; what it writes inherits the cut (or the earlier one it carried)."""
-
-    def __init__(self, prov: Provenance) -> None:
-        self.prov = prov
-        self.subscriptions = contextlib.ExitStack()
-
-    def __enter__(self) -> Collectives:
-        for name, (out_pos, in_pos) in COLLECTIVES.items():
-            self.subscriptions.enter_context(
-                patches.collective(name).subscribe(self._wrap(name, out_pos, in_pos)))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.subscriptions.close()
-
-    def _wrap(self, name: str, out_pos: int | None,
-              in_pos: int | None) -> Callable[..., Any]:
-        prov = self.prov
-
-        def before(args: tuple) -> tuple[list[torch.Tensor], BreakEvent | None]:
-            pos = in_pos if in_pos is not None else out_pos
-            src = tensors_in(args[pos]) if pos is not None and len(args) > pos else []
-            dep = [t for t in src if (m := prov.get(t)) is not None and m.dep]
-            ev = None
-            if any(prov.gconn(t) for t in dep):
-                ev = prov._event("hard", "non_autograd_collective", f"torch.distributed.{name}",
-                                 detail="its result carries no gradient back to z0")
-            elif dep:  # already cut before: the result carries that cut on
-                ev = next((m.ev for t in dep if (m := prov.get(t)) and m.ev is not None), None)
-            return dep, ev
-
-        def wrapped(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            try:
-                dep, ev = before(args)
-            except Exception as exc:  # noqa: BLE001 - counted and reported, the call still runs
-                prov.failed(f"torch.distributed.{name}", exc)
-                return fn(*args, **kwargs)
-            res = fn(*args, **kwargs)
-            try:
-                if dep and out_pos is not None and len(args) > out_pos:
-                    for t in tensors_in(args[out_pos]):
-                        prov._set(t, ValueFacts(dep=True, gconn=False, rg=t.requires_grad,
-                                                ev=ev))
-            except Exception as exc:  # noqa: BLE001
-                prov.failed(f"torch.distributed.{name}", exc)
-            return res
-
-        return wrapped
-
-
-def _switches_off(location: str | None) -> bool:
-    """Whether the source line at ``path:line`` literally switches grad off
-    (``set_grad_enabled(False)``, ``no_grad().__enter__()``), not restores a saved mode."""
-    if not location or ":" not in location:
-        return False
-    import linecache
-    import os
-
-    path, _, line = location.rpartition(":")
-    try:
-        text = linecache.getline(os.path.abspath(path), int(line))
-    except ValueError:
-        return False
-    return bool(re.search(r"set_grad_enabled\(\s*False|no_grad\(\)\.__enter__", text))
-
-
-class GradSwitches:
-    """While the provenance pass runs, wraps ``torch._C._set_grad_enabled`` (what ``no_grad``,
-    ``set_grad_enabled`` and their decorators call): the switch that turned grad mode off, and is
-    in effect now, is remembered with the user's file:line, the step and whether it was a ``with``
-    block (restored at its end) or a call whose effect stays."""
-
-    def __init__(self, prov: Provenance) -> None:
-        self.prov = prov
-        self.subscription: Any = None
-
-    def __enter__(self) -> GradSwitches:
-        prov = self.prov
-
-        def set_grad_enabled(call_next: Callable[..., Any], mode: bool) -> Any:
-            try:
-                if not mode:
-                    loc, fn, api, block = grad_switch_site()
-                    site = {"location": loc, "function": fn, "api": api, "block": block,
-                            "step": prov._step()[0]}
-                    if torch.is_grad_enabled():
-                        prov.grad_off = site
-                    if not block and _switches_off(loc):
-                        # a call that switches off (even under an outer no_grad): it stays in
-                        # effect until a restore; one to False that is not such a call
-                        # (set_grad_enabled(prev)) is a restore
-                        if not prov.grad_off_calls or \
-                                prov.grad_off_calls[-1]["location"] != loc:
-                            prov.grad_off_calls.append(site)
-                    elif not block and prov.grad_off_calls:
-                        prov.grad_off_calls.pop()
-                else:
-                    prov.grad_off = None
-                    prov.grad_off_calls.clear()
-            except Exception as exc:  # noqa: BLE001 - counted and reported, the switch happens
-                prov.failed("torch.set_grad_enabled", exc)
-            return call_next(mode)
-
-        self.subscription = patches.GRAD_MODE.subscribe(set_grad_enabled)
-        self.subscription.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.subscription.__exit__(*exc)
 
 
 class Provenance(TorchFunctionMode):
@@ -511,145 +277,170 @@ class Provenance(TorchFunctionMode):
         return out
 
     def _after(self, name, args, kwargs, pre, out, grad_on, inf_on) -> BreakEvent | None:
-        # one op's bookkeeping, in the order the cases are decided: a .data write, an escape
-        # from torch, a random draw, then any other op (dependence, cut, bias, randomness mixed
-        # in); kept as one function so the precedence between the cases stays visible
-        base = name
+        """One op's bookkeeping, in the order the cases are decided: a ``.data`` write, an
+        escape from torch, a random draw, then any other op (:meth:`_op`). Returns the escape
+        event of an op that leaves torch (None otherwise)."""
         if name == "data.__set__":
-            t, v = args[0], args[1]
-            m = self.get(t) or ValueFacts(dep=False, gconn=False, rg=t.requires_grad)
-            if self.dep(v) and t.requires_grad:
-                m.bias = self._event("bias", "data_write", ".data = ...")
-            m.dep = m.dep or self.dep(v)
-            self._set(t, m)
-            return
-        if name in ESCAPE_OPS:
-            if pre and pre[0][1]:
-                t, _, g, m = pre[0]
-                if m is not None and m.ev is not None and m.direct and \
-                        m.ev.cause in ("detach", "data_read"):
-                    m.ev.detail = f"{m.ev.op}() then .{name.strip('_')}()"
-                    m.ev.cause = ESCAPE_OPS[name]
-                    return m.ev
-                if g:
-                    return self._event("escape", ESCAPE_OPS[name], name)
-                return m.ev if m is not None else None
+            self._data_set(args[0], args[1])
             return None
+        if name in ESCAPE_OPS:
+            return self._escape(name, pre)
         outs = tensors_in(out)
         inplace = bool(args) and isinstance(args[0], torch.Tensor) and (
             (name.endswith("_") and not name.endswith("__")) or name == "requires_grad.__set__")
         if inplace and all(o is not args[0] for o in outs):
             outs = [args[0], *outs]
         if not outs:
-            return
+            return None
         if name in RANDOM_OPS:
-            loc, fn = user_frame()
-            step, _ = self._step()
-            draw = {"op": name, "location": loc, "function": fn, "step": step, "reported": False,
-                    "via": caller_of_user_frame()}
-            for o in outs:
-                self._set(o, ValueFacts(dep=False, gconn=False, rg=o.requires_grad, rand=draw))
-            return
-        any_dep = any(d for _, d, _, _ in pre) and name not in VALUE_FREE
-        if any_dep:
-            for o in outs:
-                if o.is_floating_point() and (
-                        self.lowest_dtype is None
-                        or torch.finfo(o.dtype).eps > torch.finfo(self.lowest_dtype).eps):
-                    self.lowest_dtype = o.dtype
-        dep_gconn = any(d and g for _, d, g, _ in pre)
-        any_gconn = any(g for _, _, g, _ in pre)
-        evs = [m.ev for _, d, g, m in pre if d and not g and m is not None and m.ev is not None]
-        ev_in = min(evs, key=lambda e: e.index) if evs else None
-        biases = [m.bias for _, _, _, m in pre if m is not None and m.bias is not None]
-        bias_in = min(biases, key=lambda e: e.index) if biases else None
-        direct_in = any(m.direct for _, d, g, m in pre if m is not None and m.ev is ev_in) \
-            if ev_in is not None else False
-        draws = [m.rand for _, d, _, m in pre if not d and m is not None and m.rand is not None]
-        # fresh randomness entering a z0-dependent value additively: disconnected noise
-        if any_dep and draws and name in ADDITIVE:
-            for draw in draws:
-                if not draw["reported"]:
-                    draw["reported"] = True
-                    via = f" (in {draw['function']}, called from {draw['via']})" \
-                        if draw["via"] else ""
-                    ev = self._event("randomness", "disconnected_randomness", draw["op"],
-                                     detail=f"drawn by {draw['op']} at {draw['location']}{via}, "
-                                            f"added to the state by {name}",
-                                     location=(draw["location"], draw["function"]))
-                    ev.via = draw["via"]
-                    self.events.pop()
-                    ev.index = -1 - len(self.randomness)
-                    self.randomness.append(ev)
-        # values computed from z0 that left autograd, coming back: tainted floats, floats of
-        # an escaped value, and cut tensors of a Python/NumPy round trip or a .data read
-        if any_dep and name in PRODUCTS:
+            self._draw(name, outs)
+            return None
+        self._op(name, args, kwargs, pre, outs, inplace, grad_on, inf_on)
+        return None
+
+    def _data_set(self, t: torch.Tensor, v: Any) -> None:
+        """``t.data = v``: t takes v's dependence; on a value that requires grad, a bias."""
+        m = self.get(t) or ValueFacts(dep=False, gconn=False, rg=t.requires_grad)
+        if self.dep(v) and t.requires_grad:
+            m.bias = self._event("bias", "data_write", ".data = ...")
+        m.dep = m.dep or self.dep(v)
+        self._set(t, m)
+
+    def _escape(self, name: str, pre: list) -> BreakEvent | None:
+        """A z0-dependent value leaving torch (.item(), .tolist(), .numpy(), a cast to a Python
+        number): an escape event, or the cut it already carries renamed as the round trip."""
+        if not (pre and pre[0][1]):
+            return None
+        _, _, g, m = pre[0]
+        if m is not None and m.ev is not None and m.direct and \
+                m.ev.cause in ("detach", "data_read"):
+            m.ev.detail = f"{m.ev.op}() then .{name.strip('_')}()"
+            m.ev.cause = ESCAPE_OPS[name]
+            return m.ev
+        if g:
+            return self._event("escape", ESCAPE_OPS[name], name)
+        return m.ev if m is not None else None
+
+    def _draw(self, name: str, outs: list[torch.Tensor]) -> None:
+        """A random draw: its outputs remember where it was drawn (fresh randomness)."""
+        loc, fn = user_frame()
+        step, _ = self._step()
+        draw = {"op": name, "location": loc, "function": fn, "step": step, "reported": False,
+                "via": caller_of_user_frame()}
+        for o in outs:
+            self._set(o, ValueFacts(dep=False, gconn=False, rg=o.requires_grad, rand=draw))
+
+    def _op(self, name, args, kwargs, pre, outs, inplace, grad_on, inf_on) -> None:
+        """Any other op: what its inputs bring (dependence, gradient, a cut, a bias, a draw) and
+        what each output becomes."""
+        ins = Inputs.of(pre, name)
+        if ins.any_dep:
+            self._note_dtype(outs)
+        if ins.any_dep and ins.draws and name in ADDITIVE:
+            self._report_draws(ins.draws, name)
+        if ins.any_dep and name in PRODUCTS:
             self._constant_zero(name, args, pre)
-        back_in = tainted_in((args, kwargs))
-        if self.escaped:
-            back_in += [self.escaped[v] for v in _plain_floats((args, kwargs))
-                        if v in self.escaped]
-        back_in += [m.ev for _, d, g, m in pre if d and not g and m is not None
-                    and m.ev is not None and m.ev.cause in MIXED_BIAS_CAUSES]
-        # a cut float value mixed back into one that carries gradient: a partial cut (the
-        # gradient misses the part through it); a bool or integer one is a mask or an index
-        # (torch.where's condition), which is how healthy code uses them
-        cut_terms = [m.ev for t, d, g, m in pre if d and not g and m is not None
-                     and m.ev is not None and t.is_floating_point()]
-        if dep_gconn and cut_terms:
-            for ev in cut_terms:
-                if ev not in self.mixed_cuts and len(self.mixed_cuts) < 50:
-                    self.mixed_cuts.append(ev)
-        if back_in and not any_dep:  # made from them alone (torch.tensor(x.tolist())): a cut
-            any_dep = True
-            ev_in = ev_in or back_in[0]
+        back_in = self._coming_back(args, kwargs, pre)
+        self._note_mixed_cuts(pre, ins.dep_gconn)
+        if back_in and not ins.any_dep:  # made from them alone (torch.tensor(x.tolist())): a cut
+            ins.any_dep = True
+            ins.ev_in = ins.ev_in or back_in[0]
         step, last = self._step()
         if step is None and last + 1 < len(self.trace._entries):
             step = self.trace._entries[last + 1].step
-        loc = user_frame()[0]
+        made_at = (name, user_frame()[0], step, last)
         in_ids = {id(t) for t, _, _, _ in pre}
         for o in outs:
-            g_o = bool(o.requires_grad and any_gconn and base not in ZERO_GRAD_OPS
-                       and name not in ("data.__get__",))
-            m = ValueFacts(dep=any_dep, gconn=g_o, rg=o.requires_grad, bias=bias_in)
-            if any_dep and not g_o:
-                if dep_gconn:
-                    if name == "data.__get__":
-                        cause, detail = "data_read", None
-                    else:
-                        cause, detail = self._cause(base, o, grad_on, inf_on)
-                    m.ev = self._event("hard", cause, "x.data" if name == "data.__get__" else base,
-                                       detail)
-                    m.direct = True
-                else:
-                    m.ev = ev_in
-                    m.direct = direct_in and base in COPY_OPS
-            if back_in and g_o and not m.bias:  # mixed into a value that carries gradient
-                esc = back_in[0]
-                m.bias = self._event(
-                    "bias", esc.cause, base,
-                    f"a value computed from z0 left autograd by {esc.op}"
-                    + (f" at {esc.location}" if esc.location else "")
-                    + (f" (step {esc.step})" if esc.step is not None else "")
-                    + " and comes back here: autograd does not see that dependence, so "
-                      "dL/dz0 misses its part")
-            if inplace and o is args[0] and not grad_on and o.requires_grad and any_dep:
-                m.bias = m.bias or self._event("bias", "inplace_no_grad", base)
-                m.gconn = pre[0][2] if pre else m.gconn
-            if inplace and o is args[0]:
-                self._write_through_data(o, base)
-            if not any_dep and draws and not (name in PRODUCTS and _zero_factor(args, pre)):
-                m.rand = draws[0]  # (a draw times an exact 0, as churn at S_churn = 0: none)
-            if name == "data.__get__" and args and isinstance(args[0], torch.Tensor):
-                m.data_of = weakref.ref(args[0])
-            m.made_at = (base, loc, step, last)
+            m = self._output(name, args, pre, o, ins, back_in, inplace, grad_on, inf_on)
+            m.made_at = made_at
             self._set(o, m)
             # the node this op made (not one an input already had: x.to(same dtype) is x)
             if o.grad_fn is not None and id(o) not in in_ids and \
                     id(o.grad_fn) not in self.grad_fn_info:
-                self.grad_fn_info[id(o.grad_fn)] = (base, loc, step, last)
+                self.grad_fn_info[id(o.grad_fn)] = made_at
                 self._keep.append(o.grad_fn)
 
+    def _output(self, name, args, pre, o, ins, back_in, inplace, grad_on, inf_on) -> ValueFacts:
+        """The facts of one output ``o`` of a non-random op."""
+        g_o = bool(o.requires_grad and ins.any_gconn and name not in ZERO_GRAD_OPS
+                   and name not in ("data.__get__",))
+        m = ValueFacts(dep=ins.any_dep, gconn=g_o, rg=o.requires_grad, bias=ins.bias_in)
+        if ins.any_dep and not g_o:
+            if ins.dep_gconn:
+                cause, detail = ("data_read", None) if name == "data.__get__" else \
+                    self._cause(name, o, grad_on, inf_on)
+                m.ev = self._event("hard", cause, "x.data" if name == "data.__get__" else name,
+                                   detail)
+                m.direct = True
+            else:
+                m.ev = ins.ev_in
+                m.direct = ins.direct_in and name in COPY_OPS
+        if back_in and g_o and not m.bias:  # mixed into a value that carries gradient
+            esc = back_in[0]
+            m.bias = self._event(
+                "bias", esc.cause, name,
+                f"a value computed from z0 left autograd by {esc.op}"
+                + (f" at {esc.location}" if esc.location else "")
+                + (f" (step {esc.step})" if esc.step is not None else "")
+                + " and comes back here: autograd does not see that dependence, so "
+                  "dL/dz0 misses its part")
+        if inplace and o is args[0] and not grad_on and o.requires_grad and ins.any_dep:
+            m.bias = m.bias or self._event("bias", "inplace_no_grad", name)
+            m.gconn = pre[0][2] if pre else m.gconn
+        if inplace and o is args[0]:
+            self._write_through_data(o, name)
+        if not ins.any_dep and ins.draws and not (name in PRODUCTS and zero_factor(args, pre)):
+            m.rand = ins.draws[0]  # (a draw times an exact 0, as churn at S_churn = 0: none)
+        if name == "data.__get__" and args and isinstance(args[0], torch.Tensor):
+            m.data_of = weakref.ref(args[0])
+        return m
+
+    def _note_dtype(self, outs: list[torch.Tensor]) -> None:
+        """The least precise float dtype computed from z0 so far."""
+        for o in outs:
+            if o.is_floating_point() and (
+                    self.lowest_dtype is None
+                    or torch.finfo(o.dtype).eps > torch.finfo(self.lowest_dtype).eps):
+                self.lowest_dtype = o.dtype
+
+    def _report_draws(self, draws: list[dict], name: str) -> None:
+        """Fresh randomness entering a z0-dependent value additively: disconnected noise, each
+        draw reported once."""
+        for draw in draws:
+            if draw["reported"]:
+                continue
+            draw["reported"] = True
+            via = f" (in {draw['function']}, called from {draw['via']})" if draw["via"] else ""
+            ev = self._event("randomness", "disconnected_randomness", draw["op"],
+                             detail=f"drawn by {draw['op']} at {draw['location']}{via}, "
+                                    f"added to the state by {name}",
+                             location=(draw["location"], draw["function"]))
+            ev.via = draw["via"]
+            self.events.pop()
+            ev.index = -1 - len(self.randomness)
+            self.randomness.append(ev)
+
+    def _coming_back(self, args: tuple, kwargs: dict, pre: list) -> list[BreakEvent]:
+        """Values computed from z0 that left autograd, coming back: tainted floats, floats of an
+        escaped value, and cut tensors of a Python/NumPy round trip or a .data read."""
+        back_in = tainted_in((args, kwargs))
+        if self.escaped:
+            back_in += [self.escaped[v] for v in plain_floats((args, kwargs))
+                        if v in self.escaped]
+        back_in += [m.ev for _, d, g, m in pre if d and not g and m is not None
+                    and m.ev is not None and m.ev.cause in MIXED_BIAS_CAUSES]
+        return back_in
+
+    def _note_mixed_cuts(self, pre: list, dep_gconn: bool) -> None:
+        """A cut float value mixed back into one that carries gradient: a partial cut (the
+        gradient misses the part through it); a bool or integer one is a mask or an index
+        (torch.where's condition), which is how healthy code uses them."""
+        if not dep_gconn:
+            return
+        for t, d, g, m in pre:
+            if d and not g and m is not None and m.ev is not None and t.is_floating_point() \
+                    and m.ev not in self.mixed_cuts and len(self.mixed_cuts) < 50:
+                self.mixed_cuts.append(m.ev)
 
     def _constant_zero(self, name: str, args: tuple, pre: list) -> None:
         """A z0-dependent factor times a constant (a Python number, or a small tensor that does
@@ -677,22 +468,6 @@ class Provenance(TorchFunctionMode):
                 "bias", "data_write", f"x.data.{op}",
                 detail="an in-place write through .data changes a value autograd recorded "
                        "without telling it: the gradient flows, through the old value")
-
-
-def _zero_factor(args: tuple, pre: list) -> bool:
-    """A product's factor that is a constant exact zero (a Python 0, or a small tensor that
-    depends on neither z0 nor a random draw and is all zeros)."""
-    for a in args:
-        if isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0:
-            return True
-    for t, d, _, m in pre:
-        if not d and (m is None or m.rand is None) and t.numel() <= 64:
-            try:
-                if bool((t == 0).all()):
-                    return True
-            except RuntimeError:
-                continue
-    return False
 
 
 def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: Trace) -> None:

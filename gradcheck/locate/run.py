@@ -12,7 +12,8 @@ from ..sampling.noise import path_cotangent
 from .backward import backward_analysis
 from .functions import FunctionCalls, wrong_backwards
 from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
-from .provenance import Collectives, GradSwitches, Provenance, resolve_probes
+from .provenance import Provenance, resolve_probes
+from .switches import Collectives, GradSwitches
 
 
 def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,

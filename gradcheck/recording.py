@@ -189,14 +189,10 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
     # one trace context holds the forward, the graph capture and the backward: the probes'
     # hooks must be registered while the graph is alive and removed when the trace closes
     z = z0.detach().clone().requires_grad_(True)
-    z_grad = None
-    raw_full = None
-    grad_s = 0.0
-    plan = None
+    z_grad, raw_full, grad_s = None, None, 0.0
     timings: dict[str, float] = {}
     phase = ["forward"]
     grad_mode = torch.is_grad_enabled()
-    changed = False
     try:
         with trace(capture=True) as tr:
             probe(z, "z0", kind="z0")
@@ -205,100 +201,21 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
             if capture_graph and op_detail != "never":
                 sources = OpSources(AUTO_BUDGET_S if op_detail == "auto" else None,
                                     capture=True)
-            try:
-                with seeded(seed, z0.device), (sources or contextlib.nullcontext()):
-                    out = sample_fn(z)
-                changed = torch.is_grad_enabled() != grad_mode
-                torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported
-                probe(_as_output(out), "output", kind="output")
-                # the loss's ops too: their |g| in the op view, and their lines (the user's
-                # loss_fn; a built-in loss is named as gradcheck's, not by a line of its code)
-                with (sources.labelled(None if loss.user else "gradcheck's loss")
-                      if sources is not None and sources.skipped is None
-                      else contextlib.nullcontext()):
-                    value = loss.of(out)
-            finally:
-                if sources is not None:  # its hooks on the ops' outputs go with the trace
-                    tr.own(sources.hooks)
-            if not (isinstance(value, torch.Tensor) and value.numel() == 1):
-                raise GradcheckError(f"loss_fn must return a scalar tensor, got {value!r:.80}")
-            probe(value, "loss", kind="loss")
+            out, value, changed = _forward(sample_fn, z, loss, tr, seed, sources, grad_mode)
             timings["forward_s"] = time.perf_counter() - t0
             out_rg, loss_rg = bool(out.requires_grad), bool(value.requires_grad)
             t0 = time.perf_counter()
-            # the walk and what is built from its nodes, with the collector paused (see
-            # graph.collector_paused): the node wrappers are gone before it runs again
-            with graph.collector_paused():
-                if capture_graph:
-                    inputs, total, edges, regions, op_regions = tr.collapse(
-                        value if loss_rg else None)
-                else:  # no walk: gradients for z0 and the step-noise leaves only
-                    inputs = [z, *getattr(sample_fn, "leaves", [])] if loss_rg else []
-                    total, edges, regions, op_regions = 0, [], {}, []
-                step_graph = StepGraph(
-                    nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
-                    region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
-                    raw_cap=raw_graph_cap, regions=[reg for reg, _ in op_regions],
-                )
-                op_grads = None
-                if sources is not None and sources.skipped is None:
-                    for reg, nodes in op_regions:
-                        reg.where = sources.sources(nodes)
-                    step_graph.detail = True
-                    if loss_rg:  # no backward, no gradient: the lines still say where each op is
-                        op_grads = OpGrads(op_regions, sources)
-                elif capture_graph:
-                    step_graph.detail_skipped = (
-                        "op_detail='never'" if sources is None else sources.skipped
-                        or "the loss is not in an autograd graph")
-                del op_regions, sources
-            if not capture_graph:
-                step_graph.raw_skipped = "graph capture was off (capture_graph=False)"
-            elif not loss_rg:
-                step_graph.raw_skipped = "the loss is not in an autograd graph"
-            elif total <= raw_graph_cap:
-                step_graph.raw = graph.op_graph(value)
-            else:
-                step_graph.raw_skipped = (f"{total} autograd nodes > cap {raw_graph_cap}: too many "
-                                          f"to lay out quickly")
-                if keep_raw_graph:
-                    raw_full = graph.op_graph(value)
+            inputs, edges, step_graph, op_grads = _collapse(
+                tr, value, loss_rg, capture_graph, raw_graph_cap, sources,
+                [z, *getattr(sample_fn, "leaves", [])])
+            del sources
+            raw_full = _raw_graph(step_graph, value, capture_graph, loss_rg, keep_raw_graph)
             if loss_rg:
-                # differentiate w.r.t. z0 and the probed leaves (step-noise leaves): a model's
-                # weights that require grad (a diffusers UNet's do) cost a third of the backward
-                # and tell nothing about z0, so they are left out unless asked; .grad untouched
                 keep = tr.probed_leaves() | {id(z)} | {
                     id(t) for t in getattr(sample_fn, "leaves", [])}
-                inputs = [t for t in inputs if t.requires_grad and (grad_weights or id(t) in keep)]
-                # probes above a cut between the loss and z0 are differentiated too: autograd
-                # would prune them (see Trace.backward_plan)
-                plan = tr.backward_plan(edges, inputs) if capture_graph else None
-                if op_grads is not None and plan is not None and not grad_weights:
-                    # ops that read weights only: their gradient is not asked for (worked out
-                    # before the backward: their outputs are not captured, which would make
-                    # the backward compute them)
-                    for reg in step_graph.regions:
-                        if reg.weights and reg.probe in plan.reached and not reg.dropped:
-                            reg.not_asked = graph.not_asked(len(reg.ops), reg.edges,
-                                                            reg.sources, plan.needed)
-                # the small probes' and ops' gradients are captured, not hooked (see Trace)
-                probed = tr.capture_edges(plan.cut if plan is not None else [])
-                ops = op_grads.capture_edges() if op_grads is not None else []
-                phase[0] = "backward"
-                t_b = time.perf_counter()
-                grads = torch.autograd.grad(value, [*inputs, *probed, *ops],
-                                            allow_unused=True) if inputs or probed or ops else []
-                n = len(inputs) + len(probed)
-                tr.deliver(grads[len(inputs):n])
-                if op_grads is not None:
-                    op_grads.deliver(grads[n:])
-                del probed, ops
-                grad_s = time.perf_counter() - t_b
-                phase[0] = "done"
-                for t, gr in zip(inputs, grads):
-                    if t is z:
-                        z_grad = gr
-                del grads, inputs
+                z_grad, grad_s = _backward(tr, value, z, inputs, keep, edges, step_graph,
+                                           op_grads, capture_graph, grad_weights, phase)
+            del inputs
             if op_grads is not None:
                 op_grads.materialise()
             timings["backward_s"] = time.perf_counter() - t0
@@ -309,21 +226,131 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
         torch.set_grad_enabled(grad_mode)
         return Recording(z=z, z_grad=None, out=None, loss_value=math.nan,
                          out_requires_grad=False, loss_requires_grad=False, probes=tr.stats,
-                         hygiene=Hygiene(
-                             hooks_registered=tr.hooks_registered, hooks_left=tr.hooks_left or 0,
-                             grad_mode_before=tr.grad_mode_before,
-                             grad_mode_after=bool(tr.grad_mode_after),
-                             sampler_changed_grad_mode=False),
+                         hygiene=_hygiene(tr, False),
                          graph=StepGraph(raw_skipped="the sampler raised"), timings=timings,
                          raised=raised_record(exc, phase[0], tr))
-    hygiene = Hygiene(
-        hooks_registered=tr.hooks_registered, hooks_left=tr.hooks_left or 0,
-        grad_mode_before=tr.grad_mode_before, grad_mode_after=bool(tr.grad_mode_after),
-        sampler_changed_grad_mode=changed,
-    )
     return Recording(z=z, z_grad=z_grad, out=out.detach(), loss_value=loss_value,
                      out_requires_grad=out_rg, loss_requires_grad=loss_rg, probes=tr.stats,
-                     hygiene=hygiene, graph=step_graph, raw_graph=raw_full, timings=timings,
-                     unit_s=timings["forward_s"] + (grad_s if loss_rg else 0.0))
+                     hygiene=_hygiene(tr, changed), graph=step_graph, raw_graph=raw_full,
+                     timings=timings, unit_s=timings["forward_s"] + (grad_s if loss_rg else 0.0))
+
+
+def _hygiene(tr: Any, changed: bool) -> Hygiene:
+    return Hygiene(hooks_registered=tr.hooks_registered, hooks_left=tr.hooks_left or 0,
+                   grad_mode_before=tr.grad_mode_before, grad_mode_after=bool(tr.grad_mode_after),
+                   sampler_changed_grad_mode=changed)
+
+
+def _forward(sample_fn: Callable[[torch.Tensor], Any], z: torch.Tensor, loss: Loss, tr: Any,
+             seed: int, sources: OpSources | None,
+             grad_mode: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The sampler and the loss under the trace: (output, loss value, whether the sampler left
+    the grad mode changed)."""
+    try:
+        with seeded(seed, z.device), (sources or contextlib.nullcontext()):
+            out = sample_fn(z)
+        changed = torch.is_grad_enabled() != grad_mode
+        torch.set_grad_enabled(grad_mode)  # a sampler that leaks no_grad is reported
+        probe(_as_output(out), "output", kind="output")
+        # the loss's ops too: their |g| in the op view, and their lines (the user's
+        # loss_fn; a built-in loss is named as gradcheck's, not by a line of its code)
+        with (sources.labelled(None if loss.user else "gradcheck's loss")
+              if sources is not None and sources.skipped is None
+              else contextlib.nullcontext()):
+            value = loss.of(out)
+    finally:
+        if sources is not None:  # its hooks on the ops' outputs go with the trace
+            tr.own(sources.hooks)
+    if not (isinstance(value, torch.Tensor) and value.numel() == 1):
+        raise GradcheckError(f"loss_fn must return a scalar tensor, got {value!r:.80}")
+    probe(value, "loss", kind="loss")
+    return out, value, changed
+
+
+def _collapse(tr: Any, value: torch.Tensor, loss_rg: bool, capture_graph: bool,
+              raw_graph_cap: int, sources: OpSources | None, leaves: list[torch.Tensor]
+              ) -> tuple[list[torch.Tensor], list, StepGraph, OpGrads | None]:
+    """The autograd graph walked from the loss and collapsed onto the probes: (the backward's
+    inputs, the probe edges, the step graph, the ops' gradients to capture). The walk and what
+    is built from its nodes run with the collector paused (see graph.collector_paused): the node
+    wrappers are gone before it runs again."""
+    with graph.collector_paused():
+        if capture_graph:
+            inputs, total, edges, regions, op_regions = tr.collapse(value if loss_rg else None)
+        else:  # no walk: gradients for z0 and the step-noise leaves only
+            inputs = leaves if loss_rg else []
+            total, edges, regions, op_regions = 0, [], {}, []
+        step_graph = StepGraph(
+            nodes=sorted({i for e in edges for i in e} | set(regions)), edges=edges,
+            region_ops={str(k): v for k, v in regions.items()}, total_nodes=total,
+            raw_cap=raw_graph_cap, regions=[reg for reg, _ in op_regions],
+        )
+        op_grads = None
+        if sources is not None and sources.skipped is None:
+            for reg, nodes in op_regions:
+                reg.where = sources.sources(nodes)
+            step_graph.detail = True
+            if loss_rg:  # no backward, no gradient: the lines still say where each op is
+                op_grads = OpGrads(op_regions, sources)
+        elif capture_graph:
+            step_graph.detail_skipped = (
+                "op_detail='never'" if sources is None else sources.skipped
+                or "the loss is not in an autograd graph")
+        del op_regions
+    return inputs, edges, step_graph, op_grads
+
+
+def _raw_graph(step_graph: StepGraph, value: torch.Tensor, capture_graph: bool, loss_rg: bool,
+               keep_raw_graph: bool) -> Any:
+    """The op-level graph kept in the step graph (small runs), or why not; returns the full one
+    when it is over the cap and ``keep_raw_graph`` asks for it."""
+    if not capture_graph:
+        step_graph.raw_skipped = "graph capture was off (capture_graph=False)"
+    elif not loss_rg:
+        step_graph.raw_skipped = "the loss is not in an autograd graph"
+    elif step_graph.total_nodes <= step_graph.raw_cap:
+        step_graph.raw = graph.op_graph(value)
+    else:
+        step_graph.raw_skipped = (f"{step_graph.total_nodes} autograd nodes > cap "
+                                  f"{step_graph.raw_cap}: too many to lay out quickly")
+        if keep_raw_graph:
+            return graph.op_graph(value)
+    return None
+
+
+def _backward(tr: Any, value: torch.Tensor, z: torch.Tensor, inputs: list[torch.Tensor],
+              keep: set[int], edges: list, step_graph: StepGraph, op_grads: OpGrads | None,
+              capture_graph: bool, grad_weights: bool,
+              phase: list[str]) -> tuple[torch.Tensor | None, float]:
+    """One backward pass: (dL/dz0, its seconds). Differentiates w.r.t. z0 and the probed leaves
+    (step-noise leaves): a model's weights that require grad (a diffusers UNet's do) cost a third
+    of the backward and tell nothing about z0, so they are left out unless asked; .grad is left
+    untouched. The probes above a cut between the loss and z0 are differentiated too (autograd
+    would prune them: see Trace.backward_plan)."""
+    inputs = [t for t in inputs if t.requires_grad and (grad_weights or id(t) in keep)]
+    plan = tr.backward_plan(edges, inputs) if capture_graph else None
+    if op_grads is not None and plan is not None and not grad_weights:
+        # ops that read weights only: their gradient is not asked for (worked out before the
+        # backward: their outputs are not captured, which would make the backward compute them)
+        for reg in step_graph.regions:
+            if reg.weights and reg.probe in plan.reached and not reg.dropped:
+                reg.not_asked = graph.not_asked(len(reg.ops), reg.edges, reg.sources,
+                                                plan.needed)
+    # the small probes' and ops' gradients are captured, not hooked (see Trace)
+    probed = tr.capture_edges(plan.cut if plan is not None else [])
+    ops = op_grads.capture_edges() if op_grads is not None else []
+    phase[0] = "backward"
+    t_b = time.perf_counter()
+    grads = torch.autograd.grad(value, [*inputs, *probed, *ops],
+                                allow_unused=True) if inputs or probed or ops else []
+    n = len(inputs) + len(probed)
+    tr.deliver(grads[len(inputs):n])
+    if op_grads is not None:
+        op_grads.deliver(grads[n:])
+    del probed, ops
+    grad_s = time.perf_counter() - t_b
+    phase[0] = "done"
+    z_grad = next((gr for t, gr in zip(inputs, grads) if t is z), None)
+    return z_grad, grad_s
 
 

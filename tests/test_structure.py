@@ -433,7 +433,6 @@ def test_report_rendered_into_another_directory_takes_its_data_along(tmp_path, c
 OVER_LIMIT = {
     "gradcheck/report/views.py": 687,
     "gradcheck/adapters.py:kdiffusion": 81,
-    "gradcheck/recording.py:record": 146,
     "gradcheck/graph.py:_collapse": 110, "gradcheck/locate/primary.py:choose_primary": 102,
     "gradcheck/locate/run.py:locate": 117,
     "gradcheck/numeric.py:one_direction": 123, "gradcheck/optimize.py:run_optimize": 90,

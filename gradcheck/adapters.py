@@ -98,6 +98,15 @@ def _entry(fn: Callable[..., Any], label: str, unwrap: bool) -> tuple[Callable[.
 
 # -- k-diffusion ---------------------------------------------------------------------------------
 
+def _check_kdiffusion(sampler: Any, sigmas: Any, noise: str) -> None:
+    if not callable(sampler):
+        raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ConfigError(f"sigmas must be a 1-d tensor of >= 2 noise levels, got {sigmas!r:.80}")
+    if noise not in NOISE_CHOICES:
+        raise ConfigError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
+
+
 def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.Tensor],
                sigmas: torch.Tensor, *, extra_args: dict[str, Any] | None = None,
                noise: str = "fresh", unwrap: bool = False, seed: int = 0,
@@ -128,12 +137,7 @@ def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.
         callback: also called with k-diffusion's per-step dict.
         **kwargs: the sampler's own options (``eta``, ``s_churn``, ...).
     """
-    if not callable(sampler):
-        raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
-    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ConfigError(f"sigmas must be a 1-d tensor of >= 2 noise levels, got {sigmas!r:.80}")
-    if noise not in NOISE_CHOICES:
-        raise ConfigError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    _check_kdiffusion(sampler, sigmas, noise)
     name = getattr(inspect.unwrap(sampler), "__qualname__", repr(sampler))
     fn, notes, tag = _entry(sampler, name, unwrap)
     den = instrument(model)

@@ -157,88 +157,97 @@ def _collapse(root: torch.Tensor | None, node_probes: dict[int, list[int]],
         here = key[id(n)]
         for a, b in zip(here, here[1:]):  # several probes on one tensor: chain them
             edges.append([a, b])
-        ops: dict[str, int] = {}
-        # the op-level view: node 0 is the op that made the probed value
-        local: dict[int, int] = {id(n): 0}
-        nodes: list[Any] = [n]
-        reg = OpRegion(probe=here[0] if here else -1, ops=[type(n).__name__])
-        o_edges: set[tuple[int, int]] = set()
-        o_srcs: set[tuple[int, int]] = set()
-        weights: set[int] = set()
-        # a stack of (a node's next_functions, its index): one entry a node, not one an edge
-        stack = [(n.next_functions, 0)]
-        push, pop = stack.append, stack.pop
-        srcs: set[int] = set()
-        over: set[int] = set()  # nodes met beyond region_cap (counted, not kept)
-        accs: set[int] = set()  # the leaves' accumulators met
-        reg_ops = reg.ops
-        # the hot loop of a diagnosis's record phase (about a us a node). A node's first visit
-        # is told by ``local`` (its index in the region), so no separate seen-set; a type's name
-        # is looked up once per walk (``type.__name__`` builds a new string a call); leaves are
-        # told by their type (only AccumulateGrad has .variable); no generators
-        while stack:
-            nf, parent = pop()
-            for c, _ in nf:
-                if c is None:
-                    continue
-                cid = id(c)
-                i = local.get(cid)
-                if i is not None:  # an op met before in this region: one more edge
-                    if parent >= 0:
-                        o_edges.add((i, parent))
-                    continue
-                tc = type(c)
-                if tc is _ACCUMULATE_GRAD:  # a leaf: z0, a step-noise leaf, a weight
-                    var = c.variable
-                    accs.add(cid)
-                    leaves[id(var)] = var
-                    lp = leaf_probes.get(id(var))
-                    if lp is not None:
-                        srcs.add(lp[-1])
-                        if parent >= 0:
-                            o_srcs.add((lp[-1], parent))
-                    else:
-                        weights.add(id(var))
-                    continue
-                pk = key.get(cid)
-                if pk is not None:  # a probe's value: the region ends here
-                    if pk:
-                        srcs.add(pk[-1])
-                        if parent >= 0:
-                            o_srcs.add((pk[-1], parent))
-                    continue
-                tname = names.get(tc)
-                if tname is None:
-                    tname = names[tc] = tc.__name__
-                k = len(nodes)
-                if k < region_cap:
-                    local[cid] = k
-                    nodes.append(c)
-                    reg_ops.append(tname)
-                    if parent >= 0:
-                        o_edges.add((k, parent))
-                elif cid in over:
-                    continue
-                else:
-                    over.add(cid)
-                    reg.dropped += 1
-                    k = -1
-                ops[tname] = ops.get(tname, 0) + 1
-                push((c.next_functions, k))
-        seen_all.update(local)
-        seen_all |= over
-        seen_all |= accs
+        reg, nodes, ops, srcs, met = _region(n, here, key, leaf_probes, region_cap, names,
+                                             leaves)
+        seen_all |= met
         if len(seen_all) > MAX_NODES:
             raise RuntimeError(f"autograd graph has more than {MAX_NODES} nodes; walk stopped")
         if here:
             edges.extend([src, here[0]] for src in sorted(srcs))
             regions[here[0]] = ops
-            reg.edges = sorted(o_edges)  # (a, b) pairs: tuples of ints, which the cyclic collector
-            # stops tracking, unlike ~2,000 small lists a run kept by the report
-            reg.sources = sorted(o_srcs)
-            reg.weights = len(weights)
             op_regions.append((reg, nodes))
     return list(leaves.values()), len(seen_all), edges, regions, op_regions
+
+
+def _region(n: Any, here: list[int], key: dict[int, list[int]],
+            leaf_probes: dict[int, list[int]], region_cap: int, names: dict[type, str],
+            leaves: dict[int, torch.Tensor]
+            ) -> tuple[OpRegion, list[Any], dict[str, int], set[int], set[int]]:
+    """The ops between the probed node ``n`` and the probes it was computed from: (its region,
+    the nodes kept, the op counts by type, the probes it starts from, every node met). Leaves
+    met are added to ``leaves``."""
+    ops: dict[str, int] = {}
+    # the op-level view: node 0 is the op that made the probed value
+    local: dict[int, int] = {id(n): 0}
+    nodes: list[Any] = [n]
+    reg = OpRegion(probe=here[0] if here else -1, ops=[type(n).__name__])
+    o_edges: set[tuple[int, int]] = set()
+    o_srcs: set[tuple[int, int]] = set()
+    weights: set[int] = set()
+    # a stack of (a node's next_functions, its index): one entry a node, not one an edge
+    stack = [(n.next_functions, 0)]
+    push, pop = stack.append, stack.pop
+    srcs: set[int] = set()
+    over: set[int] = set()  # nodes met beyond region_cap (counted, not kept)
+    accs: set[int] = set()  # the leaves' accumulators met
+    reg_ops = reg.ops
+    # the hot loop of a diagnosis's record phase (about a us a node). A node's first visit
+    # is told by ``local`` (its index in the region), so no separate seen-set; a type's name
+    # is looked up once per walk (``type.__name__`` builds a new string a call); leaves are
+    # told by their type (only AccumulateGrad has .variable); no generators
+    while stack:
+        nf, parent = pop()
+        for c, _ in nf:
+            if c is None:
+                continue
+            cid = id(c)
+            i = local.get(cid)
+            if i is not None:  # an op met before in this region: one more edge
+                if parent >= 0:
+                    o_edges.add((i, parent))
+                continue
+            tc = type(c)
+            if tc is _ACCUMULATE_GRAD:  # a leaf: z0, a step-noise leaf, a weight
+                var = c.variable
+                accs.add(cid)
+                leaves[id(var)] = var
+                lp = leaf_probes.get(id(var))
+                if lp is not None:
+                    srcs.add(lp[-1])
+                    if parent >= 0:
+                        o_srcs.add((lp[-1], parent))
+                else:
+                    weights.add(id(var))
+                continue
+            pk = key.get(cid)
+            if pk is not None:  # a probe's value: the region ends here
+                if pk:
+                    srcs.add(pk[-1])
+                    if parent >= 0:
+                        o_srcs.add((pk[-1], parent))
+                continue
+            tname = names.get(tc)
+            if tname is None:
+                tname = names[tc] = tc.__name__
+            k = len(nodes)
+            if k < region_cap:
+                local[cid] = k
+                nodes.append(c)
+                reg_ops.append(tname)
+                if parent >= 0:
+                    o_edges.add((k, parent))
+            elif cid in over:
+                continue
+            else:
+                over.add(cid)
+                reg.dropped += 1
+                k = -1
+            ops[tname] = ops.get(tname, 0) + 1
+            push((c.next_functions, k))
+    reg.edges = sorted(o_edges)  # tuples of ints: the cyclic collector stops tracking them
+    reg.sources = sorted(o_srcs)
+    reg.weights = len(weights)
+    return reg, nodes, ops, srcs, set(local) | over | accs
 
 
 def op_graph(root: torch.Tensor, max_nodes: int = 20_000) -> OpGraph | None:

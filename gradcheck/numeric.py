@@ -12,6 +12,7 @@ grows with h and round-off error with 1/h; the best-agreeing h is reported. The 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
@@ -155,9 +156,8 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
             direction is the single-process one.
         steps: absolute step sizes to use instead of the precision's sweep.
         straddles: ``(z + hv, z - hv) -> bool``, whether the two ends took different branches
-            of a piecewise op (:mod:`gradcheck.branches`; two forward passes): asked only where
-            the difference disagrees at every step size, so that it is judged on the steps whose
-            ends lie on the same branches.
+            of a piecewise op (:mod:`gradcheck.branches`; two forward passes): asked only on
+            disagreement at every step size, to judge on the steps whose ends share branches.
         full_sweep: difference at every step size of the precision even when the preferred one
             agrees (``checks="full"``); by default the rest of the sweep runs only on
             disagreement.
@@ -175,8 +175,6 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
     reverse = red(0.0 if grad is None else
                   float((grad.detach().to(torch.float64) * v.double()).sum()))
     scale = max(1.0, (red(float(z.double().square().sum())) / red(float(z.numel()))) ** 0.5)
-    sweep, losses = [], []
-    best = None
     plan = list(steps or [rel * scale for rel in hs])
     early = steps is None and not full_sweep
     if early and len(plan) > 1:
@@ -184,33 +182,69 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         # there (agreement at one step is agreement of the sweep's best: same verdict, 2
         # forward passes instead of 6)
         plan.insert(0, plan.pop(len(plan) // 2))
+    result = partial(_result, z0.dtype, seed, working, reverse, rtol)
     one = ONE_SIDED.get(prec) if l0 is not None and not full_sweep and math.isfinite(l0) \
         else None
-    if one is not None:
-        h = one * scale
-        lp = loss_at(z + h * v)
-        fd = (lp - l0) / h
-        floor = ROUNDOFF_FACTOR * eps_mach * max(abs(lp), abs(l0)) / h
-        err = abs(fd - reverse)
-        mag = max(abs(fd), abs(reverse))
-        allowed = rtol * mag
-        verdict = None
-        if floor >= mag and floor * h / max(plan) >= mag:
-            # not even the sweep's largest central step would rise above the round-off
-            verdict, note = "inconclusive", _below_round_off(prec, reverse, fd, floor, h)
-        elif err <= allowed + floor and floor <= ONE_SIDED_FLOOR * allowed:
-            verdict, note = "agrees", ("one-sided difference from the recorded loss (1 forward "
-                                       "pass); a disagreement would have been judged by "
-                                       "central differences")
-        if verdict is not None:
-            return NumericResult(
-                dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=h,
-                fd=fd, reverse=reverse, abs_error=err, rel_error=err / mag if mag > 0 else 0.0,
-                rtol=rtol, atol=floor,
-                sweep=[{"eps": h, "fd": fd, "abs_error": err, "roundoff_floor": floor,
-                        "one_sided": 1.0}],
-                working_dtype=str(working).replace("torch.", "") if working is not None else None,
-                verdict=verdict, note=note)
+    row = {"eps": one * scale} if one is not None else None
+    verdict, note = _one_sided(loss_at, z, v, l0, row, reverse, rtol, eps_mach, plan, prec) \
+        if row is not None else (None, None)
+    if verdict is not None:
+        return result(row, [row], verdict, note)
+    sweep, losses, best = _central(loss_at, z, v, plan, reverse, rtol, eps_mach, early)
+    verdict = "agrees"
+    disagree = best["abs_error"] > rtol * max(abs(best["fd"]), abs(reverse)) + \
+        best["roundoff_floor"]
+    if disagree and len(sweep) > 1 and straddles is not None:
+        # only when they disagree: do the ends lie on other branches of a piecewise op (a
+        # clamp, clip_sample, relu, abs, max between z0 - h v and z0 + h v)?
+        verdict, note, best = judge_branches(loss_at, z, v, sweep, losses, reverse, rtol,
+                                             eps_mach, straddles)
+    elif disagree and len(sweep) > 1:
+        # one more forward pass, only when they disagree: is it the sampler's kink or the
+        # gradient? (a clamp, clip_sample, relu, abs, max between z0 - h v and z0 + h v)
+        verdict, note = judge_kink(loss_at(z), sweep, losses, reverse, rtol)
+    elif disagree:
+        verdict = "disagrees"  # at one step size: the caller sweeps before it judges
+    mag = max(abs(best["fd"]), abs(reverse))
+    if verdict == "agrees" and best["roundoff_floor"] >= mag:
+        # agreement only because both sides are under the round-off allowance: the loss does
+        # not change measurably along v at this precision, so even a gradient 100% off would
+        # pass. Said, never counted as evidence
+        verdict = "inconclusive"
+        note = _below_round_off(prec, reverse, best["fd"], best["roundoff_floor"], best["eps"])
+    return result(best, sweep, verdict, note)
+
+
+def _one_sided(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v: torch.Tensor,
+               l0: float, row: dict, reverse: float, rtol: float, eps_mach: float,
+               plan: list[float], prec: torch.dtype) -> tuple[str | None, str | None]:
+    """A one-sided difference from the recorded loss (one forward pass) at ``row["eps"]``; fills
+    ``row`` and returns its verdict when it decides (agrees within the tolerance with a small
+    round-off allowance, or is below round-off even at the sweep's largest step), else None."""
+    h = row["eps"]
+    lp = loss_at(z + h * v)
+    fd = (lp - l0) / h
+    floor = ROUNDOFF_FACTOR * eps_mach * max(abs(lp), abs(l0)) / h
+    err = abs(fd - reverse)
+    row.update(fd=fd, abs_error=err, roundoff_floor=floor, one_sided=1.0)
+    mag = max(abs(fd), abs(reverse))
+    allowed = rtol * mag
+    if floor >= mag and floor * h / max(plan) >= mag:
+        # not even the sweep's largest central step would rise above the round-off
+        return "inconclusive", _below_round_off(prec, reverse, fd, floor, h)
+    if err <= allowed + floor and floor <= ONE_SIDED_FLOOR * allowed:
+        return "agrees", ("one-sided difference from the recorded loss (1 forward pass); a "
+                          "disagreement would have been judged by central differences")
+    return None, None
+
+
+def _central(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v: torch.Tensor,
+             plan: list[float], reverse: float, rtol: float, eps_mach: float,
+             early: bool) -> tuple[list[dict], list[tuple[float, float]], dict]:
+    """Central differences at the step sizes of ``plan`` (``early``: stop after the first if it
+    agrees): (the sweep, largest step first; the losses at its ends; the row of least error)."""
+    sweep, losses = [], []
+    best = None
     for i, h in enumerate(plan):
         lp, lm = loss_at(z + h * v), loss_at(z - h * v)
         losses.append((lp, lm))
@@ -221,34 +255,18 @@ def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
         sweep.append(row)
         if best is None or err < best["abs_error"]:
             best = row
-        if i == 0 and early and \
-                err <= rtol * max(abs(fd), abs(reverse)) + floor:
+        if i == 0 and early and err <= rtol * max(abs(fd), abs(reverse)) + floor:
             break
     order = sorted(range(len(sweep)), key=lambda i: -sweep[i]["eps"])  # largest step first
-    sweep, losses = [sweep[i] for i in order], [losses[i] for i in order]
+    return [sweep[i] for i in order], [losses[i] for i in order], best
+
+
+def _result(dtype: torch.dtype, seed: int, working: torch.dtype | None, reverse: float,
+            rtol: float, best: dict, sweep: list[dict], verdict: str,
+            note: str | None) -> NumericResult:
     mag = max(abs(best["fd"]), abs(reverse))
-    verdict, note = "agrees", None
-    if best["abs_error"] > rtol * mag + best["roundoff_floor"] and len(sweep) > 1 and \
-            straddles is not None:
-        # only when they disagree: do the ends lie on other branches of a piecewise op (a
-        # clamp, clip_sample, relu, abs, max between z0 - h v and z0 + h v)?
-        verdict, note, best = judge_branches(loss_at, z, v, sweep, losses, reverse, rtol,
-                                             eps_mach, straddles)
-    elif best["abs_error"] > rtol * mag + best["roundoff_floor"] and len(sweep) > 1:
-        # one more forward pass, only when they disagree: is it the sampler's kink or the
-        # gradient? (a clamp, clip_sample, relu, abs, max between z0 - h v and z0 + h v)
-        verdict, note = judge_kink(loss_at(z), sweep, losses, reverse, rtol)
-    elif best["abs_error"] > rtol * mag + best["roundoff_floor"]:
-        verdict = "disagrees"  # at one step size: the caller sweeps before it judges
-    mag = max(abs(best["fd"]), abs(reverse))
-    if verdict == "agrees" and best["roundoff_floor"] >= mag:
-        # agreement only because both sides are under the round-off allowance: the loss does
-        # not change measurably along v at this precision, so even a gradient 100% off would
-        # pass. Said, never counted as evidence
-        verdict = "inconclusive"
-        note = _below_round_off(prec, reverse, best["fd"], best["roundoff_floor"], best["eps"])
     return NumericResult(
-        dtype=str(z0.dtype).replace("torch.", ""), direction_seed=int(seed), eps=best["eps"],
+        dtype=str(dtype).replace("torch.", ""), direction_seed=int(seed), eps=best["eps"],
         fd=best["fd"], reverse=reverse, abs_error=best["abs_error"],
         rel_error=best["abs_error"] / mag if mag > 0 else 0.0, rtol=rtol,
         atol=best["roundoff_floor"], sweep=sweep,

@@ -174,37 +174,16 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
         bar = tqdm(total=iters, desc=f"optimize {objective.name}", unit="it", leave=False)
     t0 = time.perf_counter()
     for k in it:
-        out = sampler(z)
-        if sh is None:
-            value, loss = objective.value(out), objective.loss(out)
-            total = loss + chi_weight * chi_nll(z) if norm_reg == "chi" else loss
-            values.append(float(value.detach()))
-            losses.append(float(loss.detach()))
-            znorms.append(float(sample_norms(z).mean()))
-        else:
-            full = sh.full(out)
-            value, loss = objective.value(full), objective.loss(full)
-            total = sh.part(loss)
-            if norm_reg == "chi":
-                chi = chi_nll(sh.full(z))
-                total = total + chi_weight * (sh.part(chi) if sh.replicated else chi)
-            values.append(sh.value(float(value.detach())))
-            losses.append(sh.value(float(loss.detach())))
-            znorms.append(sh.mean_norm(z))
+        total, value, loss, znorm = _objective_terms(sampler(z), z, objective, sh, norm_reg,
+                                                     chi_weight, sample_norms)
+        values.append(value)
+        losses.append(loss)
+        znorms.append(znorm)
         if k == iters:
             break
         opt.zero_grad(set_to_none=True)
         total.backward()
-        if sh is None:
-            gn = float(torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf")))
-        else:  # the global gradient norm, and the same clipping factor on every rank
-            local = sum(float(p.grad.double().square().sum()) for p in params
-                        if p.grad is not None)
-            gn = sh.sum(local) ** 0.5
-            if clip and gn > clip:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.mul_(clip / (gn + 1e-6))
+        gn = _clip_grads(params, clip, sh)
         gnorms.append(gn)
         opt.step()
         if norm_reg == "renorm":
@@ -230,6 +209,40 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
     )
     res.checks = optimize_checks(res)
     return res, z.detach()
+
+
+def _objective_terms(out: torch.Tensor, z: torch.Tensor, objective: Objective, sh: Any,
+                     norm_reg: str, chi_weight: float, sample_norms: Callable[..., torch.Tensor]
+                     ) -> tuple[torch.Tensor, float, float, float]:
+    """(what is minimised, the objective's value, its loss, the mean |z| per sample): global
+    numbers on every rank of a sharded run, the part to differentiate this rank's."""
+    if sh is None:
+        value, loss = objective.value(out), objective.loss(out)
+        total = loss + chi_weight * chi_nll(z) if norm_reg == "chi" else loss
+        return (total, float(value.detach()), float(loss.detach()),
+                float(sample_norms(z).mean()))
+    full = sh.full(out)
+    value, loss = objective.value(full), objective.loss(full)
+    total = sh.part(loss)
+    if norm_reg == "chi":
+        chi = chi_nll(sh.full(z))
+        total = total + chi_weight * (sh.part(chi) if sh.replicated else chi)
+    return (total, sh.value(float(value.detach())), sh.value(float(loss.detach())),
+            sh.mean_norm(z))
+
+
+def _clip_grads(params: list[torch.Tensor], clip: float | None, sh: Any) -> float:
+    """The gradient norm (global in a sharded run), gradients clipped to ``clip`` with the same
+    factor on every rank."""
+    if sh is None:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf")))
+    local = sum(float(p.grad.double().square().sum()) for p in params if p.grad is not None)
+    gn = sh.sum(local) ** 0.5
+    if clip and gn > clip:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(clip / (gn + 1e-6))
+    return gn
 
 
 def optimize_record(config: dict[str, Any], environment: dict[str, Any], res: OptimizeResult,

@@ -432,10 +432,6 @@ def test_report_rendered_into_another_directory_takes_its_data_along(tmp_path, c
 #: nothing else may cross a limit; argparse's declarative table is allowed its length
 OVER_LIMIT = {
     "gradcheck/report/views.py": 687,
-    "gradcheck/adapters.py:kdiffusion": 81,
-    "gradcheck/graph.py:_collapse": 110, "gradcheck/locate/primary.py:choose_primary": 102,
-    "gradcheck/locate/run.py:locate": 117,
-    "gradcheck/numeric.py:one_direction": 123, "gradcheck/optimize.py:run_optimize": 90,
     "gradcheck/report/views.py:heatmap_svg": 104, "gradcheck/report/views.py:op_views": 113,
 }
 TABLES = {"gradcheck/cli.py:build_parser"}

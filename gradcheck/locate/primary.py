@@ -56,69 +56,33 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
         failing: some check failed (default: the numeric one did).
     """
     failing = numeric_failed if failing is None else failing
-    # long because it is an ordered list of rules (numbered below), the first that applies wins
-    primary: BreakEvent | None = None
-    note = None
+    # an ordered list of rules (numbered below), the first that applies wins
     # 1. the loss itself does not carry gradient to z0: its own cut
-    if loss is not None and loss.dep and not loss_gconn and loss.ev is not None:
-        primary = loss.ev
-        # the same cut repeated in every step (a detach or collective in each denoiser call):
-        # name its first occurrence, where the gradient first stops
-        key = (primary.kind, primary.cause, primary.op, primary.location)
-        primary = next((e for e in events if (e.kind, e.cause, e.op, e.location) == key),
-                       primary)
-    elif loss_is_tensor and not loss_gconn:
-        escapes = [e for e in events if e.kind == "escape"]
-        hard = [e for e in events if e.kind == "hard"]
-        primary = (escapes or hard or [None])[0]
-        if primary is None:
-            note = "the loss does not depend on z0 as far as torch can see"
-    # 2. the first probe (forward order) that depends on z0 but lost its gradient
+    primary, note = _the_loss_cut(loss, loss_gconn, loss_is_tensor, events)
+    # 2. the first probe (forward order) that depends on z0 but lost its gradient; 2b. a path
+    #    value that no longer depends on z0 at all
     if primary is None:
-        for i in sorted(probes):
-            m = probes[i]
-            if m.dep and not m.gconn and m.ev is not None:
-                primary = m.ev
-                break
-    # 2b. a path value that no longer depends on z0 at all as far as torch can see (it went
-    #     through NumPy or Python and came back as a fresh tensor): the last cut before it
-    if primary is None:
-        seen_dep = False
-        for i in sorted(probes):
-            m = probes[i]
-            if probe_kinds[i] not in PATH_KINDS + ("z0", "step_noise"):
-                continue
-            if m.dep:
-                seen_dep = True
-            elif seen_dep and not m.gconn:
-                before = [ev for ev in events if ev.kind in ("hard", "escape")
-                          and probe_before.get(id(ev), -1) < i]
-                if before:
-                    primary = before[-1]
-                break
-    # 2c. a proven bias the loss carries: a value that left autograd and came back, a write
-    #     behind autograd's back (whatever the numeric check says)
+        primary = _first_cut_probe(probes) or _dependence_lost(probes, probe_kinds, events,
+                                                               probe_before)
     bias = loss.bias if loss is not None else None
-    if primary is None and bias is not None:
-        primary = bias
-    # 2d. a custom autograd.Function whose backward disagrees with its own forward (checked
-    #     numerically, only when the numeric check failed)
-    if primary is None and numeric_failed and wrong_backward:
-        primary = wrong_backward[0]
-    # 3. a cut whose value was mixed back into the gradient path (a detached or no_grad term,
-    #    a probed value replaced by a cut one): the gradient misses its part, when a check
-    #    failed for it
-    if primary is None and failing and mixed_cuts:
-        primary = mixed_cuts[0]
-    # 4./5. exactly zero, non-finite (backward); a structural zero only after the rest
-    data_zeros = [e for e in back if e.cause != "constant_zero"]
-    if primary is None and data_zeros:
-        primary = data_zeros[0]
-    if primary is None and back:
-        primary = back[0]
+    if primary is None:
+        data_zeros = [e for e in back if e.cause != "constant_zero"]
+        primary = next((e for e in (
+            # 2c. a proven bias the loss carries: a value that left autograd and came back, a
+            #     write behind autograd's back (whatever the numeric check says)
+            bias,
+            # 2d. a custom autograd.Function whose backward disagrees with its own forward
+            #     (checked numerically, only when the numeric check failed)
+            wrong_backward[0] if numeric_failed and wrong_backward else None,
+            # 3. a cut whose value was mixed back into the gradient path (a detached or no_grad
+            #    term, a probed value replaced by a cut one), when a check failed for it
+            mixed_cuts[0] if failing and mixed_cuts else None,
+            # 4. exactly zero, non-finite (backward); a structural zero only after the rest
+            data_zeros[0] if data_zeros else None,
+            back[0] if back else None,
+        ) if e is not None), None)
     # 5. values that escaped through Python or NumPy, when a check failed
     if primary is None and (numeric_failed or failing):
-        # values that left torch (and may have come back as fresh tensors, out of sight)
         escapes = [e for e in events if e.kind == "escape" or (
             e.kind == "hard" and e.cause in ("python_roundtrip", "numpy_roundtrip"))]
         primary = bias or (escapes[0] if escapes else None)
@@ -130,6 +94,52 @@ def choose_primary(*, loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor:
     if primary is None and randomness and expect_connected:
         primary = randomness[0]
     return primary, note
+
+
+def _the_loss_cut(loss: ValueFacts | None, loss_gconn: bool, loss_is_tensor: bool,
+                  events: list[BreakEvent]) -> tuple[BreakEvent | None, str | None]:
+    """Rule 1: the loss itself does not carry gradient to z0: its own cut (the first occurrence
+    of a cut repeated in every step, a detach or collective in each denoiser call, where the
+    gradient first stops), else the first escape or cut."""
+    if loss is not None and loss.dep and not loss_gconn and loss.ev is not None:
+        key = (loss.ev.kind, loss.ev.cause, loss.ev.op, loss.ev.location)
+        return next((e for e in events if (e.kind, e.cause, e.op, e.location) == key),
+                    loss.ev), None
+    if loss_is_tensor and not loss_gconn:
+        escapes = [e for e in events if e.kind == "escape"]
+        hard = [e for e in events if e.kind == "hard"]
+        primary = (escapes or hard or [None])[0]
+        return primary, None if primary is not None else \
+            "the loss does not depend on z0 as far as torch can see"
+    return None, None
+
+
+def _first_cut_probe(probes: dict[int, ValueFacts]) -> BreakEvent | None:
+    """Rule 2: the cut of the first probe (forward order) that depends on z0 but lost its
+    gradient."""
+    for i in sorted(probes):
+        m = probes[i]
+        if m.dep and not m.gconn and m.ev is not None:
+            return m.ev
+    return None
+
+
+def _dependence_lost(probes: dict[int, ValueFacts], probe_kinds: list[str],
+                     events: list[BreakEvent], probe_before: dict[int, int]) -> BreakEvent | None:
+    """Rule 2b: a path value that no longer depends on z0 at all as far as torch can see (it
+    went through NumPy or Python and came back as a fresh tensor): the last cut before it."""
+    seen_dep = False
+    for i in sorted(probes):
+        m = probes[i]
+        if probe_kinds[i] not in PATH_KINDS + ("z0", "step_noise"):
+            continue
+        if m.dep:
+            seen_dep = True
+        elif seen_dep and not m.gconn:
+            before = [ev for ev in events if ev.kind in ("hard", "escape")
+                      and probe_before.get(id(ev), -1) < i]
+            return before[-1] if before else None
+    return None
 
 
 def relevant_events(primary: BreakEvent | None, events: list[BreakEvent],

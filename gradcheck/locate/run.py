@@ -37,67 +37,23 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
 
     policy = policy or Local()
     z = z0.detach().clone().requires_grad_(True)
-    grad_mode = torch.is_grad_enabled()
-    loss = out = None
     with trace() as tr:
-        prov = Provenance(tr, [z])
-        tr.observer = prov.observe
-        probe(z, "z0", kind="z0")
-        try:
-            with run_ctx(), prov, Collectives(prov), GradSwitches(prov), \
-                    FunctionCalls(prov) as fcalls:
-                out = sample_fn(z)
-                torch.set_grad_enabled(grad_mode)
-                if isinstance(out, torch.Tensor):
-                    probe(out, "output", kind="output")
-                    loss = loss_of(out)
-                    probe(loss, "loss", kind="loss")
-        finally:
-            torch.set_grad_enabled(grad_mode)
+        prov, fcalls, out, loss = _forward_pass(sample_fn, z, loss_of, run_ctx, tr)
         loss_facts = prov.get(loss) if isinstance(loss, torch.Tensor) else None
-        want = set()
-        statuses = {p.status for p in report.probes if p.kind in ("z0",) + PATH_KINDS}
-        if "zero" in statuses:
-            want.add("zero")
-        if "nonfinite" in statuses or any(p.nonfinite for p in report.probes):
-            want.add("nonfinite")
-        back: list[BreakEvent] = []
-        pp = report.path_probe
-        if want and pp is not None and pp.dead and isinstance(out, torch.Tensor) and \
-                out.grad_fn is not None:
-            # the loss is stationary and sends nothing back: probe the path from the output
-            # along the path probe's random direction, where the gradient becomes exactly zero
-
-            back = backward_analysis(out, z, prov.grad_fn_info, want, tr,
-                                     cotangent=path_cotangent(out, pp.seed, rank))
-        elif want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
-            back = backward_analysis(loss, z, prov.grad_fn_info, want, tr)
+        back = _backward_pass(report, tr, prov, out, loss, z, rank)
     # a wrong gradient with the path intact: each custom autograd.Function applied to a
     # z0-dependent value, its backward against finite differences of its forward alone
-    wrong, checked = ([], 0)
-    if numeric_failed(report):
-        wrong, checked = wrong_backwards(fcalls.calls, seed)
-    structural = {(e.location, e.step): e for e in prov.constant_zeros}
-    for ev in back:  # the gradient became zero at a product with a constant 0: by design
-        if ev.kind == "zero" and (ev.location, ev.step) in structural:
-            ev.cause = "constant_zero"
-            ev.detail = ("the value is multiplied by a constant that is exactly 0 (a schedule "
-                         "coefficient, not the data): whatever it carries cannot influence the "
-                         "output, a wasted evaluation rather than a cut")
-    # a zero of the data (a saturated clamp) explains before a structural one, which the
-    # schedule puts there whatever the data
-    back.sort(key=lambda e: e.cause == "constant_zero")
+    wrong, checked = wrong_backwards(fcalls.calls, seed) if numeric_failed(report) else ([], 0)
+    _name_structural_zeros(back, prov.constant_zeros)
     resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
     # float() results cannot be followed through Python arithmetic: replay with each nudged
     # (one forward pass per site; one process only, where the passes need no partner)
-    replays = 0
     if loss_facts is not None and loss_facts.bias is None and prov.float_escapes and \
             policy.world == 1:
         from .interventions import float_biases
 
-        found, replays = float_biases(sample_fn, z0, loss_of, run_ctx=run_ctx,
-                                      base_loss=float(loss.detach()),
-                                      escapes=prov.float_escapes)
+        found, _ = float_biases(sample_fn, z0, loss_of, run_ctx=run_ctx,
+                                base_loss=float(loss.detach()), escapes=prov.float_escapes)
         if found:
             loss_facts.bias = found[0]
     probe_facts: dict[int, ValueFacts] = prov.probe_meta
@@ -110,11 +66,10 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         expect_connected=report.expect.get("step_noise") == "connected", wrong_backward=wrong,
         mixed_cuts=prov.mixed_cuts, failing=bool(report.failed))
     # a wrong gradient that nothing in the forward pass explains: bisect over the probes for the
-    # first one whose gradient is right (every rank takes part, or none)
+    # first one whose gradient is right (every rank takes part, or none; a cause found on any
+    # rank explains it: the ranks then never bisect, so their passes and collectives stay in step)
     bisection = None
     low = prov.lowest_dtype
-    # (a cause found on any rank explains it: the ranks then never bisect, so their passes
-    # and collectives stay in step)
     if numeric_failed(report) and not policy.any(primary is not None):
         from .bisect import bisect
 
@@ -132,3 +87,62 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
                          internal_failures=prov.failures, failed_ops=list(prov.failed_ops),
                          bias=loss_facts.bias if loss_facts is not None else None,
                          vjp_checks=checked, bisection=bisection)
+
+
+def _forward_pass(sample_fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
+                  loss_of: Callable[[torch.Tensor], torch.Tensor], run_ctx: Callable[[], Any],
+                  tr: Any) -> tuple[Provenance, FunctionCalls, Any, Any]:
+    """The sampler and the loss under the provenance mode and its watchers: (the provenance,
+    the custom Functions called, the output, the loss; None where the run did not get there)."""
+    grad_mode = torch.is_grad_enabled()
+    loss = out = None
+    prov = Provenance(tr, [z])
+    tr.observer = prov.observe
+    probe(z, "z0", kind="z0")
+    try:
+        with run_ctx(), prov, Collectives(prov), GradSwitches(prov), \
+                FunctionCalls(prov) as fcalls:
+            out = sample_fn(z)
+            torch.set_grad_enabled(grad_mode)
+            if isinstance(out, torch.Tensor):
+                probe(out, "output", kind="output")
+                loss = loss_of(out)
+                probe(loss, "loss", kind="loss")
+    finally:
+        torch.set_grad_enabled(grad_mode)
+    return prov, fcalls, out, loss
+
+
+def _backward_pass(report: FlowReport, tr: Any, prov: Provenance, out: Any, loss: Any,
+                   z: torch.Tensor, rank: int) -> list[BreakEvent]:
+    """Where the gradient becomes exactly zero or non-finite in the backward, when the report's
+    probes show it (nothing otherwise)."""
+    want = set()
+    statuses = {p.status for p in report.probes if p.kind in ("z0",) + PATH_KINDS}
+    if "zero" in statuses:
+        want.add("zero")
+    if "nonfinite" in statuses or any(p.nonfinite for p in report.probes):
+        want.add("nonfinite")
+    pp = report.path_probe
+    if want and pp is not None and pp.dead and isinstance(out, torch.Tensor) and \
+            out.grad_fn is not None:
+        # the loss is stationary and sends nothing back: probe the path from the output
+        # along the path probe's random direction, where the gradient becomes exactly zero
+        return backward_analysis(out, z, prov.grad_fn_info, want, tr,
+                                 cotangent=path_cotangent(out, pp.seed, rank))
+    if want and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
+        return backward_analysis(loss, z, prov.grad_fn_info, want, tr)
+    return []
+
+
+def _name_structural_zeros(back: list[BreakEvent], constant_zeros: list[BreakEvent]) -> None:
+    """A gradient that became zero at a product with a constant 0 is by design, and a zero of
+    the data (a saturated clamp) explains before such a structural one (sorted first)."""
+    structural = {(e.location, e.step): e for e in constant_zeros}
+    for ev in back:
+        if ev.kind == "zero" and (ev.location, ev.step) in structural:
+            ev.cause = "constant_zero"
+            ev.detail = ("the value is multiplied by a constant that is exactly 0 (a schedule "
+                         "coefficient, not the data): whatever it carries cannot influence the "
+                         "output, a wasted evaluation rather than a cut")
+    back.sort(key=lambda e: e.cause == "constant_zero")

@@ -13,6 +13,7 @@ stages that need it (a single process is the trivial policy).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -26,7 +27,8 @@ from .options import Options
 from .plan import SHADOW_BUDGET_S as PLAN_BUDGET_S, Facts, Plan, plan, random_target
 from .policy import Local, current
 from .rng import seeded
-from .records import Cost, FlowReport, GradSite, NumericResult, OptimResult, StageCost
+from .records import (Cost, FlowReport, GradSite, LocatorResult, NumericResult, OptimResult,
+                      StageCost)
 from .evidence import (  # noqa: F401 - the stages, importable from here as before
     loss_at, numeric_check, optimizer_probe, probe_path, remeasure_at_working_precision,
     shadow_check, source_around, straddles, verified, warm_optimizer,
@@ -106,18 +108,21 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
 def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
                  run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec: Recording,
                  report: FlowReport, *, locate: str, scan_randomness: bool, scan_bias: bool,
-                 seed: int, policy: Local) -> None:
+                 seed: int, policy: Local) -> tuple[LocatorResult | None, NumericResult | None]:
     """Name where and why the gradient breaks (one more forward pass under provenance tracking,
     and a backward pass where a gradient became zero or non-finite), only when a check failed,
     when asked, or to scan a custom sampler for fresh randomness; then
-    :func:`remeasure_at_working_precision`. ``report`` comes judged on the evidence so far (the
-    locator explains that verdict); it is updated in place, and judged at the end."""
+    :func:`remeasure_at_working_precision`. Returns (the locator's result, the numeric check
+    measured again at the working precision; None: not run, unchanged). ``report`` is the
+    evidence so far; the locator reads which checks its evidence fails (run here on a copy, as
+    what to look for: the report itself is judged once, at the end, with what this returns)."""
     from .locate import locate as run_locator, symptoms
 
+    report = dataclasses.replace(report, checks=run_checks(report))
     why = symptoms(report) if report.failed or locate != "never" else []
     if not (locate == "always" or (locate == "auto" and (policy.any(bool(report.failed))
                                                          or scan_randomness or scan_bias))):
-        return
+        return None, None
     t0 = time.perf_counter()
     reason = "; ".join(why) or ("asked (--locate always)" if locate == "always" else "; ".join(
         ["a scan for fresh randomness (a custom sampler)"] * bool(scan_randomness)
@@ -125,15 +130,14 @@ def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
            + ("no numeric check" if report.numeric is None else
               f"{str(rec.z.dtype).replace('torch.', '')}: the numeric check alone cannot prove "
               f"the gradient right") + ")"] * bool(scan_bias)))
-    report.locator = run_locator(sample_fn, z0, loss.of, report,
-                                 run_ctx=lambda: seeded(seed, z0.device), reason=reason,
-                                 seed=seed, rank=policy.rank, policy=policy)
+    loc = run_locator(sample_fn, z0, loss.of, report, run_ctx=lambda: seeded(seed, z0.device),
+                      reason=reason, seed=seed, rank=policy.rank, policy=policy)
     report.timings["locate_s"] = time.perf_counter() - t0
-    loc = report.locator
-    for ev in [loc.primary, loc.bias, *loc.events[:8]] if loc else []:
+    for ev in [loc.primary, loc.bias, *loc.events[:8]]:
         if ev is not None and not ev.source:
             ev.source, ev.source_line = source_around(ev.location)
-    remeasure_at_working_precision(run, loss, rec, report, seed=seed, policy=policy)
+    return loc, remeasure_at_working_precision(run, loss, rec, report, loc, seed=seed,
+                                               policy=policy)
 
 
 # -- the diagnosis ----------------------------------------------------------------------------------
@@ -280,10 +284,11 @@ def diagnose(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor
     if r.policy.any(report.output_requires_grad and report.output_grad_max_abs == 0.0):
         report.path_probe = r.stage("path_probe", lambda: probe_path(
             r.run, rec, seed=opts.seed, policy=r.policy))
-    r.stage("locate", lambda: locate_stage(
-        r.sample_fn, z0, r.run, loss, rec, judge(report), locate=opts.locate,
+    loc, remeasured = r.stage("locate", lambda: locate_stage(
+        r.sample_fn, z0, r.run, loss, rec, report, locate=opts.locate,
         scan_randomness=p.scan_randomness, scan_bias=p.scan_bias, seed=opts.seed,
         policy=r.policy), timed=False)
+    report = dataclasses.replace(report, locator=loc, numeric=remeasured or report.numeric)
     return r.finish(judge(report), rec, opts.checks)
 
 

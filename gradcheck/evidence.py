@@ -4,6 +4,7 @@ working precision, the user's source around a break. :mod:`gradcheck.diagnosis` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -13,7 +14,7 @@ from .checks import numeric_directional
 from .numeric import directional_check
 from .policy import Local
 from .probes import trace
-from .records import FlowReport, NumericResult, OptimResult, PathProbe
+from .records import FlowReport, LocatorResult, NumericResult, OptimResult, PathProbe
 from .recording import Loss, Recording, runner
 from .sampling.noise import path_cotangent
 
@@ -228,25 +229,27 @@ def source_around(location: str | None, context: int = 3) -> tuple[list[str], in
 
 
 def remeasure_at_working_precision(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss,
-                                   rec: Recording, report: FlowReport, *, seed: int,
-                                   policy: Local) -> None:
+                                   rec: Recording, report: FlowReport, loc: LocatorResult, *,
+                                   seed: int, policy: Local) -> NumericResult | None:
     """A sampler that computes in lower precision inside than z0's dtype (diffusers' schedulers
-    step in float32), as the provenance pass saw, gets the numeric check at that precision:
-    measured again with that dtype's step sizes (2 forward passes per step size), never judged
-    looser on the old measurements. Updates ``report.numeric`` in place."""
+    step in float32), as the provenance pass (``loc``) saw, gets the numeric check at that
+    precision: measured again with that dtype's step sizes (2 forward passes per step size),
+    never judged looser on the old measurements. Returns it (None: not measured again).
+    ``report`` is the evidence judged so far."""
     z = rec.z
-    low = report.locator.lowest_dtype
+    low = loc.lowest_dtype
     eps = policy.max(torch.finfo(getattr(torch, low) if low else z.dtype).eps)  # every rank alike
     num = report.numeric
-    if num is not None and not num.skipped and eps > torch.finfo(z.dtype).eps:
-        t0 = time.perf_counter()
-        was_failing = not report.check("numeric_directional").passed
-        working = _DTYPE_OF_EPS.get(eps) or getattr(torch, low or "float32")
-        report.numeric = numeric_check(run, loss, rec, seed=seed, policy=policy, working=working)
-        report.timings["numeric_s"] = report.timings.get("numeric_s", 0.0) + \
-            time.perf_counter() - t0
-        if was_failing and numeric_directional(report).passed and \
-                report.locator.primary is None:
-            report.locator.note = None  # it explained a mismatch that was round-off
+    if num is None or num.skipped or eps <= torch.finfo(z.dtype).eps:
+        return None
+    t0 = time.perf_counter()
+    was_failing = not report.check("numeric_directional").passed
+    working = _DTYPE_OF_EPS.get(eps) or getattr(torch, low or "float32")
+    again = numeric_check(run, loss, rec, seed=seed, policy=policy, working=working)
+    report.timings["numeric_s"] = report.timings.get("numeric_s", 0.0) + time.perf_counter() - t0
+    if was_failing and numeric_directional(dataclasses.replace(report, numeric=again)).passed \
+            and loc.primary is None:
+        loc.note = None  # it explained a mismatch that was round-off
+    return again
 
 

@@ -244,7 +244,7 @@ def test_ops_that_read_weights_only_are_not_drawn_as_a_stop():
     """With the weights' gradient not asked for (the default), none arrives at a sigma
     embedding's ops or a weight's transpose: the op view marks them ``not_asked``, never as an
     edge where the gradient stops. grad_weights=True computes their gradient."""
-    from gradcheck.report.views import op_views
+    from gradcheck.report.opviews import op_views
 
     rep = _emb_run()
     assert rep.passed
@@ -270,7 +270,7 @@ def test_ops_that_read_weights_only_are_not_drawn_as_a_stop():
 
 def test_a_real_stop_among_weight_only_ops_is_still_drawn():
     """round() in the path from x: its zero gradient is a stop; the embedding beside it is not."""
-    from gradcheck.report.views import op_views
+    from gradcheck.report.opviews import op_views
 
     rep = _emb_run(snap=True)
     assert not rep.passed
@@ -287,7 +287,7 @@ def test_a_healthy_diffusers_unet_draws_no_stop_in_its_op_views(grad_weights):
     stops', on a healthy run: at its time embedding and the weights' transposes inside linear."""
     diffusers = pytest.importorskip("diffusers")
     from gradcheck import adapters
-    from gradcheck.report.views import op_views
+    from gradcheck.report.opviews import op_views
 
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(
@@ -310,7 +310,7 @@ def test_a_healthy_diffusers_unet_draws_no_stop_in_its_op_views(grad_weights):
 def test_a_stop_right_after_a_probe_is_drawn_on_the_probes_edge():
     """round() applied to the probed denoiser input: the probe gets a zero gradient, the round
     op above it a non-zero one, so the stop is the edge from the probe to that op."""
-    from gradcheck.report.views import op_views
+    from gradcheck.report.opviews import op_views
 
     rep = _emb_run(snap_input=True)
     assert not rep.passed

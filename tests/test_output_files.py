@@ -61,7 +61,7 @@ def test_a_failed_report_leaves_the_old_one_as_it_was(tmp_path, capsys, monkeypa
     def boom(*a, **k):
         raise RuntimeError("renderer crashed")
 
-    monkeypatch.setattr(render_mod.views, "op_views", boom)
+    monkeypatch.setattr(render_mod.opviews, "op_views", boom)
     assert main(["report", str(src), "--out", str(out), "--graph", "never"]) == 1
     assert main(["report", str(src), "--out", str(tmp_path / "new" / "dir")]) == 1
     capsys.readouterr()

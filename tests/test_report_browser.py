@@ -242,7 +242,7 @@ def test_ops_that_read_weights_only_are_pale_and_never_a_red_stop(tmp_path):
         stops = page.evaluate(f"document.querySelectorAll('{sel} .op-box path.oe.stops').length")
         grey = page.evaluate(f"document.querySelectorAll('{sel} .op-box path.oe.none').length")
         tip = page.evaluate(f"document.querySelector('{sel} .op-box .on.op.not_asked')"
-                            f".dataset.tip")
+                            f".querySelector('title').textContent")
         shot = page.screenshot(tmp_path / "weights_only.png", full_page=False)
         errors = page.errors()
     assert errors == []

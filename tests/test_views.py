@@ -12,7 +12,9 @@ import pytest
 
 from gradcheck.report import load_record
 from gradcheck.report import views
-from gradcheck.report.views import NODE_H, NODE_W, OP_H, OP_W
+from gradcheck.report import layout, opviews
+from gradcheck.report.layout import NODE_H, NODE_W, OP_H, OP_W
+from gradcheck.report.shapes import markup
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).parent.parent
@@ -58,8 +60,8 @@ def test_no_chain_edge_crosses_a_node(name):
     else:
         modes = load_record(GOLDEN / name).modes
     for mode, r in modes.items():
-        ch = views.chain(r)
-        svg = views.chain_svg(r, ch)
+        ch = layout.chain(r)
+        svg = str(markup(views.chain_view(r, ch)))
         rects = {o: (x, y, x + NODE_W, y + NODE_H) for o, (x, y) in ch["pos"].items()}
         edges = re.findall(r'<path class="(?:e [^"]*|break-edge)" d="([^"]+)"', svg)
         assert len(edges) >= len([e for e in ch["edges"] if e[2] != "stub"])
@@ -75,7 +77,7 @@ def test_no_chain_edge_crosses_a_node(name):
         ys = {o: y for o, (_, y) in ch["pos"].items()}
         for p in r.probes:
             if p.step is not None and p.order in ys:
-                assert ys[p.order] == 16 + rows.index(str(p.step)) * views.ROW_H
+                assert ys[p.order] == 16 + rows.index(str(p.step)) * layout.ROW_H
         # nothing is drawn over the row labels on the left
         for o, (x0, _, _, _) in rects.items():
             assert x0 >= ch["label_w"]
@@ -85,7 +87,7 @@ def test_op_views_place_every_op_once_without_overlap():
     rec = load_record(GOLDEN / "run_2ab_4.json")
     r = rec.modes["default"]
     strings: dict[str, int] = {}
-    v = views.op_views(r, strings)
+    v = opviews.op_views(r, strings)
     n_ops = sum(len(reg.ops) for reg in r.graph.regions)
     drawn = sum(1 for view in v.values() for nd in view["n"] if nd[2] != -2)
     assert drawn == n_ops
@@ -113,3 +115,41 @@ def test_the_break_panel_names_every_grad_disabling_site_and_the_fix(tmp_path):
     assert "Sampler.forward" in sites[0] and "_forward_impl" in " ".join(sites)
     assert "Fix:</strong> remove the @torch.no_grad()" in box
     assert 'class="ln hl"' in box  # the user's line, highlighted in its source
+
+
+def test_one_place_draws_and_one_rule_escapes():
+    """Every drawing is a tree of nodes turned into markup by shapes.markup, which escapes every
+    text and attribute value with markupsafe (the templates' own rule) and refuses any tag or
+    attribute name that is not a plain XML name; no other module writes a tag, and the page's
+    script draws nothing (no createElementNS, no innerHTML)."""
+    import ast
+
+    from gradcheck.report.shapes import el
+
+    hostile = '"><script>alert(1)</script>&'
+    out = str(markup(el("g", el("title", text=hostile), el("text", text=hostile),
+                        data_name=hostile, class_="node")))
+    assert "<script>" not in out and hostile not in out
+    assert out.count("&lt;script&gt;") == 3 and '&#34;&gt;' in out and "&amp;" in out
+    assert out.startswith('<g data-name="') and out.endswith("</text></g>")
+    for bad in (lambda: el("script"), lambda: el("g", **{"on" + "load=x y": 1}),
+                lambda: el("g", **{"a b": 1})):
+        with pytest.raises(ValueError):
+            markup(bad())
+    root = ROOT / "gradcheck"
+    tag = re.compile(r"<\s*/?\s*(svg|g|rect|text|path|line|title|div|span|p|script|template)\b")
+    writers = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "shapes.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    id(node) not in docs and tag.search(node.value):
+                writers.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not writers, f"markup written outside report/shapes.py: {writers}"
+    js = (root / "report" / "templates" / "_report.js").read_text()
+    assert "createElementNS" not in js and "innerHTML" not in js and "insertAdjacentHTML" not in js

@@ -24,8 +24,9 @@ from ..errors import ConfigError
 from ..sanitize import slugs
 from ..records import FlowReport, OpGraph, OptimizeRecord, RunRecord
 from ..text import CAUSES, fmt, locator_failures, located, value
-from . import dot, plots, views
+from . import dot, opviews, plots, views
 from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .shapes import markup
 from .staging import Stage, staged
 from ..text import step_rows
 
@@ -202,8 +203,7 @@ def _open_at(r: FlowReport) -> str | None:
 
 
 def _mode_view(name: str, stem: str, r: FlowReport, out: Path, graphs: str, res: Rendered,
-               big_raw: OpGraph | None, strings: dict[str, int]) -> tuple[dict[str, Any],
-                                                                         dict[str, Any]]:
+               big_raw: OpGraph | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """One mode's part of the page (its texts, tables and views; its static graphs drawn into
     ``out``; their file names from ``stem``, a slug of the mode's name), and its data for the
     page's script."""
@@ -236,13 +236,14 @@ def _mode_view(name: str, stem: str, r: FlowReport, out: Path, graphs: str, res:
                               dot.op_graph_dot(big_raw, f"autograd_{stem}"))
             res.files.append(f"autograd_{stem}.dot")
             raw["dot_file"] = f"autograd_{stem}.dot"
-    ch = views.chain(r)
-    opv = views.op_views(r, strings)
-    for v in opv.values():
-        v["detail"] = bool(g.detail) if g else False
-    data = {"name": name, "views": opv, "open": _open_at(r),
-            "detail_skipped": g.detail_skipped if g else None,
-            "probes": {p.order: [p.name, p.kind, p.step, p.status] for p in r.probes}}
+    interned: dict[str, int] = {}
+    opv = opviews.op_views(r, interned)
+    table, by_order = list(interned), {p.order: p for p in r.probes}
+    detail = bool(g.detail) if g else False
+    op_templates = [markup(opviews.op_view(key, v, table, by_order, detail,
+                                           g.detail_skipped if g else None))
+                    for key, v in opv.items()]
+    data = {"name": name, "open": _open_at(r)}
     view = {
         "name": name, "passed": r.passed, "locator": r.locator, "truncation": r.truncation,
         "notes": r.notes, "sampler": r.sampler, "ranks": r.ranks,
@@ -253,7 +254,8 @@ def _mode_view(name: str, stem: str, r: FlowReport, out: Path, graphs: str, res:
         "n_checks": len(errors), "headline": _headline(r), "break_text": break_between(r),
         "break_view": views.break_view(r),
         "step_rows": step_rows(r), "static": static, "raw_graph": raw,
-        "heatmap": views.heatmap_svg(r), "chain": views.chain_svg(r, ch),
+        "heatmap": markup(views.heatmap(r)), "chain": markup(views.chain_view(r)),
+        "op_templates": op_templates,
         "n_views": len(opv), "open": data["open"],
         "detail": bool(g.detail) if g else False,
         "detail_skipped": g.detail_skipped if g else None,
@@ -262,6 +264,11 @@ def _mode_view(name: str, stem: str, r: FlowReport, out: Path, graphs: str, res:
         "timings": r.timings, "probes": r.probes, "cost": r.cost,
     }
     return view, data
+
+
+def _ratio_markup(md: Any) -> str:
+    drawing = views.ratio(md)
+    return markup(drawing) if drawing is not None else ""
 
 
 def _script_json(data: Any) -> str:
@@ -324,16 +331,14 @@ def write_run_files(record: RunRecord, out: Path, graphs: str = "auto",
         res.files.append("samples.png")
         samples_uri = _uri("image/png", spng)
 
-    strings: dict[str, int] = {}
     modes, data = [], []
     stems = slugs(list(record.modes))
     for name, r in record.modes.items():
         view, d = _mode_view(name, stems[name], r, out, graphs, res,
-                             (raw_graphs or {}).get(name), strings)
+                             (raw_graphs or {}).get(name))
         modes.append(view)
         data.append(d)
-    page_data = _script_json({"modes": data, "strings": list(strings),
-                              "palette": views._VIRIDIS})
+    page_data = _script_json({"modes": data})
 
     names = []
     for r in record.modes.values():
@@ -422,6 +427,6 @@ def render_diff(d: Any, out_dir: str | os.PathLike[str], *, generated: str | Non
 
 def _write_diff(d: Any, out: Path, generated: str | None, version: str, ratio: float) -> None:
     html = _env().get_template("diff.html.j2").render(
-        csp=_csp(None), d=d, ratio_svg=views.ratio_svg, fmt=fmt, factor=f"{ratio:g}",
+        csp=_csp(None), d=d, ratio_svg=_ratio_markup, fmt=fmt, factor=f"{ratio:g}",
         grid_cols=1, version=version, generated=generated or _now())
     write_text_atomic(out / "index.html", html)

@@ -4,33 +4,7 @@
 (function () {
   "use strict";
   var DATA = JSON.parse(document.getElementById("gc-data").textContent);
-  var S = DATA.strings, PAL = DATA.palette, OPW = 124, OPH = 24;
-  var NS = "http://www.w3.org/2000/svg";
   document.documentElement.classList.add("js");
-
-  function fmt(x) {
-    if (x === null || x === undefined) return "none";
-    if (x === 0) return "0";
-    var e = x.toExponential(2);
-    return e.replace(/e([+-])(\d)$/, "e$10$2");
-  }
-  function colour(t) {
-    t = Math.max(0, Math.min(1, t)) * (PAL.length - 1);
-    var i = Math.min(Math.floor(t), PAL.length - 2), f = t - i;
-    var a = PAL[i], b = PAL[i + 1], out = "#";
-    for (var k = 1; k < 7; k += 2) {
-      var x = parseInt(a.substr(k, 2), 16), y = parseInt(b.substr(k, 2), 16);
-      var v = Math.round(x + (y - x) * f).toString(16);
-      out += v.length < 2 ? "0" + v : v;
-    }
-    return out;
-  }
-  var MARK = {unreached: "url(#gc-hatch)", zero: "#fd8d3c", nonfinite: "url(#gc-cross)",
-              not_in_graph: "#ffffff", not_asked: "#eef1f4", unrecorded: "#f6f8fa"};
-  var WORDS = {unreached: "no gradient arrived", zero: "exactly zero", nonfinite: "non-finite",
-               not_in_graph: "not in the autograd graph",
-               not_asked: "reads weights only: their gradient was not asked for (grad_weights), so none is computed here; not a break",
-               unrecorded: "|g| not recorded: made inside a composite op (e.g. a weight's transpose inside linear), where the op detail puts no hook"};
 
   /* -- a pan/zoom viewer: wheel scrolls, ctrl+wheel zooms, drag pans ------------------------ */
   /* one viewer per box, made once: load() swaps the drawing (an op view per step), so no
@@ -130,81 +104,16 @@
     if (!sec) return;
     var chainBox = sec.querySelector(".viewer.chain-box");
     var chainSvg = chainBox.querySelector("svg");
+    var views = {};
+    sec.querySelectorAll("template[data-step]").forEach(function (t) { views[t.dataset.step] = t; });
     modes[m.name] = {data: m, sec: sec, chain: Viewer(chainBox, chainSvg), chainSvg: chainSvg,
-                     panel: sec.querySelector(".opview"), ops: null};
+                     panel: sec.querySelector(".opview"), ops: null, views: views};
     chainBox.addEventListener("click", function (e) {
       if (chainBox.dataset.dragged) return;
       var g = e.target.closest("[data-step]");
       if (g) openStep(m.name, g.dataset.step);
     });
   });
-
-  function probeName(m, order) { var p = m.probes[order]; return p ? p[0] : "#" + order; }
-
-  /* every drawing is built with DOM calls: text goes in as textContent and values as
-     attributes, so nothing from the data is ever parsed as markup */
-  function el(tag, attrs, text) {
-    var e = document.createElementNS(NS, tag);
-    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, String(attrs[k])); });
-    if (text !== undefined) e.textContent = String(text);
-    return e;
-  }
-  function num(x) { x = +x; return isFinite(x) ? x : 0; }
-
-  function opSvg(m, key, v) {
-    var svg = el("svg", {width: num(v.w), height: num(v.h), "class": "ops"});
-    var defs = el("defs"), mk = el("marker", {id: "gc-oparrow", viewBox: "0 0 8 8", refX: 7,
-      refY: 4, markerWidth: 5, markerHeight: 5, orient: "auto"});
-    mk.appendChild(el("path", {d: "M0,0L8,4L0,8z", fill: "#6e7781"}));
-    defs.appendChild(mk); svg.appendChild(defs);
-    v.e.forEach(function (e) {
-      var pts = e[3], d = "";
-      for (var i = 0; i < pts.length; i += 2) {
-        var x = num(pts[i]), y = num(pts[i + 1]);
-        if (i === 0) y += OPH / 2;
-        if (i === pts.length - 2) y -= OPH / 2;
-        d += (i ? " L" : "M") + x + "," + y;
-      }
-      // no gradient passes along an edge out of an op whose gradient was not asked for
-      var to = v.n[e[1]], cls = e[2] === 2 ? "cut" : e[2] === 1 ? "stops" :
-        (to[5] === "ok" && v.n[e[0]][5] !== "not_asked" ? "ok" : "none");
-      var path = el("path", {"class": "oe " + cls, d: d, "marker-end": "url(#gc-oparrow)"});
-      if (cls === "ok" && to[6] !== null) {
-        path.style.stroke = colour(0.15 + 0.7 * num(to[6]));
-        path.style.strokeWidth = (0.8 + 2 * num(to[6])).toFixed(2);
-      }
-      var tip = cls === "cut" ? "the break: the autograd graph ends here" :
-        cls === "stops" ? "the gradient stops on this edge: it reaches the op below, not the one above" : "";
-      if (tip) path.appendChild(el("title", {}, tip));
-      svg.appendChild(path);
-    });
-    v.n.forEach(function (n, i) {
-      var x = num(n[0]), y = num(n[1]), isProbe = n[2] === -2, st = String(n[5]), t = n[6];
-      var fill = st === "ok" && t !== null ? colour(num(t)) : MARK[st] || "#eee";
-      var dark = st === "ok" && t !== null && t < 0.6;
-      var label, tip;
-      if (isProbe) {
-        var nm = probeName(m, n[3]);
-        label = (n[7] ? "from " : "") + nm;
-        tip = "probe " + nm + " · " + (st === "ok" ? "|g| " + fmt(n[4]) : WORDS[st]);
-      } else {
-        label = String(S[n[2]]);
-        var where = n[3] >= 0 ? S[n[3]] : "(line not recorded)";
-        tip = S[n[2]] + " · " + (st === "ok" ? "|g| " + fmt(n[4]) : n[4] === null &&
-          !v.detail ? "|g| not recorded" : WORDS[st]) + " · " + where;
-      }
-      if (label.length > 19) label = label.substr(0, 18) + "…";
-      var g = el("g", {"class": "on " + (isProbe ? "probe " : "op ") + st +
-        (n[7] && !isProbe ? " hit" : ""), "data-i": i, "data-tip": tip});
-      g.appendChild(el("title", {}, tip));
-      g.appendChild(el("rect", {x: x, y: y, width: OPW, height: OPH, rx: isProbe ? 12 : 3,
-        fill: fill}));
-      g.appendChild(el("text", {x: x + OPW / 2, y: y + 16, fill: dark ? "#fff" : "#1f2328"},
-        label));
-      svg.appendChild(g);
-    });
-    return svg;
-  }
 
   /* a line of text with parts: [text, class] pairs (class null: plain), built as DOM nodes */
   function say(box, parts) {
@@ -218,30 +127,24 @@
     });
   }
 
+  /* a step's op view is drawn in the page already (a <template> per step): opening it shows
+     a copy of it */
   function openStep(mode, key, highlight) {
     var M = modes[mode]; if (!M) return false;
-    var m = M.data, v = m.views[key];
-    var panel = M.panel;
+    var panel = M.panel, tpl = M.views[key];
     panel.querySelectorAll(".opview-empty").forEach(function (x) { x.hidden = true; });
     var head = panel.querySelector(".ophead"), box = panel.querySelector(".viewer.op-box");
     var label = key === "start" || key === "end" ? key : "step " + key;
-    if (!v) {
+    if (!tpl) {
       say(head, [[label, "strong"], [": no ops recorded here (its probes are leaves, or the graph capture was off)."]]);
       box.textContent = ""; box.hidden = true; panel.dataset.step = key; return true;
     }
-    var nOps = v.n.filter(function (n) { return n[2] !== -2; }).length;
-    var stops = v.e.filter(function (e) { return e[2] === 1; }).length;
-    var cut = v.e.some(function (e) { return e[2] === 2; });
-    var notAsked = v.n.filter(function (n) { return n[2] !== -2 && n[5] === "not_asked"; }).length;
-    say(head, [[label, "strong"], [": " + nOps + " ops between " + (v.n.length - nOps) + " probes"],
-      cut && ["; "], cut && ["the graph ends here (red dashed)", "bad"],
-      stops && ["; "], stops && ["the gradient stops on " + stops + " edge(s) (red)", "bad"],
-      notAsked && ["; "], notAsked && [notAsked + " read weights only (pale: their gradient was not asked for)", "muted"],
-      !v.detail && ["; "], !v.detail && ["|g| and source lines of ops not recorded (" + (m.detail_skipped || "") + ")", "muted"],
-      ["hover an op for its |g| and source line", "div"]]);
+    var view = tpl.content.cloneNode(true);
+    head.textContent = "";
+    head.appendChild(view.querySelector(".ophead-text"));
     box.hidden = false;
     box.textContent = "";
-    box.appendChild(opSvg(m, key, v));
+    box.appendChild(view.querySelector("svg"));
     var viewer = M.ops;
     if (viewer) viewer.load(box.querySelector("svg"));
     else {
@@ -249,25 +152,26 @@
       box.addEventListener("mouseover", function (e) {
         var g = e.target.closest(".on"); if (!g) return;
         var info = panel.querySelector(".opinfo");
-        if (info) info.textContent = g.dataset.tip;
+        var tip = g.querySelector("title");
+        if (info && tip) info.textContent = tip.textContent;
       });
     }
     viewer.fitAll();
     if (viewer.vb.w > 1400) { viewer.zoom(1400 / viewer.vb.w, 0, 0); viewer.vb.y = 0; viewer.apply(); }
     panel.dataset.step = key;
-    var bad = v.e.filter(function (e) { return e[2] === 2; })[0] || v.e.filter(function (e) { return e[2] === 1; })[0];
-    if (bad && !highlight) {  // a failing step opens on its break
-      var pts = bad[3], k = Math.floor(pts.length / 4) * 2;
-      viewer.centreOn(pts[k + 1], pts[k]);
+    var svg = box.querySelector("svg");
+    if (svg.dataset.fx !== undefined && !highlight) {  // a failing step opens on its break
+      viewer.centreOn(+svg.dataset.fy, +svg.dataset.fx);
     }
     if (highlight) {
       var first = null;
       box.querySelectorAll(".on").forEach(function (g) {
-        var n = v.n[+g.dataset.i];
-        var text = (n[2] === -2 ? probeName(m, n[3]) : S[n[2]] + " " + (n[3] >= 0 ? S[n[3]] : "")).toLowerCase();
-        if (text.indexOf(highlight) >= 0) { g.classList.add("match"); if (!first) first = n; }
+        if (g.dataset.q.indexOf(highlight) >= 0) { g.classList.add("match"); if (!first) first = g; }
       });
-      if (first) viewer.centreOn(first[1], first[0]);
+      if (first) {
+        var fr = first.querySelector("rect");
+        viewer.centreOn(+fr.getAttribute("y"), +fr.getAttribute("x"));
+      }
     }
     M.chainSvg.querySelectorAll(".row.open").forEach(function (r) { r.classList.remove("open"); });
     var row = M.chainSvg.querySelector('.row[data-step="' + CSS.escape(key) + '"]');
@@ -306,12 +210,10 @@
           hits.push({mode: mode, step: g.dataset.step || "start", what: "probe " + g.dataset.name});
         }
       });
-      Object.keys(M.data.views).forEach(function (key) {
+      Object.keys(M.views).forEach(function (key) {
         var n = 0, names = {};
-        M.data.views[key].n.forEach(function (nd) {
-          if (nd[2] === -2) return;
-          var t = (S[nd[2]] + " " + (nd[3] >= 0 ? S[nd[3]] : "")).toLowerCase();
-          if (t.indexOf(q) >= 0) { n++; names[S[nd[2]]] = 1; }
+        M.views[key].content.querySelectorAll(".on.op").forEach(function (g) {
+          if (g.dataset.q.indexOf(q) >= 0) { n++; names[g.dataset.op] = 1; }
         });
         if (n) hits.push({mode: mode, step: key, what: n + " op(s): " + Object.keys(names).slice(0, 4).join(", ")});
       });

@@ -28,7 +28,7 @@ from .plan import SHADOW_BUDGET_S as PLAN_BUDGET_S, Facts, Plan, plan, random_ta
 from .policy import Local, current
 from .rng import seeded
 from .records import (Cost, FlowReport, GradSite, LocatorResult, NumericResult, OptimResult,
-                      StageCost)
+                      PathProbe, StageCost)
 from .evidence import (  # noqa: F401 - the stages, importable from here as before
     loss_at, numeric_check, optimizer_probe, probe_path, remeasure_at_working_precision,
     shadow_check, source_around, straddles, verified, warm_optimizer,
@@ -67,9 +67,11 @@ def cost_of(stages: list[tuple[str, int, int, float]], unit_s: float, checks: st
 # -- stage 5: the report the checks read ------------------------------------------------------------
 
 def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | None,
-             optim: OptimResult | None, thresholds: dict[str, float],
-             sample_fn: Any) -> FlowReport:
-    """The plain report of the recorded stages (not judged yet: :func:`judge`)."""
+             optim: OptimResult | None, thresholds: dict[str, float], sample_fn: Any,
+             shadow: NumericResult | None = None, path_probe: PathProbe | None = None,
+             allowed: list[GradSite] | None = None,
+             timings: dict[str, float] | None = None) -> FlowReport:
+    """The plain report of what the stages found (not judged yet: :func:`judge`)."""
     out_stats = next((p for p in rec.probes if p.kind == "output"), None)
     report = FlowReport(
         mode=mode, objective=loss.objective, loss_description=loss.description,
@@ -79,7 +81,8 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
         output_grad_max_abs=out_stats.max_abs if out_stats else None,
         probes=rec.probes, numeric=numeric, optim=optim, hygiene=rec.hygiene,
         expect={"step_noise": modes.MODES[mode].step_noise}, graph=rec.graph,
-        thresholds=thresholds,
+        thresholds=thresholds, numeric_shadow=shadow, path_probe=path_probe,
+        allowed_grad=allowed, timings=timings if timings is not None else {},
         handles={"z0": rec.z, "z0_grad": rec.z_grad, "output": rec.out,
                  "leaves": list(getattr(sample_fn, "leaves", [])), "raw_graph": rec.raw_graph,
                  "loss_of": loss.of},
@@ -103,6 +106,11 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
             report.expect["sample_shape"] = [ch, h, t * w]
             report.expect["frames"] = t
     return report
+
+
+def _output_max_abs(rec: Recording) -> float | None:
+    out = next((p for p in rec.probes if p.kind == "output"), None)
+    return out.max_abs if out else None
 
 
 def locate_stage(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor,
@@ -276,14 +284,12 @@ def diagnose(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor
     num = r.stage("numeric", lambda: numeric_stage(
         r, p, loss, rec, shadow_num, opts.seed)) if p.numeric else None
     opt = optim_stage(r, p, loss, rec, num, shadow_num, opts.lr) if p.optim_steps > 0 else None
-    report = assemble(rec, loss, mode=opts.mode, numeric=num, optim=opt, sample_fn=r.sample_fn,
-                      thresholds=opts.thresholds)
-    report.numeric_shadow, report.allowed_grad = shadow_num, r.allowed_sites()
-    report.timings = r.timings
     # a stationary loss (on any rank: every rank takes part): is the path itself alive?
-    if r.policy.any(report.output_requires_grad and report.output_grad_max_abs == 0.0):
-        report.path_probe = r.stage("path_probe", lambda: probe_path(
-            r.run, rec, seed=opts.seed, policy=r.policy))
+    pp = r.stage("path_probe", lambda: probe_path(r.run, rec, seed=opts.seed, policy=r.policy)) \
+        if r.policy.any(rec.out_requires_grad and _output_max_abs(rec) == 0.0) else None
+    report = assemble(rec, loss, mode=opts.mode, numeric=num, optim=opt, sample_fn=r.sample_fn,
+                      thresholds=opts.thresholds, shadow=shadow_num, path_probe=pp,
+                      allowed=r.allowed_sites(), timings=r.timings)
     loc, remeasured = r.stage("locate", lambda: locate_stage(
         r.sample_fn, z0, r.run, loss, rec, report, locate=opts.locate,
         scan_randomness=p.scan_randomness, scan_bias=p.scan_bias, seed=opts.seed,

@@ -12,6 +12,7 @@ import torch
 
 from .errors import DenoiserError, GradcheckError
 from .probes import alias, current_trace
+from .torch_internals import in_backward
 
 
 def output_tensor(out: Any, field: str = "sample") -> torch.Tensor | None:
@@ -36,6 +37,8 @@ def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: An
     active trace. ``check_shape=False`` allows an output of another shape (a learned-variance
     model's 2C channels)."""
     tr = current_trace()
+    if tr is not None and in_backward():  # a checkpoint recomputing the call: not a new one
+        tr = None
     call = tr.next_call() if tr is not None else None
     if step is None:
         step = call

@@ -33,6 +33,7 @@ from .evidence import (  # noqa: F401 - the stages, importable from here as befo
     loss_at, numeric_check, optimizer_probe, probe_path, remeasure_at_working_precision,
     shadow_check, source_around, straddles, verified, warm_optimizer,
 )
+from .reentrant import non_reentrant
 from .recording import (  # noqa: F401 - likewise
     Counted, Loss, Recording, build_loss, raised_record, record, runner,
 )
@@ -156,6 +157,7 @@ class _Run:
 
     def __init__(self, sample_fn: Any, z0: torch.Tensor, opts: Options) -> None:
         self.allowing = None
+        self.reentrant: Any = None  # reentrant.NonReentrant: its note goes in the report
         if opts.allow_grad:  # every pass runs with the sampler's grad-disabling sites neutralised
             from .allow import Allowing
 
@@ -188,7 +190,8 @@ class _Run:
         report.timings = self.timings
         report.cost = _ledger(self.timings, self.calls, rec, report, checks)
         report.sampler = getattr(self.sample_fn, "description", None)
-        report.notes = [str(n) for n in getattr(self.sample_fn, "notes", ())]
+        report.notes = [str(n) for n in getattr(self.sample_fn, "notes", ())] + [
+            n for n in [self.reentrant.note if self.reentrant else None] if n]
         report = self.policy.merge(report, self.sample_fn)
         observers.notify(report)
         return report
@@ -267,7 +270,13 @@ def diagnose(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor
     """
     opts = Options.of(options).validate(sample_fn)
     z0 = validate_z0(z0)
-    r = _Run(sample_fn, z0, opts)
+    with non_reentrant() as reentrant:  # the passes differentiate with autograd.grad
+        r = _Run(sample_fn, z0, opts)
+        r.reentrant = reentrant
+        return _diagnose(r, z0, opts)
+
+
+def _diagnose(r: _Run, z0: torch.Tensor, opts: Options) -> FlowReport:
     loss = r.stage("baseline", lambda: baseline_stage(r, z0, opts), timed=False)
     rec = r.stage("record", lambda: record(
         r.sample_fn, z0, loss, seed=opts.seed, capture_graph=opts.capture_graph,

@@ -26,7 +26,7 @@ from . import graph
 from . import gradstats
 from .gradstats import HELD_DTYPES, CaptureBudget, HeldGrads, grad_stats
 from .records import ProbeStats
-from .torch_internals import hook_registered
+from .torch_internals import hook_registered, in_backward
 
 #: torch dtype -> its name without "torch." (a probe's dtype field)
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
@@ -391,7 +391,7 @@ def probe(tensor: torch.Tensor, name: str, *, step: int | None = None, kind: str
         sigma: the noise level at that point (float or tensor).
     """
     tr = _ACTIVE.get()
-    if tr is None or not isinstance(tensor, torch.Tensor):
+    if tr is None or not isinstance(tensor, torch.Tensor) or in_backward():
         return tensor
     return tr.add(tensor, name, step=step, kind=kind, sigma=sigma)
 

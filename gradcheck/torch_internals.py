@@ -172,6 +172,14 @@ def describe_sites(sites: list[dict[str, str]]) -> str:
         f"`{s['api']}` in {s['function']} ({s['location']})" for s in sites)
 
 
+def in_backward() -> bool:
+    """Whether this thread is inside an autograd backward pass (a checkpoint recomputing its
+    forward there): probes made then are not the sampler's (torch's graph-task id, where this
+    torch has it; without it, never)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
 def in_reentrant_checkpoint(frame: FrameType | None = None) -> bool:
     """Whether the stack is inside a reentrant ``torch.utils.checkpoint`` forward."""
     f = frame or sys._getframe(1)

@@ -13,7 +13,8 @@ pytest_plugins = ["pytester"]
 #: the tests that lean on torch's internals (the locator's wrappers of Function.apply, grad mode,
 #: hooks and checkpointing; allow_grad; provenance; the fault catalogue): marked torch_internals,
 #: and run again on the newest torch the registry offers (scripts/test-newest-torch.sh)
-TORCH_INTERNALS = ("test_locate.py", "test_allow.py", "test_fault_catalogue.py", "test_cosmos.py")
+TORCH_INTERNALS = ("test_locate.py", "test_allow.py", "test_fault_catalogue.py", "test_cosmos.py",
+                   "test_checkpoint.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,6 +10,7 @@ from .checks_optimize import (  # noqa: F401 - re-exported: gradcheck optimize's
 )
 from .checks_numbers import (  # noqa: F401 - power, limits: re-exported
     grad_scale, limits, loss_moves, numeric_directional, optimizer_changes_z0, power,
+    sampler_deterministic,
 )
 from .records import PATH_KINDS, Finding, FlowReport, ProbeStats
 from .text import BREAK_POINT_WORDS, describe_break, fmt, located, probe_where, ranges, step_picture, steps_phrase
@@ -387,6 +388,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     fresh_randomness,
     no_proven_bias,
     numeric_directional,
+    sampler_deterministic,
     optimizer_changes_z0,
     loss_moves,
     grad_allowed,

@@ -44,11 +44,53 @@ def numeric_directional(r: FlowReport) -> Finding:
                    + (f"; located: {located(r)}" if located(r) else ""))
 
 
+def replay_differs(r: FlowReport) -> float | None:
+    """The relative difference between the recorded loss at z0 and its replay, where it is more
+    than round-off (None: not replayed, or the same)."""
+    n = r.numeric
+    if n is None or n.replayed is None or r.loss is None:
+        return None
+    diff = abs(n.replayed - r.loss)
+    eps = _EPS.get(n.working_dtype or n.dtype, _EPS["float32"])
+    scale = max(abs(r.loss), abs(n.replayed), 1e-300)
+    return diff / scale if diff > 1e3 * eps * scale else None
+
+
+_EPS = {"float64": 2.2e-16, "float32": 1.2e-7, "float16": 9.8e-4, "bfloat16": 7.8e-3}
+
+
+def sampler_deterministic(r: FlowReport) -> Finding:
+    """The sampler is the same function of z0 at every call: a replay at z0 (bought only where
+    reverse mode disagrees with finite differences) gives the recorded loss."""
+    n = r.numeric
+    if n is None or n.replayed is None:
+        return Finding("sampler_deterministic", True, level="info", value=None, threshold=None,
+                       message="not replayed (no disagreement to explain)")
+    rel = replay_differs(r)
+    if rel is None:
+        return Finding("sampler_deterministic", True, value=n.replayed, threshold=r.loss,
+                       message=f"replayed at z0: the recorded loss again ({n.replayed:.6e}), so "
+                       f"the disagreement is the gradient's, not a sampler that changes")
+    return Finding(
+        "sampler_deterministic", False, value=n.replayed, threshold=r.loss,
+        message=f"the sampler is not the same function of z0 at every call: the loss at z0 "
+        f"was {r.loss:.6e} when recorded and {n.replayed:.6e} replayed (relative difference "
+        f"{rel:.2e}). Likely: a stateful denoiser or cache, a scheduler reused without resetting "
+        f"its state, a call counter, or a generator object drawn from without a seed. Finite "
+        f"differences cannot judge its gradient: make every call start from the same state")
+
+
 def _numeric_directional(r: FlowReport) -> Finding:
     n = r.numeric
     if n is None or n.skipped:
         return Finding("numeric_directional", True, level="info", value=None, threshold=None,
                        message=f"numeric check skipped{': ' + n.skipped if n and n.skipped else ''}")
+    if replay_differs(r) is not None:
+        return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
+                       level="warning",
+                       message=f"inconclusive: <v, dL/dz0> = {n.reverse:.6e}, finite "
+                       f"differences {n.fd:.6e}, but the sampler changed between calls "
+                       f"(sampler_deterministic): no finite difference can judge it")
     tol = n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol
     ok = n.abs_error <= tol
     if ok and n.verdict == "inconclusive":  # both sides under the round-off: no evidence

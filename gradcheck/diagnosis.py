@@ -234,6 +234,10 @@ def numeric_stage(r: _Run, p: Plan, loss: Loss, rec: Recording, shadow_num: Any,
     num = numeric_check(r.run, loss, rec, seed=seed, policy=r.policy,
                         directions=p.directions(judged), full_sweep=p.full_sweep,
                         one_sided=p.one_sided)
+    if num.skipped is None and num.abs_error is not None and num.abs_error > num.rtol * max(
+            abs(num.fd), abs(num.reverse)) + num.atol:
+        # reverse mode disagrees: is the sampler the same function of z0 at every call?
+        num.replayed = loss_at(r.run, loss, r.policy)(rec.z)
     prec = getattr(torch, num.working_dtype or num.dtype, None)
     if p.expensive and not judged and DIRECTIONS.get(prec, 1) > num.directions:
         num.limited = (f"the recorded pass takes {rec.unit_s:.1f} s, so the default checks "

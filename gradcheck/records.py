@@ -107,6 +107,9 @@ class NumericResult(Record):
     # the smallest relative gradient error |e|/|g| caught with >= 99% probability
     detectable: float | None = None  # see above
     others: list[dict[str, Any]] = field(default_factory=list)  # the other directions
+    # the loss at z0 once more (one forward pass, bought only where reverse mode disagrees):
+    # not the recorded loss when the sampler is not the same function of z0 at every call
+    replayed: float | None = None
 
 
 @dataclass

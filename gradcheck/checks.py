@@ -100,10 +100,12 @@ def loss_not_stationary(r: FlowReport) -> Finding:
 
 def grad_reaches_every_step(r: FlowReport) -> Finding:
     path = r.of_kind(*PATH_KINDS)
-    if not path:
-        return Finding("grad_reaches_every_step", True, level="info", value=0, threshold="all",
-                       message="no per-step probes recorded; wrap the denoiser with "
-                       "gradcheck.instrument() to see the gradient at every call")
+    if not path:  # "every step" over no step is not evidence: never a pass
+        return Finding("grad_reaches_every_step", False, value=0, threshold="all",
+                       message="no denoiser call and no sampler step was seen, so no step was "
+                       "checked: wrap the denoiser with gradcheck.instrument() (or probe the "
+                       "state with gradcheck.probe(x, name, step=i, kind='state')); a sampler "
+                       "that never calls its denoiser is not sampling")
     missing = [p for p in path if not p.carries]
     ok = not missing
     prim = r.locator.primary if r.locator else None

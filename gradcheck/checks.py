@@ -341,6 +341,25 @@ def trace_hygiene(r: FlowReport) -> Finding:
                    else "; ".join(problems))
 
 
+def passes_ran(r: FlowReport) -> Finding:
+    """The passes gradcheck adds (the numeric check's forwards under no_grad, the shadow, the
+    Adam steps, the path probe, the locator) ran; a sampler that raises in one of them (a hook
+    registered unconditionally, which needs a tensor that requires grad) is said, with where,
+    and that pass's evidence is missing."""
+    if not r.pass_errors:
+        return Finding("passes_ran", True, level="info", value=0, threshold=0,
+                       message="every pass gradcheck added ran")
+    said = "; ".join(
+        f"{e.phase}: {e.type}: {e.message.rstrip('.')}"
+        + (f" at {e.location}" + (f" (in {e.function})" if e.function else "")
+           if e.location else "") for e in r.pass_errors[:4])
+    return Finding("passes_ran", True, level="warning", value=len(r.pass_errors), threshold=0,
+                   message=f"the sampler raised in {len(r.pass_errors)} pass(es) gradcheck added "
+                   f"(under no_grad, or at a perturbed z0): {said}; their evidence is missing. A "
+                   f"sampler that registers a hook or asserts requires_grad unconditionally "
+                   f"fails in inference too: check x.requires_grad first")
+
+
 def sampler_ran(r: FlowReport) -> Finding:
     """The sampler's forward pass and the backward pass ran without raising; when one raised,
     where (step, the user's file:line) and torch's own message."""
@@ -394,6 +413,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     optimizer_changes_z0,
     loss_moves,
     grad_allowed,
+    passes_ran,
     trace_hygiene,
 )
 

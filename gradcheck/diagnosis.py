@@ -28,11 +28,12 @@ from .plan import SHADOW_BUDGET_S as PLAN_BUDGET_S, Facts, Plan, plan, random_ta
 from .policy import Local, current
 from .rng import seeded
 from .records import (Cost, FlowReport, GradSite, LocatorResult, NumericResult, OptimResult,
-                      PathProbe, StageCost)
+                      PathProbe, Raised, StageCost)
 from .evidence import (  # noqa: F401 - the stages, importable from here as before
     loss_at, numeric_check, optimizer_probe, probe_path, remeasure_at_working_precision,
     shadow_check, source_around, straddles, verified, warm_optimizer,
 )
+from .backward_errors import explain as explain_backward
 from .reentrant import non_reentrant
 from .recording import (  # noqa: F401 - likewise
     Counted, Loss, Recording, build_loss, raised_record, record, runner,
@@ -167,12 +168,24 @@ class _Run:
         self.run = runner(self.sample_fn, opts.seed, z0.device)
         self.calls: dict[str, int] = {}
         self.timings: dict[str, float] = {}
+        self.pass_errors: list[Raised] = []
         self.t_start = time.perf_counter()
 
-    def stage(self, name: str, fn: Callable[[], Any], timed: bool = True) -> Any:
-        """``fn()`` as stage ``name``: its sampler calls counted, its seconds noted."""
+    def stage(self, name: str, fn: Callable[[], Any], timed: bool = True,
+              guarded: bool = False) -> Any:
+        """``fn()`` as stage ``name``: its sampler calls counted, its seconds noted. A
+        ``guarded`` stage (a pass gradcheck adds) that meets an exception from the sampler
+        returns None and notes it (``pass_errors``): a finding, never an exception."""
         t0, c0 = time.perf_counter(), self.counted.calls
-        out = fn()
+        try:
+            out = fn()
+        except GradcheckError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the sampler's own error in an added pass
+            if not guarded:
+                raise
+            self.pass_errors.append(raised_record(exc, name, None))
+            out = None
         if timed:
             self.timings[f"{name}_s"] = time.perf_counter() - t0
         self.calls[name] = self.calls.get(name, 0) + self.counted.calls - c0
@@ -256,7 +269,8 @@ def optim_stage(r: _Run, p: Plan, loss: Loss, rec: Recording, num: Any, shadow_n
         r.timings["setup_s"] = warm  # once per process, not the diagnosis's cost
     why = None if p.optim_asked else verified(num, shadow_num)
     return r.stage("optim", lambda: optimizer_probe(r.run, loss, rec, steps=p.optim_steps,
-                                                     lr=lr, policy=r.policy, unmeasured=why))
+                                                     lr=lr, policy=r.policy, unmeasured=why),
+                   guarded=True)
 
 
 def diagnose(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
@@ -288,26 +302,31 @@ def _diagnose(r: _Run, z0: torch.Tensor, opts: Options) -> FlowReport:
         op_detail=opts.op_detail, grad_weights=opts.grad_weights), timed=False)
     r.timings.update({**loss.timings, **rec.timings})
     if rec.raised is not None:  # nothing else can run: the report says where and what
+        if rec.raised.phase == "backward":  # which forward line made the failing node
+            r.stage("explain", lambda: explain_backward(r.run, z0, loss.of, rec.raised),
+                    guarded=True)
         return r.finish(judge(assemble(rec, loss, mode=opts.mode, numeric=None, optim=None,
                                        sample_fn=r.sample_fn, thresholds=opts.thresholds)),
                         rec, opts.checks)
     p = plan(facts(opts, z0, rec, r))
     shadow_num = r.stage("shadow", lambda: shadow_check(
-        r.sample_fn, z0, loss, seed=opts.seed, policy=r.policy)) if p.shadow else None
+        r.sample_fn, z0, loss, seed=opts.seed, policy=r.policy), guarded=True) \
+        if p.shadow else None
     num = r.stage("numeric", lambda: numeric_stage(
-        r, p, loss, rec, shadow_num, opts.seed)) if p.numeric else None
+        r, p, loss, rec, shadow_num, opts.seed), guarded=True) if p.numeric else None
     opt = optim_stage(r, p, loss, rec, num, shadow_num, opts.lr) if p.optim_steps > 0 else None
     # a stationary loss (on any rank: every rank takes part): is the path itself alive?
-    pp = r.stage("path_probe", lambda: probe_path(r.run, rec, seed=opts.seed, policy=r.policy)) \
-        if r.policy.any(rec.out_requires_grad and _output_max_abs(rec) == 0.0) else None
+    dead = r.policy.any(rec.out_requires_grad and _output_max_abs(rec) == 0.0)
+    pp = r.stage("path_probe", lambda: probe_path(r.run, rec, seed=opts.seed, policy=r.policy),
+                 guarded=True) if dead else None
     report = assemble(rec, loss, mode=opts.mode, numeric=num, optim=opt, sample_fn=r.sample_fn,
                       thresholds=opts.thresholds, shadow=shadow_num, path_probe=pp,
                       allowed=r.allowed_sites(), timings=r.timings)
     loc, remeasured = r.stage("locate", lambda: locate_stage(
         r.sample_fn, z0, r.run, loss, rec, report, locate=opts.locate,
         scan_randomness=p.scan_randomness, scan_bias=p.scan_bias, seed=opts.seed,
-        policy=r.policy), timed=False)
-    report = dataclasses.replace(report, locator=loc, numeric=remeasured or report.numeric)
+        policy=r.policy), timed=False, guarded=True) or (None, None)
+    report = dataclasses.replace(report, locator=loc, pass_errors=r.pass_errors, numeric=remeasured or report.numeric)
     return r.finish(judge(report), rec, opts.checks)
 
 

@@ -280,6 +280,9 @@ class FlowReport(Record):
     # must change for the gradient to flow); None when not asked
     allowed_grad: list[GradSite] | None = None
     raised: Raised | None = None  # the sampler or its backward raised: nothing else was run
+    # the sampler raised in a pass gradcheck added (under no_grad, at a perturbed z0, in the
+    # locator's replay): that pass's evidence is missing, the rest of the diagnosis stands
+    pass_errors: list[Raised] = field(default_factory=list)
     checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     cost: Cost | None = None  # the same in forward+backward units, with the passes counted

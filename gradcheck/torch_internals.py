@@ -180,6 +180,18 @@ def in_backward() -> bool:
     return task is not None and task() != -1
 
 
+def in_distribution_sample(frame: FrameType | None = None) -> bool:
+    """Whether the stack is inside a ``torch.distributions`` ``sample()`` (which draws under
+    no_grad: ``rsample()`` is the reparameterised draw)."""
+    f = frame or sys._getframe(1)
+    marker = os.path.join("torch", "distributions", "")
+    while f is not None:
+        if f.f_code.co_name == "sample" and marker in f.f_code.co_filename:
+            return True
+        f = f.f_back
+    return False
+
+
 def in_reentrant_checkpoint(frame: FrameType | None = None) -> bool:
     """Whether the stack is inside a reentrant ``torch.utils.checkpoint`` forward."""
     f = frame or sys._getframe(1)

@@ -24,6 +24,8 @@ CAUSES = {
     "numpy_roundtrip": "round trip through NumPy",
     "decorated_no_grad": "entry point decorated with @torch.no_grad()",
     "reentrant_checkpoint": "reentrant checkpoint with no input requiring grad",
+    "distribution_sample": "a torch.distributions .sample() (drawn under no_grad)",
+    "copy_constructor": "a copy by torch.tensor() / new_tensor() (values only, no graph)",
     "inplace_no_grad": "in-place write under no_grad",
     "disconnected_randomness": "disconnected randomness",
     "zero_grad_op": "op passes exactly zero gradient",
@@ -61,6 +63,11 @@ FIXES = {
                          "the entry point (or diagnose with allow_grad=True to see what else "
                          "blocks it); every site listed must change",
     "reentrant_checkpoint": "call torch.utils.checkpoint.checkpoint(..., use_reentrant=False)",
+    "copy_constructor": "use the tensor itself, or x.clone() for a copy that keeps the gradient; "
+                        "torch.tensor(x), x.new_tensor(x) and torch.as_tensor of another "
+                        "tensor copy its values only",
+    "distribution_sample": "draw with .rsample() (the reparameterised sample): its gradient "
+                           "reaches the distribution's parameters; .sample() never passes one",
     "inplace_no_grad": "do the in-place update with grad mode on, or out of place",
     "disconnected_randomness": "derive the step noise from a learnable tensor (mode "
                                "learnable_step_noise) or leave it out of what you optimise",

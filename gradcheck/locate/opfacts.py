@@ -28,8 +28,18 @@ RANDOM_OPS = {"randn", "randn_like", "rand", "rand_like", "randint", "randint_li
 #: Ops whose output values do not depend on their inputs' values (only on shape/dtype).
 VALUE_FREE = {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones",
               "new_empty", "new_full", "size", "dim", "numel", "__len__"} | RANDOM_OPS
+#: Random draws whose values follow their tensor inputs (a mean, a probability, a rate): from a
+#: z0-dependent input, the draw depends on z0 (a distribution's .sample() is such a draw)
+VALUE_RANDOM = {"normal", "bernoulli", "poisson", "multinomial", "binomial", "_standard_gamma",
+                "_sample_dirichlet"}
+VALUE_FREE -= VALUE_RANDOM
 ADDITIVE = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__",
             "__rsub__", "__isub__", "addcmul", "addcmul_", "lerp", "lerp_"}
+#: Constructors that copy a tensor's values into a new tensor outside the graph.
+COPY_CONSTRUCTORS = {"tensor", "new_tensor", "as_tensor", "asarray"}
+#: Ops whose k-th output is made from the k-th input alone (a constant broadcast beside a
+#: z0-dependent value stays a constant).
+ONE_TO_ONE = {"broadcast_tensors", "atleast_1d", "atleast_2d", "atleast_3d", "meshgrid"}
 #: Ops whose second tensor argument gives only a shape or dtype, not values.
 SHAPE_ONLY = {"view_as", "expand_as", "reshape_as", "type_as"}
 #: Products: a z0-dependent value times a constant that is exactly zero passes no gradient, by

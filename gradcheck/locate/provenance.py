@@ -33,11 +33,12 @@ from ..probes import Trace
 from ..records import BreakEvent
 from ..torch_internals import (
     caller_of_user_frame, decorated_on_stack, describe_sites, grad_off_sites,
-    in_reentrant_checkpoint, tensors_in, user_frame,
+    in_distribution_sample, in_reentrant_checkpoint, tensors_in, user_frame,
 )
 from .opfacts import (
-    ADDITIVE, CAST_OPS, COPY_OPS, ESCAPE_OPS, GRAD_OFF_CAUSES, Inputs, MIXED_BIAS_CAUSES,
-    NONDIFF_OPS, PRODUCTS, RANDOM_OPS, SHAPE_ONLY, TAINTED_ESCAPES, ZERO_GRAD_OPS, zero_factor,
+    ADDITIVE, CAST_OPS, COPY_CONSTRUCTORS, COPY_OPS, ESCAPE_OPS, GRAD_OFF_CAUSES, Inputs,
+    MIXED_BIAS_CAUSES, NONDIFF_OPS, ONE_TO_ONE, PRODUCTS, RANDOM_OPS, SHAPE_ONLY,
+    TAINTED_ESCAPES, VALUE_RANDOM, ZERO_GRAD_OPS, zero_factor,
 )
 from .primary import ValueFacts
 from .taint import plain_floats, taint, tainted_in
@@ -200,6 +201,9 @@ class Provenance(TorchFunctionMode):
             return "inference_mode", (f"inside {fn}, decorated with @torch.inference_mode()"
                                       if fn else None)
         if not grad_on:
+            if in_distribution_sample():
+                return "distribution_sample", ("Distribution.sample() draws under "
+                                               "torch.no_grad()")
             if in_reentrant_checkpoint():
                 return "reentrant_checkpoint", ("torch.utils.checkpoint(use_reentrant=True) runs "
                                                 "its function under no_grad when no input "
@@ -237,6 +241,8 @@ class Provenance(TorchFunctionMode):
             return "no_grad", None
         if name in ("detach", "detach_"):
             return "detach", None
+        if name in COPY_CONSTRUCTORS:
+            return "copy_constructor", f"torch.{name}() of a tensor copies its values, not its graph"
         if name in ("requires_grad_", "requires_grad.__set__"):
             return "requires_grad_false", None
         if name in NONDIFF_OPS:
@@ -292,8 +298,8 @@ class Provenance(TorchFunctionMode):
             outs = [args[0], *outs]
         if not outs:
             return None
-        if name in RANDOM_OPS:
-            self._draw(name, outs)
+        if name in RANDOM_OPS and (name not in VALUE_RANDOM or not any(d for _, d, _, _ in pre)):
+            self._draw(name, outs)  # (a draw around a z0-dependent mean follows it: below)
             return None
         self._op(name, args, kwargs, pre, outs, inplace, grad_on, inf_on)
         return None
@@ -333,6 +339,10 @@ class Provenance(TorchFunctionMode):
     def _op(self, name, args, kwargs, pre, outs, inplace, grad_on, inf_on) -> None:
         """Any other op: what its inputs bring (dependence, gradient, a cut, a bias, a draw) and
         what each output becomes."""
+        if name in ONE_TO_ONE and len(outs) == len(pre) > 1:
+            for one_in, one_out in zip(pre, outs):
+                self._op(name, args, kwargs, [one_in], [one_out], False, grad_on, inf_on)
+            return
         ins = Inputs.of(pre, name)
         if ins.any_dep:
             self._note_dtype(outs)

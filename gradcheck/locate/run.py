@@ -70,13 +70,16 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     # rank explains it: the ranks then never bisect, so their passes and collectives stay in step)
     bisection = None
     low = prov.lowest_dtype
-    if numeric_failed(report) and not policy.any(primary is not None):
+    # a sampler that computes below z0's precision inside (autocast, a bf16 denoiser): the
+    # numeric check's failure was judged at z0's precision, which is not evidence there; it is
+    # measured again at the working precision (diagnosis.remeasure_at_working_precision), and
+    # nothing is bisected on the round-off of the lower precision
+    lower = low is not None and torch.finfo(low).eps > torch.finfo(z0.dtype).eps
+    if numeric_failed(report) and not policy.any(primary is not None or lower):
         from .bisect import bisect
 
-        working = low if low is not None and torch.finfo(low).eps > torch.finfo(z0.dtype).eps \
-            else z0.dtype
         bisection, found = bisect(sample_fn, z0, loss_of, run_ctx=run_ctx, seed=seed,
-                                  working=working, reduce=policy.sum)
+                                  working=z0.dtype, reduce=policy.sum)
         if found is not None and primary is None:
             primary, note = found, None
             wrong = wrong + [found]

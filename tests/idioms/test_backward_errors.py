@@ -1,0 +1,106 @@
+"""Errors at backward time and in the passes gradcheck adds. An in-place write to a value saved
+for backward, a custom backward that raises, a gradient hook that raises: the report names the
+step and the user's forward line (a replay under anomaly detection), never a bare 'step None'.
+A sampler that raises only where gradcheck runs it without grad (a hook registered
+unconditionally), and an exception inside the locator, are findings, never exceptions."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import gradcheck
+
+SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+
+
+class _RaisingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        raise ValueError("a custom backward that raises")
+
+
+def _fault(kind, d):
+    if kind == "inplace":
+        y = torch.sigmoid(d)
+        y.mul_(2.0)  # sigmoid saved y for its backward
+        return y
+    if kind == "function":
+        return _RaisingBackward.apply(d)
+    if kind == "hook":
+        d = d * 1.0
+        d.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("a hook that raises")))
+        return d
+    return d
+
+
+def _sampler(kind, at_step=2, every=False):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                              torch.nn.Linear(16, 8)).double()
+    den = gradcheck.instrument(lambda x, s: net(x) + x / (1 + s))
+
+    def sample(z0):
+        x = z0 * SIGMAS[0]
+        for i in range(len(SIGMAS) - 1):
+            d = den(x, SIGMAS[i])
+            if every:
+                d.register_hook(lambda g: g)  # unconditionally: needs d to require grad
+            elif i == at_step:
+                d = _fault(kind, d)
+            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - d) / SIGMAS[i]
+        return x
+    return sample
+
+
+def _lines(fn):
+    src, first = inspect.getsourcelines(fn)
+    return range(first, first + len(src))
+
+
+@pytest.mark.parametrize("kind", ["inplace", "function", "hook"])
+def test_a_backward_error_names_its_step_and_forward_line(kind):
+    z0 = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z = z0.clone().requires_grad_(True)
+    with pytest.raises(Exception):  # the truth: the user's own backward raises
+        _sampler(kind)(z).sum().backward()
+    rep = gradcheck.diagnose(_sampler(kind), z0)
+    e = rep.raised
+    assert not rep.passed and e is not None and e.phase == "backward"
+    assert e.step == 2, (e.step, e.location, e.hint)
+    path, line = e.location.rsplit(":", 1)
+    assert path.endswith("test_backward_errors.py")
+    assert int(line) in _lines(_fault) or int(line) in _lines(_sampler)
+    assert "anomaly" in e.hint
+    assert "step 2" in rep.check("sampler_ran").message
+
+
+def test_a_sampler_that_raises_only_without_grad_is_a_finding():
+    z0 = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rep = gradcheck.diagnose(_sampler(None, every=True), z0)  # no exception
+    f = rep.check("passes_ran")
+    assert f.level == "warning" and "cannot register a hook" in f.message
+    path, line = rep.pass_errors[0].location.rsplit(":", 1)
+    assert path.endswith("test_backward_errors.py")
+    assert "register_hook" in open(__file__).read().splitlines()[int(line) - 1]
+
+
+def test_an_exception_inside_the_locator_never_escapes(monkeypatch):
+    import gradcheck.locate as locate_pkg
+
+    def broken(*a, **k):
+        raise RuntimeError("the locator's own failure")
+    monkeypatch.setattr(locate_pkg, "locate", broken)
+    z0 = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sample = _sampler(None)
+
+    def cut(z):  # broken, so that the locator runs
+        return sample(z).detach()
+    rep = gradcheck.diagnose(cut, z0, locate="always")
+    assert not rep.passed and rep.locator is None
+    assert "the locator's own failure" in rep.check("passes_ran").message

@@ -143,22 +143,56 @@ def grad_scale(r: FlowReport) -> Finding:
                     key=lambda p: p.order)
     exploding = [(a, b, a.norm / b.norm) for a, b in zip(states, states[1:])
                  if b.norm > 0 and a.norm / b.norm > er]
-    problems = []
+    problems, at = [], None
     if vanishing:
         worst = min(vanishing, key=lambda p: p.norm)
+        op = _op_that_scales(r, worst.order, out.order, shrink=True)
         problems.append(f"vanishing at {len(vanishing)} probe(s), worst {worst.name} "
                         f"|g| {fmt(worst.norm)} = {fmt(worst.norm / out.norm)} x the output's "
-                        f"(threshold {vr:g})")
+                        f"(threshold {vr:g})" + (op[0] if op else ""))
+        at = op[1] if op else worst.step
     if exploding:
         a, b, ratio = max(exploding, key=lambda t: t[2])
+        op = _op_that_scales(r, a.order, b.order, shrink=False)
         problems.append(f"exploding between {a.name} and {b.name}: |g| grows {ratio:.3g}x in one "
-                        f"step (threshold {er:g})")
+                        f"step (threshold {er:g})" + (op[0] if op else ""))
+        at = at if at is not None else (op[1] if op else a.step)
     ok = not problems
     return Finding("grad_scale", ok, value=(min(p.norm / out.norm for p in vanishing)
                                            if vanishing else None),
                    threshold={"vanishing_rel": vr, "exploding_ratio": er},
                    message="no vanishing or exploding gradient" if ok else "; ".join(problems),
-                   step=(vanishing[0].step if vanishing else exploding[0][0].step) if not ok else None)
+                   step=at if not ok else None)
+
+
+def _op_that_scales(r: FlowReport, after: int, upto: int,
+                    shrink: bool) -> tuple[str, int | None] | None:
+    """Located like a break: among the ops recorded between probes ``after`` and ``upto`` (op
+    detail), the one across which |g| grows the most (``shrink``: falls the most), as a phrase
+    naming the op, its factor and its line, and its step. None without op detail."""
+    steps = {p.order: p.step for p in r.probes}
+    norms = {p.order: p.norm for p in r.probes if p.status == "ok"}
+    best = None
+    for reg in (r.graph.regions if r.graph else []):
+        if not (after < reg.probe <= upto) or not reg.grads or not reg.where:
+            continue
+        # across op b (made from a, or from probe k): |g| at b's input over |g| at its output
+        pairs = [(reg.grads[a], b) for a, b in reg.edges] + [
+            (norms.get(k), b) for k, b in reg.sources]
+        for g_in, b in pairs:
+            g_out = reg.grads[b]
+            if not (g_in and g_out and math.isfinite(g_in) and math.isfinite(g_out)) or \
+                    reg.where[b] is None:
+                continue
+            f = g_in / g_out
+            if best is None or (f < best[0] if shrink else f > best[0]):
+                best = (f, reg.ops[b], reg.where[b], steps.get(reg.probe))
+    if best is None or (best[0] >= 1 if shrink else best[0] <= 1):
+        return None
+    f, op, where, step = best
+    name = op[:-len("Backward0")] if op.endswith("Backward0") else op
+    return (f"; the op that {'shrinks' if shrink else 'grows'} it most: {name} (x{f:.3g}) at "
+            f"{where}" + (f", step {step}" if step is not None else ""), step)
 
 
 def optimizer_changes_z0(r: FlowReport) -> Finding:

@@ -34,10 +34,27 @@ def runner(sample_fn: Callable[[torch.Tensor], Any], seed: int,
     """``z -> sample_fn(z)`` under the diagnosis's seeded global RNG (the same function of z on
     every call, even for a sampler that draws from the global generator). The grad mode is
     restored after each call: a sampler that switches it off and leaves it off (reported by the
-    record stage's hygiene) must not change the passes after it."""
+    record stage's hygiene) must not change the passes after it. A sampler that raises without
+    grad (a hook registered unconditionally needs a tensor that requires grad) is run with grad
+    on in gradcheck's no-grad passes, from its first such failure on: the same values, and the
+    evidence of those passes is not lost."""
+    needs_grad = [False]
+
     def run(z: torch.Tensor) -> torch.Tensor:
         grad_mode = torch.is_grad_enabled()
         try:
+            if not grad_mode and not needs_grad[0]:
+                try:
+                    with seeded(seed, device):
+                        return _as_output(sample_fn(z))
+                except GradcheckError:
+                    raise
+                except Exception:  # noqa: BLE001 - run again with grad on; an error there raises
+                    needs_grad[0] = True
+            if needs_grad[0] and not grad_mode:  # as in the recorded pass: z requires grad
+                with seeded(seed, device), torch.enable_grad():
+                    z = z.detach().requires_grad_(z.is_floating_point())
+                    return _as_output(sample_fn(z)).detach()
             with seeded(seed, device):
                 return _as_output(sample_fn(z))
         finally:

@@ -80,14 +80,34 @@ def test_a_backward_error_names_its_step_and_forward_line(kind):
     assert "step 2" in rep.check("sampler_ran").message
 
 
-def test_a_sampler_that_raises_only_without_grad_is_a_finding():
+def test_a_sampler_that_raises_only_without_grad_keeps_its_evidence():
+    """A hook registered unconditionally raises under no_grad: gradcheck's no-grad passes run
+    it with grad on instead, so the numeric evidence is there and nothing is lost."""
     z0 = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    rep = gradcheck.diagnose(_sampler(None, every=True), z0)  # no exception
+    with pytest.raises(RuntimeError), torch.no_grad():
+        _sampler(None, every=True)(z0)  # the truth: it raises without grad
+    rep = gradcheck.diagnose(_sampler(None, every=True), z0)
+    assert rep.passed and rep.numeric is not None and rep.numeric.verdict == "agrees"
+    assert rep.check("passes_ran").level == "info"
+
+
+def test_a_sampler_that_raises_in_an_added_pass_is_a_finding():
+    """One that raises from its third call on (the recorded pass is its first): a warning
+    naming the pass, the error and the line; never an exception out of diagnose."""
+    sample, calls = _sampler(None), [0]
+
+    def flaky(z):
+        calls[0] += 1
+        if calls[0] > 2:
+            raise RuntimeError("only from the third call on")
+        return sample(z)
+    z0 = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rep = gradcheck.diagnose(flaky, z0)
     f = rep.check("passes_ran")
-    assert f.level == "warning" and "cannot register a hook" in f.message
+    assert f.level == "warning" and "only from the third call on" in f.message
     path, line = rep.pass_errors[0].location.rsplit(":", 1)
     assert path.endswith("test_backward_errors.py")
-    assert "register_hook" in open(__file__).read().splitlines()[int(line) - 1]
+    assert "raise RuntimeError" in open(__file__).read().splitlines()[int(line) - 1]
 
 
 def test_an_exception_inside_the_locator_never_escapes(monkeypatch):

@@ -282,6 +282,16 @@ def user_frame() -> tuple[str | None, str | None]:
     return f"{rel_path(f.f_code.co_filename)}:{f.f_lineno}", f.f_code.co_name
 
 
+def user_frames(limit: int = 8) -> tuple[tuple[str, str], ...]:
+    """(``path:line``, function) of the user frames on the stack, innermost first."""
+    out, f = [], _first_user_frame(sys._getframe(1))
+    while f is not None and len(out) < limit:
+        if is_user_file(f.f_code.co_filename):
+            out.append((f"{rel_path(f.f_code.co_filename)}:{f.f_lineno}", f.f_code.co_name))
+        f = f.f_back
+    return tuple(out)
+
+
 def caller_of_user_frame() -> str | None:
     """``path:line (function)`` of the frame that called the first user frame, if it is also
     outside torch and gradcheck: where a library helper such as diffusers' ``randn_tensor`` was

@@ -33,7 +33,7 @@ from ..probes import Trace
 from ..records import BreakEvent
 from ..torch_internals import (
     caller_of_user_frame, decorated_on_stack, describe_sites, grad_off_sites,
-    in_distribution_sample, in_reentrant_checkpoint, tensors_in, user_frame,
+    in_distribution_sample, in_reentrant_checkpoint, tensors_in, user_frame, user_frames,
 )
 from .opfacts import (
     ADDITIVE, CAST_OPS, COPY_CONSTRUCTORS, COPY_OPS, ESCAPE_OPS, GRAD_OFF_CAUSES, Inputs,
@@ -71,6 +71,7 @@ class Provenance(TorchFunctionMode):
         self.grad_fn_info: dict[int, tuple[str, str | None, int | None]] = {}
         self._keep: list[Any] = []
         self.probe_meta: dict[int, ValueFacts] = {}
+        self.probe_lines: dict[int, tuple] = {}  # probe index -> the user frames it was made in
         self.probe_before: dict[int, int] = {}  # id(event) -> the last probe before it
         #: ops whose bookkeeping raised: counted and named, reported, never silently dropped
         self.failures = 0
@@ -186,7 +187,8 @@ class Provenance(TorchFunctionMode):
                   "allow_grad=True to see the gradient they block)")
 
     def observe(self, index: int, t: torch.Tensor) -> None:
-        """Trace observer: remember each probed tensor's state when it is probed."""
+        """Trace observer: remember each probed tensor's state when it is probed, and where."""
+        self.probe_lines[index] = user_frames()
         m = self.get(t)
         if m is None:  # a tensor no tracked op produced (e.g. torch.from_numpy): it is fresh
             self.probe_meta[index] = ValueFacts(dep=False, gconn=False, rg=t.requires_grad)
@@ -478,19 +480,3 @@ class Provenance(TorchFunctionMode):
                 "bias", "data_write", f"x.data.{op}",
                 detail="an in-place write through .data changes a value autograd recorded "
                        "without telling it: the gradient flows, through the old value")
-
-
-def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: Trace) -> None:
-    """Name the probes each event happened between (``before`` / ``after``), and give an event
-    made before the first stepped probe the step of the probe after it."""
-    entries = tr._entries
-    for ev in events:
-        i = probe_before.get(id(ev))
-        if i is None:
-            continue
-        if 0 <= i < len(entries):
-            ev.before, ev.before_kind = entries[i].name, entries[i].kind
-        if i + 1 < len(entries):
-            ev.after, ev.after_kind = entries[i + 1].name, entries[i + 1].kind
-            if ev.step is None:  # before the first stepped probe: it belongs to the next one
-                ev.step = entries[i + 1].step

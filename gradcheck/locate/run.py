@@ -6,13 +6,13 @@ from typing import Any, Callable
 
 import torch
 
-from ..probes import probe, trace
+from ..probes import Trace, probe, trace
 from ..records import PATH_KINDS, BreakEvent, FlowReport, LocatorResult
 from ..sampling.noise import path_cotangent
 from .backward import backward_analysis
 from .functions import FunctionCalls, wrong_backwards
 from .primary import ValueFacts, choose_primary, numeric_failed, relevant_events
-from .provenance import Provenance, resolve_probes
+from .provenance import Provenance
 from .switches import Collectives, GradSwitches
 
 
@@ -45,7 +45,7 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
     # z0-dependent value, its backward against finite differences of its forward alone
     wrong, checked = wrong_backwards(fcalls.calls, seed) if numeric_failed(report) else ([], 0)
     _name_structural_zeros(back, prov.constant_zeros)
-    resolve_probes(prov.events + prov.randomness, prov.probe_before, tr)
+    resolve_probes(prov.events + prov.randomness, prov.probe_before, tr, prov.probe_lines)
     # float() results cannot be followed through Python arithmetic: replay with each nudged
     # (one forward pass per site; one process only, where the passes need no partner)
     if loss_facts is not None and loss_facts.bias is None and prov.float_escapes and \
@@ -149,3 +149,33 @@ def _name_structural_zeros(back: list[BreakEvent], constant_zeros: list[BreakEve
                          "coefficient, not the data): whatever it carries cannot influence the "
                          "output, a wasted evaluation rather than a cut")
     back.sort(key=lambda e: e.cause == "constant_zero")
+
+
+def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: Trace,
+                   lines: dict[int, tuple] | None = None) -> None:
+    """Name the probes each event happened between (``before`` / ``after``), and give an event
+    made before the first stepped probe the step of the probe after it. Between one denoiser
+    call and the next with no state probed in between (a plain loop), an event on a line above
+    the next call's, in the same function, is at the top of the next iteration: its step."""
+    entries, lines = tr._entries, lines or {}
+    for ev in events:
+        i = probe_before.get(id(ev))
+        if i is None or not (0 <= i and i + 1 < len(entries)) or ev.location is None:
+            continue
+        a, b = entries[i], entries[i + 1]
+        at = next((loc for loc, fn in lines.get(i + 1, ()) if fn == ev.function), None)
+        if a.kind == "denoiser_out" and b.kind == "denoiser_in" and at \
+                and b.step is not None and ev.step == a.step != b.step \
+                and at.rpartition(":")[0] == ev.location.rpartition(":")[0] \
+                and int(ev.location.rpartition(":")[2]) < int(at.rpartition(":")[2]):
+            ev.step = b.step
+    for ev in events:
+        i = probe_before.get(id(ev))
+        if i is None:
+            continue
+        if 0 <= i < len(entries):
+            ev.before, ev.before_kind = entries[i].name, entries[i].kind
+        if i + 1 < len(entries):
+            ev.after, ev.after_kind = entries[i + 1].name, entries[i + 1].kind
+            if ev.step is None:  # before the first stepped probe: it belongs to the next one
+                ev.step = entries[i + 1].step

@@ -76,5 +76,6 @@ def test_checkpoint_matrix(where, reentrant, broken):
     else:
         assert rep.locator is not None and rep.locator.primary is not None
         assert rep.locator.primary.cause == "detach"
+        assert rep.locator.primary.step == 2  # the top of step 2's iteration, not step 1's end
     # the reentrant calls are run as non-reentrant, and the report says so
     assert any("reentrant torch.utils.checkpoint" in n for n in rep.notes) == reentrant

@@ -305,11 +305,13 @@ def judge_branches(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v:
     smooth steps agree, ``inconclusive`` when no step is smooth and no one-sided derivative
     matches), what was seen, and the row judged on. Each row gets ``straddles``."""
     smooth = []
-    for row in sorted(sweep, key=lambda r: r["eps"]):  # the smallest step, the likeliest smooth
+    # the best-conditioned step first (the sweep's least error), then the others by error: the
+    # first whose ends lie on the same branches is the smooth evidence judged on
+    for row in sorted(sweep, key=lambda r: r["abs_error"]):
         h = row["eps"]
         row["straddles"] = float(bool(straddles(z + h * v, z - h * v)))
         if not row["straddles"]:
-            smooth = [row]  # the best smooth evidence there is: judge on it
+            smooth = [row]
             break
     if not smooth:  # z0 lies very close to a kink: one smaller step
         h = min(r["eps"] for r in sweep) / 10
@@ -330,6 +332,8 @@ def judge_branches(loss_at: Callable[[torch.Tensor], float], z: torch.Tensor, v:
             return "inconclusive", (f"every step down to {best['eps']:.1e} straddles a kink but "
                                     f"that one, whose round-off ({best['roundoff_floor']:.1e}) "
                                     f"is too large to tell a {rtol:.0%} error"), best
+        if agree and not crossed:  # no piecewise op took another branch: no kink to claim
+            return "disagrees", None, min(sweep, key=lambda r: r["abs_error"])
         if agree:
             return "kink", (f"the difference straddles a kink of the sampler at step(s) "
                             f"{', '.join(f'{h:.1e}' for h in crossed)} (a piecewise op took "

@@ -48,7 +48,8 @@ class _Raises(torch.autograd.Function):
 
 
 def backward_raises_sampler(den, z0):
-    return den(_Raises.apply(80.0 * z0), torch.full((z0.shape[0],), 80.0, dtype=z0.dtype))
+    return den(_Raises.apply(80.0 * z0),  # BACKWARD-MADE
+               torch.full((z0.shape[0],), 80.0, dtype=z0.dtype))
 
 
 def forward_raises_sampler(den, z0):
@@ -75,7 +76,10 @@ def test_an_exception_in_backward_is_a_located_finding():
     rep = gradcheck.diagnose(adapters.function(backward_raises_sampler, DEN), _z0())
     e = rep.raised
     assert not rep.passed and e.phase == "backward" and e.type == "ValueError"
-    assert e.location == f"tests/test_raised.py:{_line('# BACKWARD-RAISES')}"
+    # located at the forward line that made the failing node (issue 27), with its step; the
+    # line that raised in the backward is said in the hint
+    assert e.location == f"tests/test_raised.py:{_line('# BACKWARD-MADE')}" and e.step == 0
+    assert f"raised at tests/test_raised.py:{_line('# BACKWARD-RAISES')}" in e.hint
     assert e.message == "a backward that fails"
 
 

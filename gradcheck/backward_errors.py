@@ -9,7 +9,6 @@ backward raised (one forward and one backward pass).
 from __future__ import annotations
 
 import re
-import sys
 import warnings
 from typing import Any, Callable
 
@@ -18,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from .probes import trace
 from .records import Raised
-from .torch_internals import is_user_file, rel_path
+from .torch_internals import is_user_file, rel_path, user_frames
 
 _FRAME = re.compile(r'File "(.+?)", line (\d+), in (\S+)')
 _NODE = re.compile(r"Error detected in (\w+?)Backward\d*\b")
@@ -36,20 +35,11 @@ class _OpSteps(TorchFunctionMode):
         try:
             entries = self.tr._entries
             step = next((e.step for e in reversed(entries) if e.step is not None), None)
-            self.ops.append((getattr(func, "__name__", ""), _user_lines(), step))
+            lines = tuple(loc for loc, _ in user_frames(16))
+            self.ops.append((getattr(func, "__name__", ""), lines, step))
         except Exception:  # noqa: BLE001 - counted: the replay only explains, the op has run
             self.failures += 1
         return out
-
-
-def _user_lines(limit: int = 16) -> tuple[str, ...]:
-    """``path:line`` of the user frames on the stack, innermost first."""
-    out, f = [], sys._getframe(2)
-    while f is not None and len(out) < limit:
-        if is_user_file(f.f_code.co_filename):
-            out.append(f"{rel_path(f.f_code.co_filename)}:{f.f_lineno}")
-        f = f.f_back
-    return tuple(out)
 
 
 def explain(run: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,

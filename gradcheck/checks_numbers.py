@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .records import Finding, FlowReport
+from .records import Finding, FlowReport, NumericResult
 from .text import fmt, located
 
 
@@ -31,8 +31,7 @@ def numeric_directional(r: FlowReport) -> Finding:
     if sh.skipped:
         return Finding(f.name, f.passed, value=f.value, threshold=f.threshold, level=f.level,
                        message=f"{f.message}; no float64 shadow check: {sh.skipped}")
-    tol = sh.rtol * max(abs(sh.fd), abs(sh.reverse)) + sh.atol
-    ok = sh.abs_error <= tol or sh.verdict in ("kink", "inconclusive")  # as the main check
+    ok = within_tolerance(sh) or sh.verdict in ("kink", "inconclusive")  # as the main check
     said = (f"; a float64 shadow run of the same sampler: <v, dL/dz0> = {sh.reverse:.6e} vs "
             f"finite differences {sh.fd:.6e}, relative error {fmt(sh.rel_error)}{power(sh)}")
     if ok:
@@ -42,6 +41,12 @@ def numeric_directional(r: FlowReport) -> Finding:
                    message=f.message + said + ". reverse mode disagrees with the loss in float64: "
                    "a wrong custom backward or a biased shortcut"
                    + (f"; located: {located(r)}" if located(r) else ""))
+
+
+def within_tolerance(n: NumericResult) -> bool:
+    """Reverse mode and the finite difference judged agree within the dtype's tolerance and
+    the difference's round-off floor."""
+    return n.abs_error <= n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol
 
 
 def replay_differs(r: FlowReport) -> float | None:
@@ -91,8 +96,7 @@ def _numeric_directional(r: FlowReport) -> Finding:
                        message=f"inconclusive: <v, dL/dz0> = {n.reverse:.6e}, finite "
                        f"differences {n.fd:.6e}, but the sampler changed between calls "
                        f"(sampler_deterministic): no finite difference can judge it")
-    tol = n.rtol * max(abs(n.fd), abs(n.reverse)) + n.atol
-    ok = n.abs_error <= tol
+    ok = within_tolerance(n)
     if ok and n.verdict == "inconclusive":  # both sides under the round-off: no evidence
         return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
                        level="warning",

@@ -21,6 +21,7 @@ import torch
 
 from . import modes, observers
 from .checks import run_checks
+from .checks_numbers import within_tolerance
 from .errors import GradcheckError, InputError
 from .numeric import DIRECTIONS
 from .options import Options
@@ -74,13 +75,12 @@ def assemble(rec: Recording, loss: Loss, *, mode: str, numeric: NumericResult | 
              allowed: list[GradSite] | None = None,
              timings: dict[str, float] | None = None) -> FlowReport:
     """The plain report of what the stages found (not judged yet: :func:`judge`)."""
-    out_stats = next((p for p in rec.probes if p.kind == "output"), None)
     report = FlowReport(
         mode=mode, objective=loss.objective, loss_description=loss.description,
         loss=rec.loss_value if rec.raised is None else None,
         output_requires_grad=rec.out_requires_grad,
         loss_requires_grad=rec.loss_requires_grad,
-        output_grad_max_abs=out_stats.max_abs if out_stats else None,
+        output_grad_max_abs=_output_max_abs(rec),
         probes=rec.probes, numeric=numeric, optim=optim, hygiene=rec.hygiene,
         expect={"step_noise": modes.MODES[mode].step_noise}, graph=rec.graph,
         thresholds=thresholds, numeric_shadow=shadow, path_probe=path_probe,
@@ -247,8 +247,7 @@ def numeric_stage(r: _Run, p: Plan, loss: Loss, rec: Recording, shadow_num: Any,
     num = numeric_check(r.run, loss, rec, seed=seed, policy=r.policy,
                         directions=p.directions(judged), full_sweep=p.full_sweep,
                         one_sided=p.one_sided)
-    if num.skipped is None and num.abs_error is not None and num.abs_error > num.rtol * max(
-            abs(num.fd), abs(num.reverse)) + num.atol:
+    if num.skipped is None and num.abs_error is not None and not within_tolerance(num):
         # reverse mode disagrees: is the sampler the same function of z0 at every call?
         num.replayed = loss_at(r.run, loss, r.policy)(rec.z)
     prec = getattr(torch, num.working_dtype or num.dtype, None)

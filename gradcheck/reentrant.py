@@ -25,6 +25,7 @@ class NonReentrant:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.reentrant = _checkpoint_function()  # looked up once, not at every apply
 
     @property
     def note(self) -> str | None:
@@ -36,8 +37,7 @@ class NonReentrant:
 
     def __call__(self, call_next: Callable[..., Any], cls: Any, *args: Any,
                  **kwargs: Any) -> Any:
-        ckpt = _checkpoint_function()
-        if ckpt is None or cls is not ckpt or kwargs or len(args) < 2:
+        if self.reentrant is None or cls is not self.reentrant or kwargs or len(args) < 2:
             return call_next(cls, *args, **kwargs)
         function, preserve, *inputs = args
         if not (torch.is_grad_enabled() and any(

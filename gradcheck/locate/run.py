@@ -160,17 +160,6 @@ def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: T
     entries, lines = tr._entries, lines or {}
     for ev in events:
         i = probe_before.get(id(ev))
-        if i is None or not (0 <= i and i + 1 < len(entries)) or ev.location is None:
-            continue
-        a, b = entries[i], entries[i + 1]
-        at = next((loc for loc, fn in lines.get(i + 1, ()) if fn == ev.function), None)
-        if a.kind == "denoiser_out" and b.kind == "denoiser_in" and at \
-                and b.step is not None and ev.step == a.step != b.step \
-                and at.rpartition(":")[0] == ev.location.rpartition(":")[0] \
-                and int(ev.location.rpartition(":")[2]) < int(at.rpartition(":")[2]):
-            ev.step = b.step
-    for ev in events:
-        i = probe_before.get(id(ev))
         if i is None:
             continue
         if 0 <= i < len(entries):
@@ -179,3 +168,18 @@ def resolve_probes(events: list[BreakEvent], probe_before: dict[int, int], tr: T
             ev.after, ev.after_kind = entries[i + 1].name, entries[i + 1].kind
             if ev.step is None:  # before the first stepped probe: it belongs to the next one
                 ev.step = entries[i + 1].step
+            elif i >= 0 and _top_of_next_iteration(ev, entries[i], entries[i + 1],
+                                                   lines.get(i + 1, ())):
+                ev.step = entries[i + 1].step
+
+
+def _top_of_next_iteration(ev: BreakEvent, a: Any, b: Any, frames: tuple) -> bool:
+    """``ev`` lies between denoiser call ``a``'s output and call ``b``'s input, on a line above
+    ``b``'s call in the same function (``frames``: the user frames ``b`` was made in)."""
+    at = next((loc for loc, fn in frames if fn == ev.function), None)
+    if not (at and ev.location and a.kind == "denoiser_out" and b.kind == "denoiser_in"
+            and b.step is not None and ev.step == a.step != b.step):
+        return False
+    path, _, line = at.rpartition(":")
+    ev_path, _, ev_line = ev.location.rpartition(":")
+    return path == ev_path and int(ev_line) < int(line)

@@ -178,8 +178,8 @@ def _laid_out(col: _Collected, by_order: dict[int, ProbeStats], scale: LogScale)
 # -- drawn ----------------------------------------------------------------------------------------
 
 #: fills and words of an op's status (beyond the probes' marks)
-_OP_FILL = {"unreached": "url(#gc-hatch)", "zero": "#fd8d3c", "nonfinite": "url(#gc-cross)",
-            "not_in_graph": "#ffffff", "not_asked": "#eef1f4", "unrecorded": "#f6f8fa"}
+_OP_FILL = {**{k: pattern or fill for k, (fill, pattern, _) in MARKS.items()},
+            "not_asked": "#eef1f4", "unrecorded": "#f6f8fa"}
 OP_WORDS = {**{k: v[2] for k, v in MARKS.items()},
             "not_asked": "reads weights only: their gradient was not asked for (grad_weights), "
                          "so none is computed here; not a break",

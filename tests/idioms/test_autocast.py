@@ -9,27 +9,17 @@ import torch
 
 import gradcheck
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+from ._loop import euler_loop, small_net
 
 
 def _sampler(broken: bool):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
+    net = small_net(32, torch.float32)
 
     def d(x, s):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return net(x).float() + x / (1 + s)
-    den = gradcheck.instrument(d)
-
-    def sample(z0):
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            if broken and i == 1:
-                x = x.detach()  # the break
-            out = den(x, SIGMAS[i])
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - out) / SIGMAS[i]
-        return x
-    return sample
+    # the break: step 1's input detached
+    return euler_loop(d, before=lambda i, x: x.detach() if broken and i == 1 else x)
 
 
 @pytest.mark.parametrize("checks", ["quick", "default"])

@@ -12,7 +12,7 @@ import torch
 
 import gradcheck
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+from ._loop import euler_loop, net_denoiser, small_net
 
 
 class _RaisingBackward(torch.autograd.Function):
@@ -39,23 +39,14 @@ def _fault(kind, d):
     return d
 
 
-def _sampler(kind, at_step=2, every=False):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                              torch.nn.Linear(16, 8)).double()
-    den = gradcheck.instrument(lambda x, s: net(x) + x / (1 + s))
+def _hook_always(i, d):
+    d.register_hook(lambda g: g)  # unconditionally: needs d to require grad
+    return d
 
-    def sample(z0):
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            d = den(x, SIGMAS[i])
-            if every:
-                d.register_hook(lambda g: g)  # unconditionally: needs d to require grad
-            elif i == at_step:
-                d = _fault(kind, d)
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - d) / SIGMAS[i]
-        return x
-    return sample
+
+def _sampler(kind, at_step=2, every=False):
+    return euler_loop(net_denoiser(small_net()), on_call=_hook_always if every else
+                      lambda i, d: _fault(kind, d) if i == at_step else d)
 
 
 def _lines(fn):

@@ -11,17 +11,11 @@ from torch.utils.checkpoint import checkpoint
 
 import gradcheck
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
-
-
-def _net():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                               torch.nn.Linear(16, 8)).double()
+from ._loop import SIGMAS, small_net
 
 
 def _sampler(where: str, reentrant: bool, broken: bool):
-    net = _net()
+    net = small_net()
 
     def d(x, s):
         return net(x) * 0.5 + x / (1 + s)

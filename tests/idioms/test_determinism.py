@@ -10,25 +10,11 @@ import torch
 
 import gradcheck
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+from ._loop import SIGMAS, euler_loop, small_net
 
 
 def _net(dtype):
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                               torch.nn.Linear(16, 8)).to(dtype)
-
-
-def _loop(den, sigmas=SIGMAS):
-    den = gradcheck.instrument(den)
-
-    def sample(z0):
-        x = z0 * sigmas[0]
-        for i in range(len(sigmas) - 1):
-            d = den(x, sigmas[i])
-            x = x + (sigmas[i + 1] - sigmas[i]) * (x - d) / sigmas[i]
-        return x
-    return sample
+    return small_net(dtype=dtype)
 
 
 def counter(net, stateful):
@@ -38,7 +24,7 @@ def counter(net, stateful):
         state["n"] += 1
         k = state["n"] if stateful else 1
         return net(x) * (1 + 0.01 * k) + x / (1 + s)
-    return _loop(den)
+    return euler_loop(den)
 
 
 def generator_object(net, stateful):
@@ -47,7 +33,7 @@ def generator_object(net, stateful):
     def den(x, s):
         gen = g if stateful else torch.Generator().manual_seed(3)
         return net(x) + 0.05 * torch.randn(x.shape, generator=gen, dtype=x.dtype) + x / (1 + s)
-    return _loop(den)
+    return euler_loop(den)
 
 
 def scheduler_not_reset(net, stateful):

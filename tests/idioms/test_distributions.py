@@ -13,35 +13,26 @@ import torch
 import gradcheck
 from gradcheck.words import FIXES
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+from ._loop import euler_loop, net_denoiser, small_net
+
+
+def _draw(kind: str, x: torch.Tensor) -> torch.Tensor:
+    if kind == "sample":
+        return torch.distributions.Normal(x, 0.1).sample()  # the cut
+    if kind == "rsample":
+        return torch.distributions.Normal(x, 0.1).rsample()
+    if kind == "mean":
+        return torch.distributions.Normal(x, 0.1).mean
+    x, c = torch.broadcast_tensors(x, torch.tensor(0.05, dtype=x.dtype))  # "broadcast"
+    return x + c * torch.randn_like(x)
 
 
 def _sampler(kind: str):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                              torch.nn.Linear(16, 8)).double()
-    den = gradcheck.instrument(lambda x, s: net(x) + x / (1 + s))
-
-    def sample(z0):
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            d = den(x, SIGMAS[i])
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - d) / SIGMAS[i]
-            if kind == "sample":
-                x = torch.distributions.Normal(x, 0.1).sample()  # the cut
-            elif kind == "rsample":
-                x = torch.distributions.Normal(x, 0.1).rsample()
-            elif kind == "mean":
-                x = torch.distributions.Normal(x, 0.1).mean
-            elif kind == "broadcast":
-                x, c = torch.broadcast_tensors(x, torch.tensor(0.05, dtype=x.dtype))
-                x = x + c * torch.randn_like(x)
-        return x
-    return sample
+    return euler_loop(net_denoiser(small_net()), after=lambda i, x: _draw(kind, x))
 
 
 def _line(kind: str) -> int:
-    src, first = inspect.getsourcelines(_sampler)
+    src, first = inspect.getsourcelines(_draw)
     return first + next(i for i, s in enumerate(src) if f'kind == "{kind}"' in s) + 1
 
 

@@ -9,23 +9,19 @@ import torch
 
 import gradcheck
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+from ._loop import euler_loop, net_denoiser, small_net
+
+
+def _wrong_by(scale):
+    def hook(i, d):
+        d.register_hook(lambda g: g * scale)  # a wrong gradient, at every call
+        return d
+    return hook
 
 
 def _sampler(scale):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
-    den = gradcheck.instrument(lambda x, s: net(x) + x / (1 + s))
-
-    def sample(z0):
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            d = den(x, SIGMAS[i])
-            if scale != 1.0:
-                d.register_hook(lambda g: g * scale)  # a wrong gradient, at every call
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - d) / SIGMAS[i]
-        return x
-    return sample
+    return euler_loop(net_denoiser(small_net(32, torch.float32)),
+                      on_call=_wrong_by(scale) if scale != 1.0 else None)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

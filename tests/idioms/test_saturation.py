@@ -9,7 +9,7 @@ import torch
 
 import gradcheck
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+from ._loop import euler_loop, net_denoiser, small_net
 
 
 def _root(x):
@@ -17,21 +17,9 @@ def _root(x):
 
 
 def _sampler():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                              torch.nn.Linear(16, 8)).double()
-    den = gradcheck.instrument(lambda x, s: net(x) + x / (1 + s))
-
-    def sample(z0):
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            d = den(x, SIGMAS[i])
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - d) / SIGMAS[i]
-            if i == 1:
-                x = _root(x)
-            x = torch.tanh(x) * 60.0  # saturated from step 1 on
-        return x
-    return sample
+    # the root at step 1, then a tanh saturated from there on
+    return euler_loop(net_denoiser(small_net()),
+                      after=lambda i, x: torch.tanh(_root(x) if i == 1 else x) * 60.0)
 
 
 def test_the_first_saturating_op_is_the_root():

@@ -10,7 +10,7 @@ import torch
 
 import gradcheck
 
-SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.0]
+from ._loop import euler_loop, net_denoiser, small_net
 
 
 def _scale(kind, x):
@@ -18,21 +18,11 @@ def _scale(kind, x):
 
 
 def _sampler(kind):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                              torch.nn.Linear(16, 8)).double()
-    den = gradcheck.instrument(lambda x, s: net(x) + x / (1 + s))
-
-    def sample(z0):
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            if i == 2:
-                x = gradcheck.probe(_scale(kind, x), f"scaled[{i}]", step=i, kind="state")
-            d = den(x, SIGMAS[i])
-            x = gradcheck.probe(x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - d) / SIGMAS[i],
-                                f"x[{i + 1}]", step=i + 1, kind="state")
-        return x
-    return sample
+    return euler_loop(
+        net_denoiser(small_net()),
+        before=lambda i, x: gradcheck.probe(_scale(kind, x), f"scaled[{i}]", step=i,
+                                            kind="state") if i == 2 else x,
+        after=lambda i, x: gradcheck.probe(x, f"x[{i + 1}]", step=i + 1, kind="state"))
 
 
 @pytest.mark.parametrize("kind", ["exploding", "vanishing"])

@@ -9,8 +9,8 @@ from .checks_optimize import (  # noqa: F401 - re-exported: gradcheck optimize's
     DRIFT_SIGMAS, PLAUSIBLE_SIGMAS, chi_band, optimize_checks,
 )
 from .checks_numbers import (  # noqa: F401 - power, limits: re-exported
-    grad_scale, limits, loss_moves, numeric_directional, optimizer_changes_z0, power,
-    sampler_deterministic,
+    compiled_matches_eager, grad_scale, limits, loss_moves, numeric_directional,
+    optimizer_changes_z0, power, sampler_deterministic,
 )
 from .records import PATH_KINDS, Finding, FlowReport, ProbeStats
 from .text import BREAK_POINT_WORDS, describe_break, fmt, located, probe_where, ranges, step_picture, steps_phrase
@@ -410,6 +410,7 @@ CHECKS: tuple[Callable[[FlowReport], Finding], ...] = (
     no_proven_bias,
     numeric_directional,
     sampler_deterministic,
+    compiled_matches_eager,
     optimizer_changes_z0,
     loss_moves,
     grad_allowed,
@@ -424,4 +425,5 @@ def run_checks(report: FlowReport) -> list[Finding]:
         return [sampler_ran(report), grad_allowed(report), trace_hygiene(report)]
     per_rank = (grad_reaches_every_rank, every_rank_passes)
     return [check(report) for check in CHECKS
-            if check not in per_rank or report.world_size > 1]
+            if (check not in per_rank or report.world_size > 1)
+            and (check is not compiled_matches_eager or report.compiled is not None)]

@@ -14,8 +14,12 @@ def power(n) -> str:
     if n.detectable is None:
         return ""
     many = f"{n.directions} directions" if n.directions > 1 else "1 direction"
+    c = n.consistent
+    along = (f" (an error along the gradient itself, as a scaled path gives, from "
+             f"{c['detectable']:.2%}: all directions together)"
+             if c and c.get("detectable") is not None and not c.get("fails") else "")
     return (f"; {many}: a gradient {n.detectable:.2%} off is caught with 99% probability"
-            + limits(n))
+            + along + limits(n))
 
 
 def limits(n) -> str:
@@ -96,7 +100,8 @@ def _numeric_directional(r: FlowReport) -> Finding:
                        message=f"inconclusive: <v, dL/dz0> = {n.reverse:.6e}, finite "
                        f"differences {n.fd:.6e}, but the sampler changed between calls "
                        f"(sampler_deterministic): no finite difference can judge it")
-    ok = within_tolerance(n)
+    biased = bool(n.consistent and n.consistent.get("fails"))
+    ok = within_tolerance(n) and not biased
     if ok and n.verdict == "inconclusive":  # both sides under the round-off: no evidence
         return Finding("numeric_directional", True, value=n.rel_error, threshold=n.rtol,
                        level="warning",
@@ -119,7 +124,9 @@ def _numeric_directional(r: FlowReport) -> Finding:
         head += (f" (judged at {n.working_dtype}: the sampler computes in {n.working_dtype} "
                  f"inside)")
     head += power(n)
-    if not ok and n.reverse == 0.0:
+    if biased:
+        head += f". {n.note}"
+    elif not ok and n.reverse == 0.0:
         head += ". The loss changes along v but reverse mode says it does not: the gradient path " \
                 "is cut (detach / no_grad / a non-differentiable round trip)"
     elif not ok:
@@ -240,3 +247,27 @@ def loss_moves(r: FlowReport) -> Finding:
            f"{o.steps} Adam steps should move the loss {way} ({o.objective}) but it went "
            f"{first:.6g} -> {last:.6g}. hint: the gradient is missing, zero or has the wrong sign")
     return Finding("loss_moves", ok, value=last - first, threshold=f"{way}", message=msg)
+
+
+def compiled_matches_eager(r: FlowReport) -> Finding:
+    """torch.compile'd code ran as its eager original in the diagnosed passes: the sampler run
+    compiled, as the user runs it, must give the same dL/dz0."""
+    c = r.compiled
+    if c is None or c.skipped or c.rel_error is None:
+        why = c.skipped if c is not None and c.skipped else "no compiled code ran"
+        return Finding("compiled_matches_eager", True, level="info", value=None,
+                       threshold=None, message=f"not compared: {why}")
+    ok = c.rel_error <= c.rtol
+    head = (f"{c.regions} call(s) into torch.compile'd code ran as their eager original in the "
+            f"diagnosed passes; the sampler run compiled gives dL/dz0 within "
+            f"{fmt(c.rel_error)} of the diagnosed one (tolerance {c.rtol:.0e}; loss "
+            f"{c.loss:.6e} compiled, {c.loss_eager:.6e} eager)")
+    if ok:
+        return Finding("compiled_matches_eager", True, value=c.rel_error, threshold=c.rtol,
+                       message=head)
+    return Finding("compiled_matches_eager", False, value=c.rel_error, threshold=c.rtol,
+                   message=head.replace("within", "off by") + ". The verdict above is the eager "
+                   "code's; compiled, the sampler computes another gradient: a compiler problem, "
+                   "or code that behaves differently compiled (a graph break that drops a side "
+                   "effect, a guard on mutable state). hint: torch.compile(backend='eager'), "
+                   "then 'aot_eager', shows which stage changes it")

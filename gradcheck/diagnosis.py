@@ -23,18 +23,19 @@ from . import modes, observers
 from .checks import run_checks
 from .checks_numbers import within_tolerance
 from .errors import GradcheckError, InputError
-from .numeric import DIRECTIONS
+from .numeric import DIRECTIONS, SETTINGS
 from .options import Options
 from .plan import SHADOW_BUDGET_S as PLAN_BUDGET_S, Facts, Plan, plan, random_target
 from .policy import Local, current
 from .rng import seeded
-from .records import (Cost, FlowReport, GradSite, LocatorResult, NumericResult, OptimResult,
+from .records import (CompiledCheck, Cost, FlowReport, GradSite, LocatorResult, NumericResult, OptimResult,
                       PathProbe, Raised, StageCost)
 from .evidence import (  # noqa: F401 - the stages, importable from here as before
     loss_at, numeric_check, optimizer_probe, probe_path, remeasure_at_working_precision,
     shadow_check, source_around, straddles, verified, warm_optimizer,
 )
 from .backward_errors import explain as explain_backward
+from .compiled import compiled_run, eager_compiled
 from .reentrant import non_reentrant
 from .recording import (  # noqa: F401 - likewise
     Counted, Loss, Recording, build_loss, raised_record, record, runner,
@@ -159,6 +160,7 @@ class _Run:
     def __init__(self, sample_fn: Any, z0: torch.Tensor, opts: Options) -> None:
         self.allowing = None
         self.reentrant: Any = None  # reentrant.NonReentrant: its note goes in the report
+        self.compiled: Any = None  # compiled.EagerCompiled: likewise
         if opts.allow_grad:  # every pass runs with the sampler's grad-disabling sites neutralised
             from .allow import Allowing
 
@@ -204,7 +206,8 @@ class _Run:
         report.cost = _ledger(self.timings, self.calls, rec, report, checks)
         report.sampler = getattr(self.sample_fn, "description", None)
         report.notes = [str(n) for n in getattr(self.sample_fn, "notes", ())] + [
-            n for n in [self.reentrant.note if self.reentrant else None] if n]
+            n for n in [self.reentrant.note if self.reentrant else None,
+                        self.compiled.note if self.compiled else None] if n]
         report = self.policy.merge(report, self.sample_fn)
         observers.notify(report)
         return report
@@ -287,9 +290,10 @@ def diagnose(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor
     """
     opts = Options.of(options).validate(sample_fn)
     z0 = validate_z0(z0)
-    with non_reentrant() as reentrant:  # the passes differentiate with autograd.grad
+    # the passes differentiate with autograd.grad; compiled code runs as its eager original
+    with non_reentrant() as reentrant, eager_compiled() as compiled:
         r = _Run(sample_fn, z0, opts)
-        r.reentrant = reentrant
+        r.reentrant, r.compiled = reentrant, compiled
         return _diagnose(r, z0, opts)
 
 
@@ -325,8 +329,28 @@ def _diagnose(r: _Run, z0: torch.Tensor, opts: Options) -> FlowReport:
         r.sample_fn, z0, r.run, loss, rec, report, locate=opts.locate,
         scan_randomness=p.scan_randomness, scan_bias=p.scan_bias, seed=opts.seed,
         policy=r.policy), timed=False, guarded=True) or (None, None)
-    report = dataclasses.replace(report, locator=loc, pass_errors=r.pass_errors, numeric=remeasured or report.numeric)
+    comp = r.stage("compiled", lambda: compiled_stage(r, loss, rec), guarded=True) \
+        if r.compiled is not None and r.compiled.regions else None
+    report = dataclasses.replace(report, locator=loc, pass_errors=r.pass_errors,
+                                 numeric=remeasured or report.numeric, compiled=comp)
     return r.finish(judge(report), rec, opts.checks)
+
+
+def compiled_stage(r: _Run, loss: Loss, rec: Recording) -> CompiledCheck:
+    """torch.compile'd code ran eagerly in every pass so far: one forward+backward of the
+    sampler as the user runs it (compiled), its dL/dz0 against the diagnosed one."""
+    rtol = SETTINGS.get(rec.z.dtype, SETTINGS[torch.float32])[1]
+    c = CompiledCheck(regions=r.compiled.regions, rtol=rtol, loss_eager=rec.loss_value)
+    value, grad = compiled_run(r.run, loss.of, rec.z)
+    c.loss = r.policy.sum(value)
+    eager = rec.z_grad
+    if grad is None or eager is None:
+        c.rel_error = 0.0 if grad is None and eager is None else 1.0
+        return c
+    diff = r.policy.sum(float((grad.double() - eager.double()).square().sum())) ** 0.5
+    norm = r.policy.sum(float(eager.double().square().sum())) ** 0.5
+    c.rel_error = diff / norm if norm > 0 else (0.0 if diff == 0 else 1.0)
+    return c
 
 
 #: the plan's budget for the default level (:data:`gradcheck.plan.SHADOW_BUDGET_S`), read here

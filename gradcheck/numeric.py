@@ -64,14 +64,39 @@ DIRECTIONS = {torch.float64: 1, torch.float32: 7, torch.float16: 7, torch.bfloat
 POWER = 0.99
 
 
-def detectable(rtol: float, directions: int, power: float = POWER) -> float:
+def detectable(rtol: float, directions: int, power: float = POWER,
+               floor: float = 0.0) -> float:
     """The smallest relative gradient error |e|/|g| that ``directions`` independent random
-    directions catch with probability ``power``, at relative tolerance ``rtol``. The model: e
-    and g of random orientation, so along a random unit v the ratio <v,e>/<v,g> is (|e|/|g|)
-    times a standard Cauchy variable; one direction catches the error with probability
-    1 - (2/pi) atan(rtol |g| / |e|)."""
+    directions catch with probability ``power``, at relative tolerance ``rtol`` plus a
+    round-off allowance ``floor`` (in units of the typical |<v, g>|). The model: along a random
+    unit v of a high dimension, <v, g> and <v, e> (e orthogonal to g, the worst orientation;
+    the part of e along g is caught by :func:`consistent_error`) are independent normals, and a
+    direction catches e where |<v, e>| > (rtol |<v, g>| + floor) / (1 - rtol) (the test's
+    rtol of max(|fd|, |reverse|), taken at its widest). Without a floor, each direction's
+    chance is 1 - (2/pi) atan(rtol / ((1 - rtol) r)) (a Cauchy ratio)."""
     per = 1.0 - (1.0 - power) ** (1.0 / directions)  # each direction must catch it this often
-    return rtol / math.tan(math.pi / 2 * (1.0 - per))
+    if floor <= 0:
+        return rtol / (1 - rtol) / math.tan(math.pi / 2 * (1.0 - per))
+    lo, hi = 0.0, 100.0
+    if _catch(hi, rtol, floor) < per:
+        return math.inf
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _catch(mid, rtol, floor) >= per else (mid, hi)
+    return hi
+
+
+def _catch(r: float, rtol: float, floor: float, n: int = 400) -> float:
+    """P(|r Z1| > (rtol |Z2| + floor) / (1 - rtol)) for independent standard normals (midpoint
+    rule over Z2 in [0, 8])."""
+    if r <= 0:
+        return 0.0
+    total, w = 0.0, 8.0 / n
+    for i in range(n):
+        z = (i + 0.5) * w
+        thr = (rtol * z + floor) / ((1 - rtol) * r)
+        total += math.exp(-z * z / 2) * math.erfc(thr / math.sqrt(2))
+    return total * w * math.sqrt(2 / math.pi)
 
 
 def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,
@@ -110,27 +135,73 @@ def directional_check(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor
                                     reduce=reduce, shard_of=shard_of, straddles=straddles)
             others.append({"direction_seed": res.direction_seed, "eps": res.eps, "fd": res.fd,
                            "reverse": res.reverse, "rel_error": res.rel_error,
-                           "verdict": res.verdict})
+                           "roundoff_floor": res.atol, "verdict": res.verdict})
             rank = {"disagrees": 3, "inconclusive": 2}
             if rank.get(res.verdict, 0) > rank.get(main.verdict, 0):
                 main = res
             if main.verdict == "disagrees":  # failed on smooth evidence: more cannot undo it
                 break
     main.directions = 1 if below_round_off(first) else k
-    # the power at the relative tolerance; where the first direction's round-off allowance is
-    # larger than that, at the tolerance actually applied; none where even a gradient 100% off
-    # would have agreed (the loss does not change measurably along v at this precision)
-    mag = max(abs(first.fd), abs(first.reverse))
-    eff = (first.rtol * mag + first.atol) / mag if mag > 0 else math.inf
-    if first.atol <= first.rtol * mag:
-        eff = first.rtol
-    main.detectable = detectable(eff, k) if eff < 1 else None
+    rows = [first.__dict__ | {"roundoff_floor": first.atol}] + others
+    if main.verdict == "agrees":
+        main.consistent = consistent_error(rows, first.rtol)
+        if main.consistent and main.consistent["fails"]:
+            main.verdict, main.note = "disagrees", consistent_note(main.consistent)
+    # the power at the tolerance actually applied: rtol and the largest round-off allowance
+    # of the directions taken (relative to their typical |<v, dL/dz0>|); none where even a
+    # gradient 100% off would have agreed (the loss does not change measurably along v)
+    main.detectable = _power(rows, first.rtol, k)
     main.others = [o for o in others if o["direction_seed"] != main.direction_seed]
     if main is not first:
         main.others.insert(0, {"direction_seed": first.direction_seed, "eps": first.eps,
                                "fd": first.fd, "reverse": first.reverse,
                                "rel_error": first.rel_error, "verdict": first.verdict})
     return main
+
+
+#: one-sided Student t quantiles at 1 - 1e-4 by degrees of freedom (3..12; 5.0 beyond): how
+#: many standard errors a consistent offset must clear before it counts
+T_QUANTILE = {3: 22.2, 4: 13.0, 5: 9.68, 6: 8.02, 7: 7.06, 8: 6.44, 9: 6.01, 10: 5.69,
+              11: 5.45, 12: 5.26}
+
+
+def consistent_error(rows: list[dict], rtol: float) -> dict | None:
+    """A gradient off by the same relative amount along every direction (a scaled path: a hook
+    or a custom backward that multiplies) shows as ``reverse_j = (1 + s) fd_j``. Each direction
+    alone may stay within ``rtol``; all of them together estimate s by least squares through
+    the origin, with a standard error from their own scatter (so from the finite differences'
+    real error, not the allowance). It fails where s is material (over ``rtol / 2``) even at
+    its 1e-4 lower confidence bound. None with fewer than 4 directions on smooth evidence."""
+    pts = [(r["fd"], r["reverse"]) for r in rows
+           if r.get("verdict") == "agrees" and r.get("fd") is not None]
+    k = len(pts)
+    sxx = sum(fd * fd for fd, _ in pts)
+    if k < 4 or sxx <= 0:
+        return None
+    s = sum((rev - fd) * fd for fd, rev in pts) / sxx
+    resid = sum((rev - fd - s * fd) ** 2 for fd, rev in pts) / (k - 1)
+    se = math.sqrt(resid / sxx)
+    t = T_QUANTILE.get(k - 1, 5.0)
+    bound = max(0.0, abs(s) - t * se)
+    return {"offset": s, "std_error": se, "lower_bound": bound, "threshold": rtol / 2,
+            "directions": k, "fails": bound > rtol / 2, "detectable": rtol / 2 + t * se}
+
+
+def consistent_note(c: dict) -> str:
+    return (f"reverse mode is off by the same {c['offset']:+.2%} (standard error "
+            f"{c['std_error']:.2%}) along all {c['directions']} directions: each direction alone "
+            f"is within the tolerance, together they are sure (at least {c['lower_bound']:.2%} "
+            f"off at 1e-4 confidence, over the {c['threshold']:.2%} allowed): a path scaled "
+            f"by a hook, a custom backward or a wrong constant")
+
+
+def _power(rows: list[dict], rtol: float, k: int) -> float | None:
+    typical = math.sqrt(sum(max(abs(r["fd"] or 0.0), abs(r["reverse"] or 0.0)) ** 2
+                            for r in rows) / len(rows))
+    if typical <= 0:
+        return None
+    d = detectable(rtol, k, floor=max(r["roundoff_floor"] for r in rows) / typical)
+    return float(f"{d:.4g}") if math.isfinite(d) else None  # a statement, not a measurement
 
 
 def one_direction(loss_at: Callable[[torch.Tensor], float], z0: torch.Tensor,

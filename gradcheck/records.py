@@ -110,6 +110,9 @@ class NumericResult(Record):
     # the loss at z0 once more (one forward pass, bought only where reverse mode disagrees):
     # not the recorded loss when the sampler is not the same function of z0 at every call
     replayed: float | None = None
+    # all directions together (4 or more on smooth evidence): the same relative offset of
+    # reverse mode along each (offset, std_error, lower_bound, threshold, directions, fails)
+    consistent: dict[str, Any] | None = None
 
 
 @dataclass
@@ -141,6 +144,19 @@ class PathProbe(Record):
     seed: int  # seeds the output direction
     z0_norm: float  # |dz0| along it
     dead: bool  # z0's gradient is exactly zero along it: the output does not depend on z0
+
+
+@dataclass
+class CompiledCheck(Record):
+    """The sampler as the user runs it, torch.compile'd (one forward+backward, no gradcheck mode
+    active), against the diagnosed pass, in which compiled code ran as its eager original."""
+
+    regions: int  # calls into compiled code during gradcheck's passes
+    loss: float | None = None  # the compiled run's loss at z0
+    loss_eager: float | None = None  # the diagnosed (eager) pass's
+    rel_error: float | None = None  # |dL/dz0 compiled - eager| / |eager|
+    rtol: float | None = None  # the dtype's tolerance (the numeric check's)
+    skipped: str | None = None  # why it was not compared
 
 
 @dataclass
@@ -283,6 +299,8 @@ class FlowReport(Record):
     # the sampler raised in a pass gradcheck added (under no_grad, at a perturbed z0, in the
     # locator's replay): that pass's evidence is missing, the rest of the diagnosis stands
     pass_errors: list[Raised] = field(default_factory=list)
+    # torch.compile'd code: the compiled run against the diagnosed (eager) one; None where none ran
+    compiled: CompiledCheck | None = None
     checks: list[Finding] = field(default_factory=list)  # every check, in a fixed order
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     cost: Cost | None = None  # the same in forward+backward units, with the passes counted

@@ -374,9 +374,12 @@ def test_the_report_states_the_power_of_its_numeric_check(gaussian):
     rep = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like(dtype=torch.float32),
                              shadow=False)
     n = rep.numeric
-    assert n.directions == 7 and len(n.others) == 6 and n.detectable < 0.02  # float32
-    assert "7 directions: a gradient 1.89% off is caught with 99% probability" in \
-        rep.check("numeric_directional").message
+    # float32: rtol 2%, widened by the directions' round-off allowance (the power is true:
+    # tests/idioms/test_numeric_power.py)
+    assert n.directions == 7 and len(n.others) == 6 and 0.0189 < n.detectable < 0.03
+    assert f"7 directions: a gradient {n.detectable:.2%} off is caught with 99% probability" \
+        in rep.check("numeric_directional").message
+    assert "an error along the gradient itself" in rep.check("numeric_directional").message
     rep64 = gradcheck.diagnose(sampler(gaussian, steps=2), z0_like())
     assert rep64.numeric.directions == 1 and rep64.numeric.detectable < 1e-3
 
@@ -416,7 +419,7 @@ def test_a_float64_shadow_run_gives_float32_runs_the_power_to_catch_a_3_percent_
     assert "shadow_s" in rep.timings
     off = gradcheck.diagnose(smp, z0_like(dtype=torch.float32), optim_steps=0, shadow=False)
     assert off.numeric_shadow is None  # the float32 check alone: 7 directions, 2% power
-    assert off.numeric.directions == 7 and off.numeric.detectable < 0.02
+    assert off.numeric.directions == 7 and off.numeric.detectable < 0.03
     assert rep.numeric.directions == 1  # with a judged shadow, one float32 direction
 
 

@@ -101,7 +101,8 @@ def cell(sample: Callable, family: str, target: float, trials: int, rows: int) -
             claimed += 1
             caught += fail
     stated.sort()
-    return {"family": family, "target": target, "rows": rows, "trials": trials,
+    return {"family": family, "target": target, "percent": round(target * 100), "rows": rows,
+            "trials": trials,
             "failed": failed, "claimed": claimed, "caught_of_claimed": caught,
             "stated_median": stated[len(stated) // 2]}
 

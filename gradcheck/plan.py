@@ -35,6 +35,8 @@ class Facts:
     optim_steps: int | None = None  # asked for explicitly, or None: the level's
     step_noise: str = "none"  # what the mode expects of the step noise ("unknown": custom)
     scan_randomness: bool | None = None  # asked for, or None: for a custom sampler
+    # the built-in sampler runs code gradcheck does not know (the user's denoiser): scanned too
+    foreign_denoiser: bool = False
     budget_s: float = SHADOW_BUDGET_S  # a pass above this is expensive at the default level
 
 
@@ -72,7 +74,8 @@ def plan(f: Facts) -> Plan:
     shadow = (f.numeric and not f.custom_loss and f.dtype != "float64" and f.world == 1
               and f.level != "quick" and not expensive
               and (f.shadow if f.shadow is not None else f.castable))
-    scan = f.step_noise == "unknown" if f.scan_randomness is None else f.scan_randomness
+    scan = (f.step_noise == "unknown" or f.foreign_denoiser) if f.scan_randomness is None \
+        else f.scan_randomness
     return Plan(
         level=f.level, expensive=expensive, shadow=bool(shadow), numeric=f.numeric,
         full_sweep=bool(level["sweep"]), one_sided=level["one_sided"],  # type: ignore[arg-type]

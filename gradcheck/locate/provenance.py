@@ -434,13 +434,16 @@ class Provenance(TorchFunctionMode):
 
     def _coming_back(self, args: tuple, kwargs: dict, pre: list) -> list[BreakEvent]:
         """Values computed from z0 that left autograd, coming back: tainted floats, floats of an
-        escaped value, and cut tensors of a Python/NumPy round trip or a .data read."""
+        escaped value, and cut tensors of a Python/NumPy round trip, a .data read or an integer
+        round trip (a bool mask is how healthy code uses a cast)."""
         back_in = tainted_in((args, kwargs))
         if self.escaped:
             back_in += [self.escaped[v] for v in plain_floats((args, kwargs))
                         if v in self.escaped]
-        back_in += [m.ev for _, d, g, m in pre if d and not g and m is not None
-                    and m.ev is not None and m.ev.cause in MIXED_BIAS_CAUSES]
+        back_in += [m.ev for t, d, g, m in pre if d and not g and m is not None
+                    and m.ev is not None and (m.ev.cause in MIXED_BIAS_CAUSES or (
+                        m.ev.cause == "int_cast" and m.ev.detail != "to bool"
+                        and t.is_floating_point()))]  # quantized and cast back: uint8 images
         return back_in
 
     def _note_mixed_cuts(self, pre: list, dep_gconn: bool) -> None:

@@ -213,6 +213,8 @@ def source_around(location: str | None, context: int = 3) -> tuple[list[str], in
     number of the first; nothing when the file cannot be read (a REPL, a notebook cell)."""
     import linecache
 
+    from .torch_internals import find_source
+
     if not location or ":" not in location:
         return [], None
     path, _, line = location.rpartition(":")
@@ -220,6 +222,7 @@ def source_around(location: str | None, context: int = 3) -> tuple[list[str], in
         return [], None
     n = int(line)
     first = max(1, n - context)
+    path = find_source(path) or path  # a module path (site-packages) or one relative to cwd
     lines = [linecache.getline(path, i).rstrip("\n") for i in range(first, n + context + 1)]
     while lines and not lines[-1].strip():
         lines.pop()

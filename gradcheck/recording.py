@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -168,14 +167,14 @@ def raised_record(exc: BaseException, phase: str, tr: Any) -> Raised:
     """What the sampler (or its backward) raised, located: the innermost user frame of the
     traceback, the step the forward had reached, the original message, a hint for the usual
     causes."""
-    from .torch_internals import is_user_file
+    from .torch_internals import is_user_file, rel_path
 
     loc = fn = None
     tb = exc.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
         if is_user_file(code.co_filename):
-            loc, fn = f"{os.path.relpath(code.co_filename)}:{tb.tb_lineno}", code.co_name
+            loc, fn = f"{rel_path(code.co_filename)}:{tb.tb_lineno}", code.co_name
         tb = tb.tb_next
     step = next((e.step for e in reversed(tr._entries) if e.step is not None), None) \
         if phase == "forward" else None

@@ -96,7 +96,7 @@ def decorated_on_stack(kind: type, frame: FrameType | None = None) -> str | None
             fn = f.f_locals.get("func")
             if isinstance(ctx, kind) and fn is not None:
                 code = getattr(fn, "__code__", None)
-                where = (f" (defined at {os.path.relpath(code.co_filename)}:{code.co_firstlineno})"
+                where = (f" (defined at {rel_path(code.co_filename)}:{code.co_firstlineno})"
                          if code else "")
                 return f"{qualname(fn)}{where}"
         f = f.f_back
@@ -258,13 +258,34 @@ def is_user_file(filename: str) -> bool:
 
 
 def rel_path(filename: str) -> str:
-    """``filename`` relative to the working directory (pseudo-files such as ``<string>`` as they are)."""
+    """``filename`` as a reader finds it: relative to the working directory when inside it; else
+    relative to the import root it lies under (``cosmos_predict1/utils/res_sampler.py`` for a
+    file in site-packages: the module's own path); else absolute. Never a chain of ``../``.
+    Pseudo-files such as ``<string>`` stay as they are. :func:`find_source` reads any of them."""
     if filename.startswith("<"):
         return filename
-    try:
-        return os.path.relpath(filename)
-    except ValueError:  # another drive (Windows)
-        return filename
+    path = os.path.abspath(filename)
+    cwd = os.getcwd()
+    if path.startswith(cwd.rstrip(os.sep) + os.sep):
+        return os.path.relpath(path, cwd)
+    roots = [os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)]
+    under = [r for r in roots if path.startswith(r.rstrip(os.sep) + os.sep)]
+    if under:
+        return os.path.relpath(path, max(under, key=len))
+    return path
+
+
+def find_source(shown: str) -> str | None:
+    """The file a :func:`rel_path` names: as given (relative to the working directory, or
+    absolute), else under the first import root that has it; None if none does."""
+    if os.path.isfile(shown):
+        return shown
+    if not os.path.isabs(shown):
+        for root in sys.path:
+            cand = os.path.join(root or os.getcwd(), shown)
+            if os.path.isfile(cand):
+                return cand
+    return None
 
 
 def _first_user_frame(f: FrameType | None) -> FrameType | None:

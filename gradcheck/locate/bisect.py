@@ -40,7 +40,7 @@ from .. import patches
 from ..numeric import ROUNDOFF_FACTOR, SETTINGS, judge_kink
 from ..probes import probe, trace
 from ..records import Bisection, BreakEvent, VjpCheck
-from ..torch_internals import user_frame
+from ..torch_internals import rel_path, user_frame
 
 #: at most this many hooks are recorded
 MAX_HOOKS = 256
@@ -169,10 +169,9 @@ class _Hooks:
 def _source_of(fn: Any) -> str | None:
     """``path:line`` of a function's definition, if Python knows it."""
     import inspect
-    import os
 
     try:
-        return f"{os.path.relpath(inspect.getsourcefile(fn))}:{inspect.getsourcelines(fn)[1]}"
+        return f"{rel_path(inspect.getsourcefile(fn))}:{inspect.getsourcelines(fn)[1]}"
     except (TypeError, OSError, ValueError):
         return None
 

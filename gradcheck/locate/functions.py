@@ -13,7 +13,6 @@ recorded application (N cheap checks; no pass of the sampler or the denoiser).
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ import torch
 from ..records import BreakEvent
 from ..rng import seeded
 from .. import patches
-from ..torch_internals import tensors_in, user_frame
+from ..torch_internals import rel_path, tensors_in, user_frame
 
 #: at most this many applications are recorded (the first ones, in forward order)
 MAX_CALLS = 256
@@ -78,7 +77,7 @@ def _where_backward(cls: type) -> str | None:
         line = inspect.getsourcelines(fn)[1]
     except (TypeError, OSError):
         return None
-    return f"{os.path.relpath(path) if path else '?'}:{line}"
+    return f"{rel_path(path) if path else '?'}:{line}"
 
 
 def _outputs(res: Any) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from .errors import ConfigError, GradcheckError
 from .modes import NOISE_TO_MODE
 from .denoiser_calls import instrument, output_tensor
+from .draws import draw_replacer
 from .probes import probe
 from .torch_internals import grad_decorator, grad_decorators  # noqa: F401 - public here too
 from .sampling.noise import StepNoiseSource
@@ -186,21 +187,39 @@ def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.
 
 
 def function(sampler: Callable[..., torch.Tensor], denoiser: Callable[..., Any], *,
-             unwrap: bool = False) -> AdaptedSampler:
+             unwrap: bool = False, noise: str = "own", seed: int = 0) -> AdaptedSampler:
     """A sampler of your own with the signature ``sampler(denoiser, z0) -> output``, its denoiser
     instrumented (``gradcheck run --sampler pkg.mod:fn`` for a function that is not in
-    k-diffusion's convention)."""
+    k-diffusion's convention). ``noise``: what its own ``torch.randn_like`` / ``torch.randn``
+    draws shaped like z0 become (:mod:`gradcheck.draws`): ``"own"`` (default: left as they
+    are), ``"learnable"`` (derived from z0, differentiably), ``"fresh"`` (seeded) or
+    ``"leaves"`` (one learnable leaf each)."""
     if not callable(sampler):
         raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
+    _check_noise(noise)
     name = getattr(inspect.unwrap(sampler), "__qualname__", repr(sampler))
     fn, notes, tag = _entry(sampler, name, unwrap)
     den = instrument(denoiser)
+    draws, mode = draw_replacer(noise, seed)
 
     def sample(z0: torch.Tensor) -> torch.Tensor:
-        return fn(den, z0)
+        with draws.replacing(z0) if draws else contextlib.nullcontext():
+            return fn(den, z0)
 
-    return AdaptedSampler(sample, mode="custom", description=f"{name}(denoiser, z0){tag}",
-                          notes=notes)
+    if draws:
+        notes.append(f"noise={noise!r}: the sampler's own randn_like/randn draws shaped like z0 "
+                     f"are made {_NOISE_WORDS[noise]}")
+    return AdaptedSampler(sample, mode=mode, description=f"{name}(denoiser, z0){tag}",
+                          notes=notes, noise_source=draws.source if draws else None)
+
+
+_NOISE_WORDS = {"learnable": "differentiable functions of z0 (a seeded orthogonal map each)",
+                "fresh": "seeded fresh draws", "leaves": "learnable leaves (.leaves)"}
+
+
+def _check_noise(noise: str) -> None:
+    if noise not in NOISE_CHOICES:
+        raise ConfigError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
 
 
 def is_kdiffusion(fn: Callable[..., Any]) -> bool:
@@ -387,7 +406,8 @@ _COSMOS_STATE = ("output_x_B_StateShape", "x_t", "x_next", "x")
 _COSMOS_INDEX = ("i_th", "i", "step")
 
 
-def cosmos(sampler: Any, x0_fn: Callable[..., Any], **sampler_kwargs: Any) -> AdaptedSampler:
+def cosmos(sampler: Any, x0_fn: Callable[..., Any], *, noise: str = "own", seed: int = 0,
+           **sampler_kwargs: Any) -> AdaptedSampler:
     """An NVIDIA Cosmos-style ``Sampler`` (``sampler(x0_fn, x_sigma_max=..., num_steps=...,
     sigma_min=..., sigma_max=..., rho=..., S_churn=..., S_min=..., S_max=..., S_noise=...,
     solver_option=...)``), called unmodified as ``sampler(x0_fn, x_sigma_max=sigma_max * z0,
@@ -399,7 +419,10 @@ def cosmos(sampler: Any, x0_fn: Callable[..., Any], **sampler_kwargs: Any) -> Ad
     noise drawn with ``torch.randn_like`` from the global RNG is fresh randomness: with
     ``S_churn > 0`` it is reported at each step (a warning); with ``S_churn = 0`` the draw is
     multiplied by zero and raises nothing. Its ``@torch.no_grad()`` entry points are named as the
-    break; ``diagnose(..., allow_grad=True)`` looks past them.
+    break; ``diagnose(..., allow_grad=True)`` looks past them. ``noise`` makes the churn draws
+    step noise (:mod:`gradcheck.draws`): ``"learnable"`` (the seed note's second mode: derived
+    from z0, differentiably; needs ``S_churn > 0``), ``"fresh"``, ``"leaves"``, or ``"own"``
+    (default: the sampler's own draws).
     """
     if not callable(sampler):
         raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
@@ -409,6 +432,11 @@ def cosmos(sampler: Any, x0_fn: Callable[..., Any], **sampler_kwargs: Any) -> Ad
                           f"{', '.join(COSMOS_KEYWORDS)}")
     sigma_max = float(sampler_kwargs.get("sigma_max", 80.0))
     churn = float(sampler_kwargs.get("S_churn", 0.0) or 0.0)
+    _check_noise(noise)
+    if noise != "own" and churn <= 0:
+        raise ConfigError(f"cosmos: noise={noise!r} needs S_churn > 0 (with S_churn=0 the churn "
+                          f"draw is multiplied by zero: there is no step noise to make {noise})")
+    draws, mode = draw_replacer(noise, seed)
     den = instrument(x0_fn)
     entry = getattr(sampler, "forward", sampler)
     try:
@@ -429,15 +457,21 @@ def cosmos(sampler: Any, x0_fn: Callable[..., Any], **sampler_kwargs: Any) -> Ad
         kw = dict(sampler_kwargs)
         if takes_callbacks:
             kw["callback_fns"] = list(kw.get("callback_fns") or []) + [on_step]
-        return sampler(den, x_sigma_max=x_T, **kw)
+        with draws.replacing(z0) if draws else contextlib.nullcontext():
+            return sampler(den, x_sigma_max=x_T, **kw)
 
     notes = [f"Cosmos convention: {name}(x0_fn, x_sigma_max=sigma_max * z0, "
              + ", ".join(f"{k}={v!r}" for k, v in sampler_kwargs.items()) + ")"]
-    if churn > 0:
+    if draws:
+        notes.append(f"S_churn={churn:g}, noise={noise!r}: the churn draws (torch.randn_like) are "
+                     f"made {_NOISE_WORDS[noise]}")
+    elif churn > 0:
         notes.append(f"S_churn={churn:g}: the churn noise is drawn with torch.randn_like from the "
                      f"global RNG each step: fresh randomness, not derived from z0")
     else:
         notes.append("S_churn=0: the churn draw (torch.randn_like) is multiplied by zero; it "
                      "does not enter the state")
-    return AdaptedSampler(sample, mode="custom" if churn > 0 else "default",
-                          description=f"{name} (Cosmos convention)", notes=notes)
+    if not draws:
+        mode = "custom" if churn > 0 else "default"
+    return AdaptedSampler(sample, mode=mode, description=f"{name} (Cosmos convention)",
+                          notes=notes, noise_source=draws.source if draws else None)

@@ -208,6 +208,8 @@ CHECKPOINT_FRAME_INIT = Point(
 CHECKPOINT_FORWARD = Point(
     lambda: getattr(_module("torch.utils.checkpoint")(), "CheckpointFunction", None), "forward",
     "staticmethod")
+RANDN_LIKE = Point(_torch, "randn_like")
+RANDN = Point(_torch, "randn")
 _COLLECTIVES: dict[str, Point] = {}
 
 
@@ -221,4 +223,4 @@ def collective(name: str) -> Point:
 def every_point() -> list[Point]:
     return [GRAD_MODE, INFERENCE_ENTER, INFERENCE_EXIT, FUNCTION_APPLY, TENSOR_FLOAT,
             REGISTER_HOOK, BACKWARD_HOOK_INIT, CHECKPOINT_FRAME_INIT, CHECKPOINT_FORWARD,
-            *_COLLECTIVES.values()]
+            RANDN_LIKE, RANDN, *_COLLECTIVES.values()]

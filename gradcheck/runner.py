@@ -162,15 +162,17 @@ def user_sampler(cfg: RunConfig, fn: Callable[..., Any], den: Callable[..., Any]
                 from exc
         sc = cfg.sampler
         return adapters.cosmos(obj, den, num_steps=sc.steps, sigma_min=sc.sigma_min,
-                               sigma_max=sc.sigma_max, rho=sc.rho, S_churn=sc.s_churn or 0.0,
+                               sigma_max=sc.sigma_max, rho=sc.rho, S_churn=sc.churn_for(mode),
                                S_min=sc.s_min, S_max=sc.s_max, S_noise=sc.s_noise,
-                               solver_option=sc.solver)
+                               solver_option=sc.solver, noise=MODES[mode].adapter_noise,
+                               seed=cfg.seed)
     if adapters.is_kdiffusion(fn):
         sig = cfg.sampler.sigmas()
         sigmas = torch.cat([sig, sig.new_zeros(1)]).to(dtype)
         return adapters.kdiffusion(fn, den, sigmas, noise=MODES[mode].adapter_noise,
                                    unwrap=cfg.unwrap, seed=cfg.seed)
-    return adapters.function(fn, den, unwrap=cfg.unwrap)
+    return adapters.function(fn, den, unwrap=cfg.unwrap, noise=MODES[mode].adapter_noise,
+                             seed=cfg.seed)
 
 
 def load_sampler(spec: str) -> Callable[..., Any]:
@@ -182,20 +184,32 @@ def load_sampler(spec: str) -> Callable[..., Any]:
 
 
 def user_modes(cfg: RunConfig, fn: Callable[..., Any]) -> list[str]:
-    """The modes a user sampler can run: the step-noise modes need a k-diffusion-convention
-    sampler that takes a noise_sampler; ``both`` falls back to ``default`` for the others."""
+    """The modes a user sampler can run: a k-diffusion-convention sampler that takes a
+    noise_sampler is handed the mode's step noise; a Cosmos-convention one (with S_churn > 0)
+    and a plain function get their own randn_like/randn draws made the mode's step noise
+    (:mod:`gradcheck.draws`). ``both`` falls back to ``default`` where there is no step noise
+    to make (a Cosmos sampler at S_churn = 0, a k-diffusion sampler without a noise_sampler, a
+    plain function, which may draw nothing)."""
     from . import adapters
 
-    if cfg.convention == "cosmos":  # its own churn; no step-noise modes to hand it
-        return ["default"]
-    if adapters.is_kdiffusion(fn) and adapters.takes_noise_sampler(fn):
+    both = cfg.modes == list(BOTH)
+    if cfg.convention == "cosmos":  # S_churn: --s-churn, or the step-noise modes' default
+        noisy = [m for m in cfg.modes if MODES[m].step_noise != "none"]
+        if noisy and cfg.sampler.churn_for(noisy[0]) <= 0:
+            if both:
+                return ["default"]
+            raise ConfigError(f"--mode {noisy[0]} with --convention cosmos needs --s-churn > 0: "
+                              f"at S_churn = 0 the churn draw is multiplied by zero")
         return list(cfg.modes)
-    if cfg.modes == list(BOTH):
+    kdiff = adapters.is_kdiffusion(fn)
+    if kdiff and adapters.takes_noise_sampler(fn):
+        return list(cfg.modes)
+    if both:
         return ["default"]
     bad = [m for m in cfg.modes if m != "default"]
-    if bad:
-        raise ConfigError(f"--mode {bad[0]} needs a sampler that takes a noise_sampler "
-                          f"(k-diffusion convention); {cfg.sampler_spec} does not")
+    if bad and kdiff:
+        raise ConfigError(f"--mode {bad[0]} needs a k-diffusion sampler that takes a "
+                          f"noise_sampler; {cfg.sampler_spec} does not")
     return list(cfg.modes)
 
 

@@ -142,7 +142,7 @@ def test_cli_runs_a_kdiffusion_sampler(tmp_path, monkeypatch, capsys):
     (["--sampler", "nowhere_mod:fn"], "cannot import sampler 'nowhere_mod:fn'"),
     (["--sampler", "kdiff_like"], "is not of the form package.module:name"),
     (["--sampler", "kdiff_like:sample_euler", "--mode", "learnable_step_noise"],
-     "--mode learnable_step_noise needs a sampler that takes a noise_sampler"),
+     "--mode learnable_step_noise needs a k-diffusion sampler that takes a noise_sampler"),
     (["--unwrap"], "--unwrap applies to --sampler"),
     (["--sampler", "kdiff_like:sample_euler", "--checkpoint"], "apply to the built-in sampler"),
 ])

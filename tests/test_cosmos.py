@@ -103,6 +103,10 @@ def test_the_command_line_runs_the_cosmos_convention(tmp_path):
     assert allowed.returncode == 0, allowed.stdout[-3000:] + allowed.stderr[-2000:]
     assert "to make this differentiable, change: @torch.no_grad() on " \
            "tests.cosmos_replica.Sampler.forward" in allowed.stdout
+    # both of the seed's modes: in learnable_step_noise the sampler's own churn draws are made
+    # z0-derived step noise (S_churn: the step-noise modes' default), each receiving gradient
+    assert "mode learnable_step_noise: PASS" in allowed.stdout
+    assert "all 4 step noises receive gradient" in allowed.stdout
 
 
 def test_bad_convention_input_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -120,3 +124,74 @@ def test_bad_convention_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert err.startswith("gradcheck: error: --convention cosmos: 'get_rev_ts' must be a factory "
                           "taking no arguments") and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+# -- the seed's second mode on the real sampler: its churn draws made learnable step noise ------
+
+def test_learnable_churn_makes_every_step_noise_receive_gradient(monkeypatch):
+    """noise="learnable": each torch.randn_like churn draw inside the unmodified sampler is a
+    seeded orthogonal map of z0, so the gradient reaches z0 through the noise too; the
+    step_noise check sees every draw receive gradient. Truth: plain autograd through the
+    undecorated sampler with the same maps in place of randn_like."""
+    import inspect
+
+    from gradcheck.sampling.noise import LearnableStepNoise
+
+    z0, target = _z0(), _z0(seed=9)
+    fn = adapters.cosmos(cr.Sampler(), DEN, num_steps=4, S_churn=10.0, noise="learnable")
+    assert fn.mode == "learnable_step_noise"
+    rep = gradcheck.diagnose(fn, z0, target=target, allow_grad=True, optim_steps=1)
+    assert rep.passed, [f.message for f in rep.failed]
+    eps = rep.of_kind("step_noise")
+    assert len(eps) == 4 and all(p.status == "ok" and p.norm > 0 for p in eps)
+    assert rep.check("step_noise").passed and rep.check("fresh_randomness").level == "info"
+
+    class Undecorated(cr.Sampler):  # the same code without its two @torch.no_grad()
+        forward = inspect.unwrap(cr.Sampler.forward)
+        _forward_impl = inspect.unwrap(cr.Sampler._forward_impl)
+
+    z = z0.clone().requires_grad_(True)
+    maps, count = LearnableStepNoise(z, 0), [0]
+
+    def drawn(x, *a, **k):
+        count[0] += 1
+        return maps(count[0] - 1, x)
+    monkeypatch.setattr(torch, "randn_like", drawn)
+    out = Undecorated()(DEN, x_sigma_max=80.0 * z, num_steps=4, S_churn=10.0)
+    (ref,) = torch.autograd.grad(torch.nn.functional.mse_loss(out, target), [z])
+    assert count[0] == 4
+    got = rep.handles["z0_grad"]
+    assert float((got - ref).norm() / ref.norm()) <= 1e-10
+    # the noise matters: without the maps' gradient (fresh draws) dL/dz0 is another one
+    fresh = gradcheck.diagnose(adapters.cosmos(cr.Sampler(), DEN, num_steps=4, S_churn=10.0,
+                                               noise="fresh"), z0, target=target,
+                               allow_grad=True, optim_steps=0)
+    assert float((fresh.handles["z0_grad"] - ref).norm() / ref.norm()) > 1e-3
+
+
+def test_function_samplers_draws_can_be_made_learnable():
+    """adapters.function(noise=...): a hand-written ancestral loop drawing with randn_like."""
+    def ancestral(den, z0):
+        x = z0 * 10.0
+        for s, s_next in [(10.0, 5.0), (5.0, 2.0), (2.0, 0.5)]:
+            d = den(x, s)
+            x = d + s_next * 0.8 * (x - d) / s + s_next * 0.6 * torch.randn_like(x)
+        return x
+
+    z0 = _z0()
+    own = gradcheck.diagnose(adapters.function(ancestral, DEN), z0, optim_steps=0)
+    assert own.check("fresh_randomness").level == "warning"  # the global RNG's draws
+    fn = adapters.function(ancestral, DEN, noise="learnable")
+    rep = gradcheck.diagnose(fn, z0, optim_steps=0)
+    assert rep.passed and fn.mode == "learnable_step_noise", [f.message for f in rep.failed]
+    assert [p.status for p in rep.of_kind("step_noise")] == ["ok"] * 3
+    leaves = adapters.function(ancestral, DEN, noise="leaves")
+    rep = gradcheck.diagnose(leaves, z0, optim_steps=0)
+    assert len(leaves.leaves) == 3 and rep.passed, [f.message for f in rep.failed]
+
+
+def test_learnable_noise_needs_churn_and_a_known_choice():
+    with pytest.raises(ConfigError, match="S_churn > 0"):
+        adapters.cosmos(cr.Sampler(), DEN, num_steps=4, noise="learnable")
+    with pytest.raises(ConfigError, match="unknown noise 'loud'"):
+        adapters.cosmos(cr.Sampler(), DEN, num_steps=4, S_churn=1.0, noise="loud")

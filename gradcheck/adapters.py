@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from .errors import ConfigError, GradcheckError
 from .modes import NOISE_TO_MODE
 from .denoiser_calls import instrument, output_tensor
+from .adapted import AdaptedSampler  # noqa: F401 - public here too
 from .draws import draw_replacer
 from .probes import probe
 from .torch_internals import grad_decorator, grad_decorators  # noqa: F401 - public here too
@@ -61,31 +62,6 @@ def _decorator_notes(fn: Any, label: str, unwrap: bool, flag: str) -> tuple[list
             " (unwrapped)"
     return [f"{label} is decorated ({said}): no gradient can leave it. Pass {flag} to diagnose "
             f"inspect.unwrap of it, the function without the decorator"], ""
-
-
-class AdaptedSampler:
-    """A ``z0 -> output`` function made by an adapter. ``mode`` tells the diagnosis what the step
-    noise should be; ``description`` and ``notes`` go into the report; ``leaves`` are the
-    learnable step-noise leaves (``noise="leaves"``)."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, mode: str,
-                 description: str, notes: list[str],
-                 noise_source: StepNoiseSource | None = None):
-        self._fn = fn
-        self.mode = mode
-        self.description = description
-        self.notes = notes
-        self._noise_source = noise_source
-
-    @property
-    def leaves(self) -> list[torch.Tensor]:
-        return self._noise_source.leaves if self._noise_source is not None else []
-
-    def __call__(self, z0: torch.Tensor) -> torch.Tensor:
-        return self._fn(z0)
-
-    def __repr__(self) -> str:
-        return f"<gradcheck adapter: {self.description}>"
 
 
 def _entry(fn: Callable[..., Any], label: str, unwrap: bool) -> tuple[Callable[..., Any],
@@ -183,7 +159,11 @@ def kdiffusion(sampler: Callable[..., torch.Tensor], model: Callable[..., torch.
 
     desc = (f"k-diffusion {name}{tag}, {len(sig_list) - 1} steps, sigma {sig_list[0]:.4g} -> "
             f"{sig_list[-1]:.4g}")
-    return AdaptedSampler(sample, mode=mode, description=desc, notes=notes, noise_source=source)
+    return AdaptedSampler(sample, mode=mode, description=desc, notes=notes, noise_source=source,
+                          denoiser=model, rebuild=lambda d: kdiffusion(
+                              sampler, d, sigmas.to(torch.float64), extra_args=extra_args,
+                              noise=noise, unwrap=unwrap, seed=seed, callback=callback,
+                              **kwargs))
 
 
 def function(sampler: Callable[..., torch.Tensor], denoiser: Callable[..., Any], *,
@@ -210,7 +190,9 @@ def function(sampler: Callable[..., torch.Tensor], denoiser: Callable[..., Any],
         notes.append(f"noise={noise!r}: the sampler's own randn_like/randn draws shaped like z0 "
                      f"are made {_NOISE_WORDS[noise]}")
     return AdaptedSampler(sample, mode=mode, description=f"{name}(denoiser, z0){tag}",
-                          notes=notes, noise_source=draws.source if draws else None)
+                          notes=notes, noise_source=draws.source if draws else None,
+                          denoiser=denoiser, rebuild=lambda d: function(
+                              sampler, d, unwrap=unwrap, noise=noise, seed=seed))
 
 
 _NOISE_WORDS = {"learnable": "differentiable functions of z0 (a seeded orthogonal map each)",
@@ -474,4 +456,6 @@ def cosmos(sampler: Any, x0_fn: Callable[..., Any], *, noise: str = "own", seed:
     if not draws:
         mode = "custom" if churn > 0 else "default"
     return AdaptedSampler(sample, mode=mode, description=f"{name} (Cosmos convention)",
-                          notes=notes, noise_source=draws.source if draws else None)
+                          notes=notes, noise_source=draws.source if draws else None,
+                          denoiser=x0_fn, rebuild=lambda d: cosmos(
+                              sampler, d, noise=noise, seed=seed, **sampler_kwargs))

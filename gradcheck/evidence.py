@@ -166,6 +166,16 @@ def shadow_check(sample_fn: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
     shadow = sample_fn.at_dtype(torch.float64)
     if shadow is None:
         return None
+    try:
+        return _shadow_check(shadow, z0, loss, seed=seed, policy=policy)
+    finally:  # an adapter's denoiser modules cast in place go back (gradcheck.shadow)
+        close = getattr(shadow, "close", None)
+        if close is not None:
+            close()
+
+
+def _shadow_check(shadow: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
+                  policy: Local) -> NumericResult:
     from .locate.provenance import Provenance
 
     run64 = runner(shadow, seed, z0.device)

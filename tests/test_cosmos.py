@@ -195,3 +195,60 @@ def test_learnable_noise_needs_churn_and_a_known_choice():
         adapters.cosmos(cr.Sampler(), DEN, num_steps=4, noise="learnable")
     with pytest.raises(ConfigError, match="unknown noise 'loud'"):
         adapters.cosmos(cr.Sampler(), DEN, num_steps=4, S_churn=1.0, noise="loud")
+
+
+# -- a verdict with evidence at bf16: a float64 shadow of the adapted sampler -------------------
+
+def _bf16_x0_fn():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                              torch.nn.Linear(16, 8)).to(torch.bfloat16)
+
+    def x0_fn(x, sigma):  # Cosmos's x0_fn: a closure over the network, in the network's dtype
+        p = next(net.parameters())
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return net(x.to(p.dtype)).to(x.dtype) / (1 + s) + x * (s / (1 + s))
+    return x0_fn, net
+
+
+def test_a_bf16_denoiser_gets_a_conclusive_float64_verdict():
+    """Through the adapter at bf16 the numeric check alone has no evidence; the float64 shadow
+    (the closure's network cast in place and back, its state dict bit-identical afterwards)
+    judges at float64's tolerance."""
+    x0_fn, net = _bf16_x0_fn()
+    before = {k: t.clone() for k, t in net.state_dict().items()}
+    fn = adapters.cosmos(cr.Sampler(), x0_fn, num_steps=4)
+    rep = gradcheck.diagnose(fn, _z0(torch.bfloat16), allow_grad=True, optim_steps=0)
+    sh = rep.numeric_shadow
+    assert sh is not None and sh.skipped is None, sh and sh.skipped
+    assert sh.dtype == "float64" and sh.verdict == "agrees" and sh.detectable <= 1e-3
+    assert rep.passed, [f.message for f in rep.failed]
+    assert "a float64 shadow run of the same sampler" in rep.check("numeric_directional").message
+    after = net.state_dict()
+    assert all(after[k].dtype == torch.bfloat16 and torch.equal(after[k], before[k])
+               for k in before)
+
+
+def test_a_wrong_gradient_in_a_bf16_denoiser_fails_on_float64_evidence():
+    """A hook 5% off on every x0_fn call, far below what bf16 finite differences can see: the
+    float64 shadow (through the wrapper's closure to the network) catches it."""
+    x0_fn, net = _bf16_x0_fn()
+
+    def wrong(x, sigma):
+        y = x0_fn(x, sigma)
+        if y.requires_grad:
+            y.register_hook(lambda g: g * 1.05)
+        return y
+    z0 = _z0(torch.bfloat16)
+    z = z0.clone().requires_grad_(True)  # the truth, by plain autograd through the pieces
+    g_ok = torch.autograd.grad(cr.undecorated(x0_fn, 80.0 * z, num_steps=4).float().square()
+                               .mean(), z)[0]
+    g_bad = torch.autograd.grad(cr.undecorated(wrong, 80.0 * z, num_steps=4).float().square()
+                                .mean(), z)[0]
+    assert not torch.allclose(g_ok.float(), g_bad.float(), rtol=1e-2)
+    fn = adapters.cosmos(cr.Sampler(), wrong, num_steps=4)
+    rep = gradcheck.diagnose(fn, z0, allow_grad=True, optim_steps=0)
+    sh = rep.numeric_shadow
+    assert sh is not None and sh.skipped is None and sh.verdict == "disagrees", sh
+    assert not rep.passed and not rep.check("numeric_directional").passed
+    assert all(t.dtype == torch.bfloat16 for t in net.state_dict().values())

@@ -28,16 +28,18 @@ class AdaptedSampler:
         self._rebuild, self._denoiser = rebuild, denoiser
         self._cast: Any = None
 
-    def at_dtype(self, dtype: torch.dtype) -> AdaptedSampler | None:
+    def at_dtype(self, dtype: torch.dtype,
+                 wrap: Callable[[Any], Any] | None = None) -> AdaptedSampler | None:
         """The same sampler around its denoiser in ``dtype`` (a float64 shadow,
-        :mod:`gradcheck.shadow`); None where the denoiser cannot be cast. :meth:`close` it."""
+        :mod:`gradcheck.shadow`), the denoiser passed through ``wrap`` first if given; None
+        where the denoiser cannot be cast. :meth:`close` it."""
         from .shadow import cast_denoiser
 
         cast = cast_denoiser(self._denoiser, dtype) if self._rebuild else None
         if cast is None:
             return None
         try:
-            twin = self._rebuild(cast.den)
+            twin = self._rebuild(wrap(cast.den) if wrap else cast.den)
         except Exception:
             cast.close()
             raise

@@ -27,6 +27,7 @@ thread; only the diagnosing thread's switches are neutralised).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -206,8 +207,9 @@ class Allowing:
             raise AttributeError(name)
         value = getattr(self.inner, name)  # AttributeError when the sampler has none
         if name == "at_dtype":  # a shadow run of the same sampler, allowed the same way
-            def at_dtype(dtype: torch.dtype) -> Any:
-                shadow = value(dtype)
+            @functools.wraps(value)  # its signature too: an adapter's takes wrap=
+            def at_dtype(dtype: torch.dtype, **kw: Any) -> Any:
+                shadow = value(dtype, **kw)
                 return None if shadow is None else Allowing(shadow)
             return at_dtype
         return value

@@ -43,8 +43,26 @@ def numeric_directional(r: FlowReport) -> Finding:
                        message=f.message + said)
     return Finding(f.name, False, value=sh.rel_error, threshold=sh.rtol,
                    message=f.message + said + ". reverse mode disagrees with the loss in float64: "
-                   "a wrong custom backward or a biased shortcut"
+                   "a wrong custom backward or a biased shortcut" + per_call(r)
                    + (f"; located: {located(r)}" if located(r) else ""))
+
+
+def per_call(r: FlowReport) -> str:
+    """'; each denoiser call alone, in float64: ...' (the shadow's per-call check), or ''."""
+    calls = r.numeric_shadow.calls if r.numeric_shadow is not None else []
+    if not calls:
+        return ""
+    bad = next((c for c in calls if not c["agrees"]), None)
+    if bad is None:
+        return (f"; each of the {len(calls)} denoiser calls alone, in float64, has the right "
+                f"VJP: the wrong gradient is outside the denoiser")
+    outs = sorted((p for p in r.probes if p.kind == "denoiser_out"), key=lambda p: p.order)
+    step = outs[bad["call"]].step if bad["call"] < len(outs) else None
+    return (f"; each denoiser call alone, in float64: calls 0..{bad['call'] - 1} agree, call "
+            f"{bad['call']}" + (f" (step {step})" if step is not None else "")
+            + f" has a VJP {bad['rel_error']:.2e} off finite differences of that call alone "
+            f"(<w, J u> {bad['reverse']:.6e} vs {bad['fd']:.6e}): the wrong gradient is inside "
+            f"the denoiser, from that call on").replace("calls 0..-1 agree, ", "")
 
 
 def within_tolerance(n: NumericResult) -> bool:

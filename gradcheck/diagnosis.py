@@ -328,7 +328,8 @@ def _diagnose(r: _Run, z0: torch.Tensor, opts: Options) -> FlowReport:
                         rec, opts.checks)
     p = plan(facts(opts, z0, rec, r))
     shadow_num = r.stage("shadow", lambda: shadow_check(
-        r.sample_fn, z0, loss, seed=opts.seed, policy=r.policy), guarded=True) \
+        r.sample_fn, z0, loss, seed=opts.seed, policy=r.policy, per_call=p.full_sweep),
+        guarded=True) \
         if p.shadow else None
     num = r.stage("numeric", lambda: numeric_stage(
         r, p, loss, rec, shadow_num, opts.seed), guarded=True) if p.numeric else None

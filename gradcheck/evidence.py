@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from .callcheck import CallCapture, check_calls
 from .checks import numeric_directional
 from .numeric import directional_check
 from .policy import Local
@@ -157,25 +158,46 @@ def optimizer_probe(run: Callable[[torch.Tensor], torch.Tensor], loss: Loss, rec
 # -- stage 3b: a float64 shadow run --------------------------------------------------------------
 
 def shadow_check(sample_fn: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
-                 policy: Local) -> NumericResult | None:
+                 policy: Local, per_call: bool = False) -> NumericResult | None:
     """Below float64 one random direction cannot prove a gradient right (a 2% error hides along
     most directions at float32's tolerance). Where the sampler can be cast (``at_dtype``), the
     same sampler runs in float64: one forward + backward for its gradient, then the float64
     numeric check (2 forward passes per step size), which catches a 2% error with >= 99%
-    probability. None where it cannot be cast."""
-    shadow = sample_fn.at_dtype(torch.float64)
+    probability. None where it cannot be cast. Where it disagrees (or ``per_call``), each
+    recorded denoiser call is checked alone (:mod:`gradcheck.callcheck`)."""
+    shadow, capture = _shadow_of(sample_fn)
     if shadow is None:
         return None
     try:
-        return _shadow_check(shadow, z0, loss, seed=seed, policy=policy)
+        res = _shadow_check(shadow, z0, loss, seed=seed, policy=policy, capture=capture)
+        if capture is not None and capture.calls and res.skipped is None and (
+                per_call or res.verdict == "disagrees"):
+            res.calls = check_calls(capture, seed)
+        return res
     finally:  # an adapter's denoiser modules cast in place go back (gradcheck.shadow)
         close = getattr(shadow, "close", None)
         if close is not None:
             close()
 
 
+def _shadow_of(sample_fn: Any) -> tuple[Any, CallCapture | None]:
+    """The float64 shadow with a :class:`CallCapture` around its denoiser, where it has one."""
+    import inspect
+
+    at = sample_fn.at_dtype
+    if "wrap" in inspect.signature(at).parameters:  # an adapted sampler
+        box: list[CallCapture] = []
+        shadow = at(torch.float64, wrap=lambda d: box.append(CallCapture(d)) or box[-1])
+        return shadow, (box[0] if box else None)
+    shadow = at(torch.float64)
+    if shadow is not None and hasattr(shadow, "denoiser"):  # the built-in sampler's copy
+        shadow.denoiser = CallCapture(shadow.denoiser)
+        return shadow, shadow.denoiser
+    return shadow, None
+
+
 def _shadow_check(shadow: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
-                  policy: Local) -> NumericResult:
+                  policy: Local, capture: CallCapture | None = None) -> NumericResult:
     from .locate.provenance import Provenance
 
     run64 = runner(shadow, seed, z0.device)
@@ -184,8 +206,14 @@ def _shadow_check(shadow: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
     # (a .float() cast, a float32 scheduler step) gives no float64 evidence to judge by
     with trace() as tr, torch.enable_grad():
         prov = Provenance(tr, [z])
-        with prov:
-            value = loss.of(run64(z))
+        if capture is not None:
+            capture.on = True  # the inputs of this pass's denoiser calls, for callcheck
+        try:
+            with prov:
+                value = loss.of(run64(z))
+        finally:
+            if capture is not None:
+                capture.on = False
         grad = None
         if value.requires_grad:
             (grad,) = torch.autograd.grad(value, [z], allow_unused=True)

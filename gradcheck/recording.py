@@ -4,6 +4,7 @@ the op detail), each returning what it found. :mod:`gradcheck.diagnosis` runs th
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -80,8 +81,10 @@ class Counted:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.inner, name)
         if name == "at_dtype":
-            def at_dtype(dtype: torch.dtype) -> Any:
-                return Counted(value(dtype), self.tally)
+            @functools.wraps(value)  # its signature too: an adapter's takes wrap=
+            def at_dtype(dtype: torch.dtype, **kw: Any) -> Any:
+                shadow = value(dtype, **kw)
+                return None if shadow is None else Counted(shadow, self.tally)
             return at_dtype
         return value
 

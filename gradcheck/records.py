@@ -113,6 +113,9 @@ class NumericResult(Record):
     # all directions together (4 or more on smooth evidence): the same relative offset of
     # reverse mode along each (offset, std_error, lower_bound, threshold, directions, fails)
     consistent: dict[str, Any] | None = None
+    # a float64 shadow's per-denoiser-call check (gradcheck.callcheck): each call's VJP against
+    # finite differences of that call alone, in order up to the first that disagrees
+    calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

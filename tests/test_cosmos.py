@@ -252,3 +252,26 @@ def test_a_wrong_gradient_in_a_bf16_denoiser_fails_on_float64_evidence():
     assert sh is not None and sh.skipped is None and sh.verdict == "disagrees", sh
     assert not rep.passed and not rep.check("numeric_directional").passed
     assert all(t.dtype == torch.bfloat16 for t in net.state_dict().values())
+
+
+def test_each_denoiser_call_alone_names_the_step_of_a_wrong_gradient():
+    """The hook only at the third x0_fn call: the float64 per-call check (each call's VJP against
+    finite differences of that call alone, at the inputs the shadow recorded) names call 2."""
+    x0_fn, _ = _bf16_x0_fn()
+    count = {"n": 0}
+
+    def wrong_at_2(x, sigma):
+        y = x0_fn(x, sigma)
+        if y.requires_grad and abs(float(sigma.flatten()[0]) - SIGMA_2) < 1e-6 * SIGMA_2:
+            y.register_hook(lambda g: g * 1.05)
+        count["n"] += 1
+        return y
+    SIGMA_2 = float(cr.get_rev_ts(0.002, 80.0, 4, 7)[2])
+    fn = adapters.cosmos(cr.Sampler(), wrong_at_2, num_steps=4)
+    rep = gradcheck.diagnose(fn, _z0(torch.bfloat16), allow_grad=True, optim_steps=0)
+    calls = rep.numeric_shadow.calls
+    assert [c["agrees"] for c in calls] == [True, True, False], calls
+    msg = rep.check("numeric_directional").message
+    assert "call 2 (step 2) has a VJP" in msg and "inside the denoiser" in msg, msg
+    p = rep.locator.primary  # the place, not a bisection on bf16 round-off
+    assert p.step == 2 and p.op == "denoiser call 2" and rep.locator.bisection is None, p

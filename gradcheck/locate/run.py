@@ -65,24 +65,10 @@ def locate(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
         numeric_failed=numeric_failed(report),
         expect_connected=report.expect.get("step_noise") == "connected", wrong_backward=wrong,
         mixed_cuts=prov.mixed_cuts, failing=bool(report.failed))
-    # a wrong gradient that nothing in the forward pass explains: bisect over the probes for the
-    # first one whose gradient is right (every rank takes part, or none; a cause found on any
-    # rank explains it: the ranks then never bisect, so their passes and collectives stay in step)
-    bisection = None
     low = prov.lowest_dtype
-    # a sampler that computes below z0's precision inside (autocast, a bf16 denoiser): the
-    # numeric check's failure was judged at z0's precision, which is not evidence there; it is
-    # measured again at the working precision (diagnosis.remeasure_at_working_precision), and
-    # nothing is bisected on the round-off of the lower precision
-    lower = low is not None and torch.finfo(low).eps > torch.finfo(z0.dtype).eps
-    if numeric_failed(report) and not policy.any(primary is not None or lower):
-        from .bisect import bisect
-
-        bisection, found = bisect(sample_fn, z0, loss_of, run_ctx=run_ctx, seed=seed,
-                                  working=z0.dtype, reduce=policy.sum)
-        if found is not None and primary is None:
-            primary, note = found, None
-            wrong = wrong + [found]
+    primary, note, bisection, found = _bisect_if_needed(
+        report, primary, note, low, sample_fn, z0, loss_of, run_ctx, seed, policy)
+    wrong = wrong + found
     events = relevant_events(primary, prov.events, back + wrong, probe_facts)
     return LocatorResult(ran=True, reason=reason, primary=primary, events=events[:50],
                          randomness=prov.randomness[:50], note=note,
@@ -183,3 +169,57 @@ def _top_of_next_iteration(ev: BreakEvent, a: Any, b: Any, frames: tuple) -> boo
     path, _, line = at.rpartition(":")
     ev_path, _, ev_line = ev.location.rpartition(":")
     return path == ev_path and int(ev_line) < int(line)
+
+
+def shadow_call_event(report: FlowReport) -> BreakEvent | None:
+    """The first denoiser call whose float64 VJP disagrees with finite differences of that call
+    alone (the shadow's per-call check), as a break event at its step."""
+    sh = report.numeric_shadow
+    bad = next((c for c in (sh.calls if sh is not None else []) if not c["agrees"]), None)
+    if bad is None:
+        return None
+    k = bad["call"]
+    outs = sorted((p for p in report.probes if p.kind == "denoiser_out"), key=lambda p: p.order)
+    ins = sorted((p for p in report.probes if p.kind == "denoiser_in"), key=lambda p: p.order)
+    out = outs[k] if k < len(outs) else None
+    return BreakEvent(
+        kind="bias", cause="wrong_vjp", op=f"denoiser call {k}",
+        step=out.step if out is not None else None,
+        before=ins[k].name if k < len(ins) else None, before_kind="denoiser_in",
+        after=out.name if out is not None else None, after_kind="denoiser_out",
+        detail=(f"in float64, this call's VJP is {bad['rel_error']:.2e} off finite differences "
+                f"of the call alone (<w, J u> {bad['reverse']:.6e} vs {bad['fd']:.6e}; the "
+                f"calls before it agree): a custom backward, a gradient hook or a wrong "
+                f"derivative inside the denoiser"))
+
+
+def _bisect_if_needed(report: FlowReport, primary: BreakEvent | None, note: str | None,
+                      low: torch.dtype | None, sample_fn: Callable[[torch.Tensor], torch.Tensor],
+                      z0: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor],
+                      run_ctx: Callable[[], Any], seed: int, policy: Any
+                      ) -> tuple[BreakEvent | None, str | None, Any, list[BreakEvent]]:
+    """A wrong gradient that nothing in the forward pass explains: bisect over the probes for
+    the first one whose gradient is right (every rank takes part, or none; a cause found on any
+    rank explains it: the ranks then never bisect, so their passes and collectives stay in
+    step). Returns (primary, note, the bisection, what it found)."""
+    # a sampler that computes below z0's precision inside (autocast, a bf16 denoiser): the
+    # numeric check's failure was judged at z0's precision, which is not evidence there; it is
+    # measured again at the working precision (diagnosis.remeasure_at_working_precision), and
+    # nothing is bisected on the round-off of the lower precision
+    lower = low is not None and torch.finfo(low).eps > torch.finfo(z0.dtype).eps
+    # the float64 shadow's per-call check named the denoiser call (gradcheck.callcheck): that
+    # is the place; and a failure the shadow alone saw (the working precision's difference is
+    # below its round-off) is not bisected at the working precision either
+    call = shadow_call_event(report)
+    if primary is None and call is not None:
+        primary, note = call, None
+    only_shadow = report.numeric is not None and report.numeric.verdict == "inconclusive"
+    if not numeric_failed(report) or policy.any(primary is not None or lower or only_shadow):
+        return primary, note, None, []
+    from .bisect import bisect
+
+    bisection, found = bisect(sample_fn, z0, loss_of, run_ctx=run_ctx, seed=seed,
+                              working=z0.dtype, reduce=policy.sum)
+    if found is not None and primary is None:
+        return found, None, bisection, [found]
+    return primary, note, bisection, []

@@ -26,7 +26,7 @@ import results_file  # noqa: E402
 from judges import KNNJudge  # noqa: E402
 
 from gradcheck.models import load_classifier, load_denoiser  # noqa: E402
-from gradcheck.optimize import parse_objective, run_optimize  # noqa: E402
+from gradcheck.optimizing import parse_objective, run_optimize  # noqa: E402
 from gradcheck.sampling import ResSampler, SamplerConfig  # noqa: E402
 
 

@@ -22,6 +22,7 @@ from .records import Finding, FlowReport, ProbeStats, RunRecord
 _LAZY = {
     "diagnose": "gradcheck.diagnosis",
     "instrument": "gradcheck.denoiser_calls",
+    "optimize": "gradcheck.optimize_run",
     "probe": "gradcheck.probes",
     "summary": "gradcheck.report.terminal",
     "trace": "gradcheck.probes",
@@ -33,6 +34,7 @@ __all__ = [
     "__version__",
     "diagnose",
     "instrument",
+    "optimize",
     "probe",
     "summary",
     "trace",

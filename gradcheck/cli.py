@@ -195,7 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--denoiser", default="digits", help="as for run (package.module:factory "
                     "imports that module: its code runs)")
     op.add_argument("--path", action="append", default=[], metavar="DIR",
-                    help="a directory to import --denoiser from, as for run")
+                    help="a directory to import --denoiser and --sampler from, as for run")
+    op.add_argument("--sampler", default=None, metavar="PKG.MOD:FN",
+                    help="your own sampler instead of the built-in RES, as for run")
+    op.add_argument("--convention", default="auto",
+                    choices=("auto", "kdiffusion", "function", "cosmos"),
+                    help="how --sampler is called: auto (k-diffusion convention if it takes "
+                    "(model, x, sigmas), else fn(denoiser, z0)), kdiffusion, function, or cosmos "
+                    "(a Sampler class called as sampler(x0_fn, x_sigma_max=..., ...))")
+    op.add_argument("--allow-grad", action="store_true", help="neutralise --sampler's "
+                    "@torch.no_grad() and no_grad blocks while it runs (as for run)")
+    op.add_argument("--unwrap", action="store_true", help="run inspect.unwrap of a "
+                    "@torch.no_grad()-decorated --sampler")
     op.add_argument("--solver", default="2ab")
     op.add_argument("--steps", type=int, default=20)
     op.add_argument("--batch", type=int, default=8)
@@ -376,7 +387,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         denoiser=args.denoiser, solver=args.solver, steps=args.steps, batch=args.batch,
         seed=args.seed, dtype=args.dtype, device=args.device, checkpoint=args.checkpoint,
         nproc=nproc, parallel=args.parallel, dist_timeout=args.dist_timeout,
-        progress=not args.no_progress).validate()
+        progress=not args.no_progress, sampler_spec=args.sampler, convention=args.convention,
+        allow_grad=args.allow_grad, unwrap=args.unwrap).validate()
     if nproc > 1 and not distributed.launched():
         with output_dir(args.out, "optimize.json"):  # fail before launching, not after
             return distributed.launch(_without_nproc(args.argv), nproc)

@@ -1,6 +1,6 @@
 """``gradcheck optimize`` as a configuration and a run: :class:`OptimizeConfig` is validated once;
 :func:`run` builds the denoiser, the classifier, z0, the sampler (one process, or this rank's shard
-of a process group) and the objective, optimises (:func:`gradcheck.optimize.run_optimize`) and
+of a process group) and the objective, optimises (:func:`gradcheck.optimizing.run_optimize`) and
 returns the record. The command line only turns options into a config and the record into files
 and lines."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from . import distributed, modes
 from .errors import ConfigError
-from .optimize import Objective, check_options, optimize_record, parse_objective, run_optimize
+from .optimizing import Objective, check_options, optimize_record, parse_objective, run_optimize
 from .records import OptimizeRecord
 from .runner import DTYPES, environment, load_denoiser, resolve_device
 from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig
@@ -42,6 +42,10 @@ class OptimizeConfig:
     parallel: str = "ddp"
     dist_timeout: float = 120.0
     progress: bool = True
+    sampler_spec: str | None = None  # package.module:fn (or :factory), a sampler of the user's
+    convention: str = "auto"  # how it is called: auto, kdiffusion, function, cosmos
+    allow_grad: bool = False  # neutralise its grad-disabling sites (gradcheck.allow)
+    unwrap: bool = False  # run inspect.unwrap of a @torch.no_grad()-decorated sampler
 
     def validate(self) -> OptimizeConfig:
         check_options(iters=self.iters, lr=self.lr, clip=self.clip, norm_reg=self.norm_reg,
@@ -56,6 +60,14 @@ class OptimizeConfig:
         distributed.check_options(self.nproc, self.parallel, self.batch, self.dist_timeout)
         if self.nproc > 1 and self.checkpoint:
             raise ConfigError("--nproc runs without --checkpoint")
+        if self.convention not in CONVENTIONS:
+            raise ConfigError(f"unknown convention {self.convention!r}; choose one of "
+                              f"{', '.join(CONVENTIONS)}")
+        if self.convention != "auto" and not self.sampler_spec:
+            raise ConfigError(f"--convention {self.convention} applies to --sampler (the "
+                              f"built-in sampler has its own)")
+        if self.sampler_spec and self.nproc > 1:
+            raise ConfigError("--sampler runs in one process (--nproc 1)")
         self.sampler_config()
         resolve_device(self.device)
         return self
@@ -69,7 +81,38 @@ class OptimizeConfig:
         keep = ("objective", "iters", "lr", "clip", "norm_reg", "chi_weight", "perturb", "mode",
                 "denoiser", "batch", "seed", "dtype", "device")
         d = asdict(self)
-        return {**{k: d[k] for k in keep}, "sampler": self.sampler_config().to_dict()}
+        own = {k: d[k] for k in ("sampler_spec", "convention", "allow_grad", "unwrap")} \
+            if self.sampler_spec else {}
+        return {**{k: d[k] for k in keep}, "sampler": self.sampler_config().to_dict(), **own}
+
+
+#: --convention of gradcheck optimize --sampler
+CONVENTIONS = ("auto", "kdiffusion", "function", "cosmos")
+
+
+def user_sampler(cfg: OptimizeConfig, den: Any, dtype: torch.dtype) -> Any:
+    """``--sampler``: the user's sampler as ``z0 -> output`` through its adapter (as ``gradcheck
+    run`` builds it), its grad-disabling sites neutralised with ``allow_grad``."""
+    from . import adapters
+    from .runner import RunConfig, load_sampler, user_sampler as adapted
+
+    fn = load_sampler(cfg.sampler_spec)
+    if cfg.convention == "kdiffusion" and not adapters.is_kdiffusion(fn):
+        raise ConfigError(f"--convention kdiffusion: {cfg.sampler_spec} does not take "
+                          f"(model, x, sigmas, ...)")
+    if cfg.convention == "function":
+        sampler = adapters.function(fn, den, unwrap=cfg.unwrap, seed=cfg.seed,
+                                    noise=modes.MODES[cfg.mode].adapter_noise)
+    else:
+        rc = RunConfig(sampler=cfg.sampler_config(), sampler_spec=cfg.sampler_spec,
+                       unwrap=cfg.unwrap, seed=cfg.seed,
+                       convention="cosmos" if cfg.convention == "cosmos" else "auto")
+        sampler = adapted(rc, fn, den, cfg.mode, dtype)
+    if cfg.allow_grad:
+        from .allow import Allowing
+
+        sampler = Allowing(sampler)
+    return sampler
 
 
 @dataclass
@@ -86,7 +129,8 @@ def _sampler_and_start(cfg: OptimizeConfig, den: Any, z0: torch.Tensor, clf: Any
     output of a z0): in one process, or this rank's shard of the global problem."""
     sc = cfg.sampler_config()
     if ctx is None:
-        sampler = ResSampler(den, sc, mode=cfg.mode, seed=cfg.seed)
+        sampler = user_sampler(cfg, den, z0.dtype) if cfg.sampler_spec else \
+            ResSampler(den, sc, mode=cfg.mode, seed=cfg.seed)
         objective, start = parse_objective(cfg.objective, sampler=sampler, z0=z0, classifier=clf,
                                            perturb=cfg.perturb, seed=cfg.seed)
         return sampler, objective, start, None, sampler
@@ -154,3 +198,35 @@ def lines(rec: OptimizeRecord, objective: Objective, batch: int) -> list[str]:
         tag = "WARN" if c.level == "warning" else ("PASS" if c.passed else "FAIL")
         out.append(f"  {tag}  {c.name}: {c.message}")
     return out
+
+
+def optimize(sample_fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
+             objective: str | Callable[[torch.Tensor], torch.Tensor] = "diverge",
+             iters: int = 50, lr: float = 0.05, clip: float | None = None,
+             norm_reg: str = "chi", chi_weight: float = 1.0, perturb: float = 1e-2,
+             seed: int = 0, progress: bool = False) -> tuple[Any, torch.Tensor]:
+    """Optimise the initial noise of *your* sampler: Adam on z0 (and on its step-noise leaves,
+    where it has ``.leaves``) through ``sample_fn`` (an adapted sampler or any ``z0 -> output``).
+
+    ``objective``: ``"diverge"`` (the originating note's experiment: maximise MSE(output, the
+    output at the starting z0), starting from ``z0 + perturb * seeded noise``), ``"class:K"``
+    (the built-in digit classifier), ``"target:PATH"``, or a callable ``output -> scalar`` to
+    *maximise*. ``norm_reg`` keeps z0 on the Gaussian shell (``chi``, ``renorm`` or ``none``).
+    Returns (an :class:`~gradcheck.records.OptimizeResult` with the objective curve and the
+    checks, ``z0_plausible`` among them; the final z0).
+    """
+    if callable(objective):
+        f = objective
+        obj = Objective(getattr(f, "__name__", "custom"), lambda out: -f(out), f, "up",
+                        f"maximise {getattr(f, '__qualname__', 'the objective')}(output)")
+        start = z0.detach().clone()
+    else:
+        clf = None
+        if objective.startswith("class:"):
+            from .models import load_classifier
+
+            clf = load_classifier(dtype=z0.dtype, device=z0.device)
+        obj, start = parse_objective(objective, sampler=sample_fn, z0=z0.detach(),
+                                     classifier=clf, perturb=perturb, seed=seed)
+    return run_optimize(sample_fn, start, obj, iters=iters, lr=lr, clip=clip,
+                        norm_reg=norm_reg, chi_weight=chi_weight, progress=progress)

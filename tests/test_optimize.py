@@ -9,7 +9,7 @@ import torch
 from gradcheck.cli import main
 from gradcheck.errors import ConfigError, InputError
 from gradcheck.models import load_classifier
-from gradcheck.optimize import chi_nll, parse_objective, run_optimize
+from gradcheck.optimizing import chi_nll, parse_objective, run_optimize
 from gradcheck.sampling import ResSampler, SamplerConfig, build_denoiser
 
 from .browser import Page, chromium_path

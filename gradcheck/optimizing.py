@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, GradcheckError, InputError
 from .checks import optimize_checks
 from .records import OptimizeRecord, OptimizeResult
 
@@ -174,7 +174,10 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
         bar = tqdm(total=iters, desc=f"optimize {objective.name}", unit="it", leave=False)
     t0 = time.perf_counter()
     for k in it:
-        total, value, loss, znorm = _objective_terms(sampler(z), z, objective, sh, norm_reg,
+        out = sampler(z)
+        if k == 0:
+            _refuse_cut(out)
+        total, value, loss, znorm = _objective_terms(out, z, objective, sh, norm_reg,
                                                      chi_weight, sample_norms)
         values.append(value)
         losses.append(loss)
@@ -209,6 +212,17 @@ def run_optimize(sampler, z0: torch.Tensor, objective: Objective, *, iters: int 
     )
     res.checks = optimize_checks(res)
     return res, z.detach()
+
+
+def _refuse_cut(out: torch.Tensor) -> None:
+    """Refuse to optimise an objective whose gradient cannot reach z0 (the sampler's output
+    does not require grad): the z0 regulariser alone would move z0, and a 'diverge' objective
+    would rise for that reason only, a false success."""
+    if not out.requires_grad:
+        raise GradcheckError(
+            "the objective's gradient cannot reach z0: the sampler's output does not require "
+            "grad (a @torch.no_grad() entry point or a cut inside; --allow-grad looks past the "
+            "decorators, gradcheck run locates the cut)")
 
 
 def _objective_terms(out: torch.Tensor, z: torch.Tensor, objective: Objective, sh: Any,

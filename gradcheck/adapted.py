@@ -44,6 +44,7 @@ class AdaptedSampler:
             cast.close()
             raise
         twin._cast = cast
+        twin.shadow_bytes = cast.nbytes
         return twin
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ or at ``checks="full"``; its cost is a few denoiser calls per recorded call (in 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -85,7 +86,9 @@ def check_calls(capture: CallCapture, seed: int) -> list[dict[str, Any]]:
     to name where the wrong gradient starts)."""
     rows = []
     for k, (x, sigma, args, kwargs) in enumerate(capture.calls):
+        t0 = time.perf_counter()
         rows.append(check_call(capture.den, k, x, sigma, args, kwargs, seed))
+        rows[-1]["seconds"] = time.perf_counter() - t0
         if not rows[-1]["agrees"]:
             break
     return rows

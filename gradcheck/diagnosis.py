@@ -383,9 +383,12 @@ def _ledger(timings: dict[str, float], calls: dict[str, int], rec: Recording,
                  "path_probe": 1 if "path_probe_s" in timings else 0,
                  "locate": (report.locator.bisection.backwards
                             if report.locator and report.locator.bisection else 0)}
+    sh = report.numeric_shadow
+    per_call = sum(c.get("seconds", 0.0) for c in (sh.calls if sh is not None else []))
     seconds = {"baseline": timings.get("baseline_s", 0.0),
                "record": timings.get("forward_s", 0.0) + timings.get("backward_s", 0.0),
-               "shadow": timings.get("shadow_s", 0.0), "numeric": timings.get("numeric_s", 0.0),
+               "shadow": timings.get("shadow_s", 0.0) - per_call, "per_call": per_call,
+               "numeric": timings.get("numeric_s", 0.0),
                "optim": timings.get("optim_s", 0.0),
                "path_probe": timings.get("path_probe_s", 0.0),
                "locate": timings.get("locate_s", 0.0)}
@@ -393,4 +396,5 @@ def _ledger(timings: dict[str, float], calls: dict[str, int], rec: Recording,
             if t > 0 or calls.get(k, 0)]
     cost = cost_of(rows, rec.unit_s, checks)
     cost.unit_op_detail = bool(rec.graph.detail)
+    cost.shadow_copy_bytes = sh.copy_bytes if sh is not None else None
     return cost

@@ -170,6 +170,7 @@ def shadow_check(sample_fn: Any, z0: torch.Tensor, loss: Loss, *, seed: int,
         return None
     try:
         res = _shadow_check(shadow, z0, loss, seed=seed, policy=policy, capture=capture)
+        res.copy_bytes = getattr(shadow, "shadow_bytes", None)
         if capture is not None and capture.calls and res.skipped is None and (
                 per_call or res.verdict == "disagrees"):
             res.calls = check_calls(capture, seed)

@@ -116,6 +116,8 @@ class NumericResult(Record):
     # a float64 shadow's per-denoiser-call check (gradcheck.callcheck): each call's VJP against
     # finite differences of that call alone, in order up to the first that disagrees
     calls: list[dict[str, Any]] = field(default_factory=list)
+    # a shadow's float64 copy of the denoiser: the memory of its cast parameters and buffers
+    copy_bytes: int | None = None
 
 
 @dataclass
@@ -259,6 +261,8 @@ class Cost(Record):
     # the unit's pass also recorded the op detail (a Python call per op: on a tiny model it
     # takes about twice a plain pass, so the stages' units read low there; overhead.py)
     unit_op_detail: bool = False
+    # the float64 shadow's copy of the denoiser (its parameters and buffers), bytes
+    shadow_copy_bytes: int | None = None
 
 
 @dataclass

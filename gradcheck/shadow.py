@@ -28,10 +28,11 @@ class CastDenoiser:
     """The float64 denoiser of one shadow stage; :meth:`close` undoes an in-place cast."""
 
     def __init__(self, den: Any, restore: Callable[[], None] | None = None,
-                 how: str = "a float64 copy") -> None:
+                 how: str = "a float64 copy", nbytes: int = 0) -> None:
         self.den = den
         self._restore = restore
         self.how = how
+        self.nbytes = nbytes  # the cast tensors' memory (parameters and buffers)
 
     def close(self) -> None:
         if self._restore is not None:
@@ -66,11 +67,12 @@ def cast_denoiser(den: Any, dtype: torch.dtype, device: Any = None) -> CastDenoi
     """The denoiser in ``dtype`` (see the module); None where no module is in reach."""
     inner = getattr(den, "inner", den)  # an instrumented denoiser: the user's own
     if isinstance(inner, torch.nn.Module):
-        return CastDenoiser(copy.deepcopy(inner).to(device=device, dtype=dtype))
+        twin = copy.deepcopy(inner).to(device=device, dtype=dtype)
+        return CastDenoiser(twin, nbytes=_nbytes([twin]))
     owner = getattr(inner, "__self__", None)
     if isinstance(owner, torch.nn.Module):
         twin = copy.deepcopy(owner).to(device=device, dtype=dtype)
-        return CastDenoiser(getattr(twin, inner.__name__))
+        return CastDenoiser(getattr(twin, inner.__name__), nbytes=_nbytes([twin]))
     mods = _modules_in_closure(inner)
     if not mods:
         return None
@@ -90,4 +92,9 @@ def cast_denoiser(den: Any, dtype: torch.dtype, device: Any = None) -> CastDenoi
                                            for k in a) for a, b in zip(before, after)):
             raise GradcheckError("the float64 shadow could not restore the denoiser's modules "
                                  "bit for bit (their state dict changed)")
-    return CastDenoiser(inner, restore, how="its modules cast in place and back")
+    return CastDenoiser(inner, restore, how="its modules cast in place and back",
+                        nbytes=_nbytes(mods))
+
+
+def _nbytes(mods: list[torch.nn.Module]) -> int:
+    return sum(t.numel() * t.element_size() for m in mods for _, t in _tensors(m))

@@ -314,3 +314,15 @@ def _allowed(fn):
     from gradcheck.allow import Allowing
 
     return Allowing(fn)
+
+
+def test_the_shadow_and_the_per_call_check_are_in_the_cost():
+    x0_fn, net = _bf16_x0_fn()
+    fn = adapters.cosmos(cr.Sampler(), x0_fn, num_steps=4)
+    rep = gradcheck.diagnose(fn, _z0(torch.bfloat16), allow_grad=True, optim_steps=0,
+                             checks="full")
+    stages = {s.stage: s for s in rep.cost.stages}
+    assert stages["shadow"].seconds > 0 and stages["per_call"].seconds > 0
+    assert len(rep.numeric_shadow.calls) == 5 and all(c["agrees"] for c in rep.numeric_shadow.calls)
+    n = sum(p.numel() for p in net.parameters())
+    assert rep.cost.shadow_copy_bytes == 8 * n  # its float64 copy: parameters, 8 bytes each

@@ -148,6 +148,8 @@ class ResSampler:
             return None
         shadow = copy.copy(self)
         shadow.denoiser = copy.deepcopy(den).to(dtype)
+        shadow.shadow_bytes = sum(t.numel() * t.element_size() for t in
+                                  [*shadow.denoiser.parameters(), *shadow.denoiser.buffers()])
         shadow._noise_source = StepNoiseSource(self.mode, self.seed)
         return shadow
 

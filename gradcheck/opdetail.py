@@ -17,15 +17,15 @@ Both ride on the one recorded forward+backward; neither makes a pass of its own:
 Cost (``benchmarks/overhead.py``, ``results/overhead.json``): large relative to the record phase
 of the tiny built-in model, whose ops take microseconds (a Python call per op and per op output),
 small on models whose ops take milliseconds.
-``auto`` keeps it bounded in absolute terms: when the recorded forward runs past
-:data:`AUTO_BUDGET_S`, the sources are dropped and the gradients not hooked (the report says so,
-and ``op_detail="always"`` records them anyway).
+``auto`` keeps it bounded in absolute terms, and the same on any machine under any load: when the
+recorded forward makes more than :data:`AUTO_BUDGET_OPS` torch calls, the sources are dropped and
+the gradients not hooked (the report says so, and ``op_detail="always"`` records them anyway).
+A count, not a clock: the same seed gives the same report on a busy machine.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from typing import Any, Iterator
 
 import torch
@@ -37,8 +37,10 @@ from .records import OpRegion
 from .torch_internals import is_user_file, rel_path
 
 POLICIES = ("auto", "always", "never")
-#: ``auto`` records the op detail while the recorded forward pass takes at most this many seconds
-AUTO_BUDGET_S = 2.0
+#: ``auto`` records the op detail while the recorded forward pass makes at most this many torch
+#: calls (about 2 s of detail on an idle 2-core machine: the built-in model makes ~130 a step,
+#: so 150 steps keep it)
+AUTO_BUDGET_OPS = 20_000
 #: with ``capture``, op outputs of at most this many elements get no hook: their gradients are
 #: captured by the record's backward, all alive together when it returns, within CAPTURE_BYTES
 #: (beyond it, hooks as before). A hook costs a Python call in the forward and one in the
@@ -58,7 +60,7 @@ def node_key(node: Any) -> tuple[int, int]:
 class OpSources(TorchFunctionMode):
     """Notes the user's ``path:line`` that made each autograd node during the forward pass."""
 
-    def __init__(self, budget_s: float | None, grads: bool = True, capture: bool = False) -> None:
+    def __init__(self, budget_ops: int | None, grads: bool = True, capture: bool = False) -> None:
         super().__init__()
         # capture: the caller differentiates the small outputs' gradient edges itself (see
         # capture_edges); they get no hook: node key -> the output numbers left unhooked
@@ -73,8 +75,7 @@ class OpSources(TorchFunctionMode):
         self.hooks: list[Any] = []
         self.held = HeldGrads()
         self.squares: dict[tuple[tuple[int, int], int], torch.Tensor] = {}
-        self.budget_s = budget_s
-        self.t0 = time.perf_counter()
+        self.budget_ops = budget_ops
         self.skipped: str | None = None
         self.failed = 0
         self._user: dict[str, str] = {}
@@ -137,11 +138,10 @@ class OpSources(TorchFunctionMode):
                 else:
                     self.hooks.append(t.register_hook(self._grad_hook((k, t.output_nr))))
         self._n += 1
-        if self.budget_s is not None and self._n % 64 == 0 and \
-                time.perf_counter() - self.t0 > self.budget_s:
-            self.drop(f"the forward pass ran past {self.budget_s:g} s (op_detail='auto'); "
-                      f"op_detail='always' (--op-detail always) records it anyway, at a "
-                      f"Python call per op and per op output")
+        if self.budget_ops is not None and self._n > self.budget_ops:
+            self.drop(f"the forward pass made more than {self.budget_ops:,} torch calls "
+                      f"(op_detail='auto'); op_detail='always' (--op-detail always) records it "
+                      f"anyway, at a Python call per op and per op output")
 
     def _grad_hook(self, key: tuple[tuple[int, int], int]) -> _OpHook:
         return _OpHook(key, self.held, self.squares)

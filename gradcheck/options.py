@@ -71,7 +71,7 @@ class Options:
         no extra pass; its cost over the record phase is measured by
         ``benchmarks/overhead.py``: large on the tiny built-in model, whose ops take
         microseconds, small on big ones). ``auto`` records it while the forward pass stays
-        under 2 s, ``always``, ``never``.
+        at most 20,000 torch calls (a count: the same under any load), ``always``, ``never``.
     checks: how much evidence to buy, counted in forward+backward passes of the sampler
         (``report.cost``): ``default`` (the baseline draw, the record, a one-sided difference
         from the recorded loss, the central pair at the preferred step and then the sweep

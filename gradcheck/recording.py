@@ -14,7 +14,7 @@ import torch
 
 from . import graph
 from .errors import ConfigError, GradcheckError
-from .opdetail import AUTO_BUDGET_S, OpGrads, OpSources
+from .opdetail import AUTO_BUDGET_OPS, OpGrads, OpSources
 from .policy import Local
 from .probes import probe, trace
 from .rng import seeded
@@ -218,7 +218,7 @@ def record(sample_fn: Callable[[torch.Tensor], Any], z0: torch.Tensor, loss: Los
             t0 = time.perf_counter()
             sources = None
             if capture_graph and op_detail != "never":
-                sources = OpSources(AUTO_BUDGET_S if op_detail == "auto" else None,
+                sources = OpSources(AUTO_BUDGET_OPS if op_detail == "auto" else None,
                                     capture=True)
             out, value, changed = _forward(sample_fn, z, loss, tr, seed, sources, grad_mode)
             timings["forward_s"] = time.perf_counter() - t0

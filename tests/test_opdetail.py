@@ -88,15 +88,15 @@ def test_op_detail_policies():
 
 
 def test_auto_drops_the_detail_of_a_forward_pass_past_its_budget(monkeypatch):
-    monkeypatch.setattr(opdetail, "AUTO_BUDGET_S", 0.0)
+    monkeypatch.setattr(opdetail, "AUTO_BUDGET_OPS", 10)
     import gradcheck.recording as rec  # the recorded pass decides
 
-    monkeypatch.setattr(rec, "AUTO_BUDGET_S", 0.0)
+    monkeypatch.setattr(rec, "AUTO_BUDGET_OPS", 10)
     s = ResSampler(build_denoiser("conv"), SamplerConfig(steps=3), mode="default")
     rep = gradcheck.diagnose(s, torch.randn(1, 1, 8, 8), numeric=False,
                              optim_steps=0)
     assert not rep.graph.detail
-    assert "ran past 0 s" in rep.graph.detail_skipped and "--op-detail always" in \
+    assert "more than 10 torch calls" in rep.graph.detail_skipped and "--op-detail always" in \
         rep.graph.detail_skipped
     assert all(r.grads is None and r.where is None for r in rep.graph.regions)
     hyg = next(c for c in rep.checks if c.name == "trace_hygiene")

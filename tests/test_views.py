@@ -101,6 +101,26 @@ def test_op_views_place_every_op_once_without_overlap():
             assert view["n"][a][1] < view["n"][b][1], f"step {key}: edge {a}->{b} goes up"
 
 
+def test_ops_without_op_detail_are_not_recorded_never_unreached():
+    """A passing run whose op detail was not kept (too many ops for 'auto', or 'never'): its ops
+    have no |g|, which is 'not recorded', never the hatching that means no gradient arrived."""
+    import dataclasses
+
+    rec = load_record(GOLDEN / "run_2ab_4.json")
+    r = rec.modes["default"]
+    g = dataclasses.replace(r.graph, regions=[dataclasses.replace(reg, grads=None, where=None)
+                                              for reg in r.graph.regions],
+                            detail=False, detail_skipped="the forward pass made more than "
+                            "20,000 torch calls (op_detail='auto')")
+    r = dataclasses.replace(r, graph=g)
+    assert r.passed
+    v = opviews.op_views(r, {})
+    statuses = {nd[5] for view in v.values() for nd in view["n"] if nd[2] != -2}
+    assert statuses == {"no_detail"}, statuses
+    assert "not a break" in opviews.OP_WORDS["no_detail"]
+    assert all(e[2] == 0 for view in v.values() for e in view["e"])  # no stop drawn
+
+
 def test_the_break_panel_names_every_grad_disabling_site_and_the_fix(tmp_path):
     out = tmp_path / "cosmos"
     res = subprocess.run([sys.executable, "-m", "gradcheck", "run", "--sampler",

@@ -112,7 +112,7 @@ class _Collected:
             self.nodes.append({"op": self.intern(short_op(op)), "g": grads[i],
                                "w": self.intern(where[i]),
                                "hit": self.hit_at is not None and where[i] == self.hit_at,
-                               "na": i in asked, "nr": i in unseen})
+                               "na": i in asked, "nr": i in unseen, "nd": reg.grads is None})
         below: dict[int, list[int]] = {}
         for a, b in reg.edges:
             below.setdefault(b, []).append(a)
@@ -163,6 +163,7 @@ def _laid_out(col: _Collected, by_order: dict[int, ProbeStats], scale: LogScale)
             st = ("ok" if t is not None else "zero" if gv == 0 else
                   "nonfinite" if gv is not None else
                   "not_asked" if nd.get("na") else
+                  "no_detail" if nd.get("nd") else  # not measured: never drawn as a break
                   "unrecorded" if nd.get("nr") else "unreached")
             out_nodes.append([x, y, nd["op"], nd["w"], gv, st,
                               round(t, 3) if t is not None else None, 1 if nd["hit"] else 0])
@@ -179,12 +180,14 @@ def _laid_out(col: _Collected, by_order: dict[int, ProbeStats], scale: LogScale)
 
 #: fills and words of an op's status (beyond the probes' marks)
 _OP_FILL = {**{k: pattern or fill for k, (fill, pattern, _) in MARKS.items()},
-            "not_asked": "#eef1f4", "unrecorded": "#f6f8fa"}
+            "not_asked": "#eef1f4", "unrecorded": "#f6f8fa", "no_detail": "#f6f8fa"}
 OP_WORDS = {**{k: v[2] for k, v in MARKS.items()},
             "not_asked": "reads weights only: their gradient was not asked for (grad_weights), "
                          "so none is computed here; not a break",
             "unrecorded": "|g| not recorded: made inside a composite op (e.g. a weight's "
-                          "transpose inside linear), where the op detail puts no hook"}
+                          "transpose inside linear), where the op detail puts no hook",
+            "no_detail": "|g| not recorded: the op detail was not kept for this run (see "
+                         "above); not a break"}
 
 
 def op_view(key: str, v: dict[str, Any], strings: list[str], probes: dict[int, ProbeStats],

@@ -389,7 +389,7 @@ def _run(cfg: RunConfig, *, raw_graph_cap: int, keep_raw_graph: bool) -> RunReco
             description = sampler.description
         else:
             sampler = ResSampler(den, cfg.sampler, mode=mode, seed=cfg.seed)
-        modes[mode] = rep = diagnose(sampler, z_in, mode=sampler.mode, seed=cfg.seed,
+        rep = diagnose(sampler, z_in, mode=sampler.mode, seed=cfg.seed,
                                      numeric=cfg.numeric, optim_steps=cfg.optim_steps,
                                      checks=cfg.checks,
                                      lr=cfg.lr, raw_graph_cap=raw_graph_cap,
@@ -398,6 +398,9 @@ def _run(cfg: RunConfig, *, raw_graph_cap: int, keep_raw_graph: bool) -> RunReco
                                      exploding_ratio=cfg.exploding_ratio,
                                      allow_grad=cfg.allow_grad, op_detail=cfg.op_detail,
                                      grad_weights=cfg.grad_weights)
+        # one name everywhere (terminal, page, verdict, report.json keys, file names): the mode
+        # the sampler was diagnosed in ("custom" for a sampler of the user's own)
+        modes[rep.mode if rep.mode not in modes else mode] = rep
         if cfg.sampler.truncate is not None:
             rep.truncation = compare_truncation(rep, den, cfg, mode, z0)
     config = cfg.to_dict()
@@ -408,6 +411,6 @@ def _run(cfg: RunConfig, *, raw_graph_cap: int, keep_raw_graph: bool) -> RunReco
         config["rank"] = ctx.rank
     if cfg.sampler_spec:
         config["sampler_description"] = description
-        config["modes"] = run_modes
+        config["modes"] = list(modes)
         del config["s_churn_by_mode"]
     return RunRecord(config=config, environment=environment(cfg.dtype, device), modes=modes)

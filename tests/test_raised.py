@@ -96,3 +96,27 @@ def test_an_exception_in_the_forward_is_a_finding_and_a_report_from_the_cli(tmp_
     assert "Traceback" not in res.stdout + res.stderr
     assert "the sampler raised RuntimeError in the forward pass" in res.stdout
     assert (out / "report.json").exists()
+
+
+def test_the_page_of_a_run_that_raised_says_what_raised_and_leaves_out_empty_panels(tmp_path):
+    """Issue 30, item 6: the banner says what raised, where, and the hint; the locator section
+    does not claim it was switched off; no empty heat map, step graph or plot; no 'nan' cost.
+    The mode is called by one name everywhere (the terminal's, the page's, the verdict's)."""
+    out = tmp_path / "r"
+    res = subprocess.run([sys.executable, "-m", "gradcheck", "run", "--sampler",
+                          "tests.test_raised:forward_raises_sampler", "--denoiser", "gaussian",
+                          "--graph", "never", "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "nan" not in res.stdout and "cost: " in res.stdout
+    assert "mode custom: FAIL" in res.stdout and "custom/sampler_ran" in res.stdout
+    page = (out / "index.html").read_text()
+    assert "The sampler raised</strong> RuntimeError in the forward pass at " \
+           "tests/test_raised.py:" in page
+    assert "switched off (--locate never)" not in page
+    assert "Nothing to locate: the sampler raised" in page
+    assert 'class="heatmap-wrap"' not in page and 'class="mode-graph"' not in page
+    assert 'alt="gradient norm per sampler step"' not in page
+    import json
+
+    assert list(json.loads((out / "report.json").read_text())["modes"]) == ["custom"]

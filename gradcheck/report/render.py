@@ -262,8 +262,24 @@ def _mode_view(name: str, stem: str, r: FlowReport, out: Path, graphs: str, res:
         "graph_stats": (f"{len(g.nodes)} probes, {len(g.edges)} edges collapsed from "
                         f"{g.total_nodes} autograd nodes") if g else "",
         "timings": r.timings, "probes": r.probes, "cost": r.cost,
+        "raised": _raised_view(r),
     }
     return view, data
+
+
+def _raised_view(r: FlowReport) -> dict[str, Any] | None:
+    """What raised, where and what usually causes it (None: the sampler ran). The page shows
+    it in the banner instead of panels that a run which never finished cannot fill."""
+    x = r.raised
+    if x is None:
+        return None
+    where = x.location or "?"
+    if x.function:
+        where += f" (in {x.function})"
+    if x.step is not None:
+        where += f", step {x.step}"
+    return {"what": f"{x.type} in the {x.phase} pass", "where": where, "message": x.message,
+            "hint": x.hint}
 
 
 def _ratio_markup(md: Any) -> str:

@@ -80,6 +80,12 @@ UNIT_OP_DETAIL = ", the recorded pass with its op detail (--op-detail never: wit
 def cost_line(c) -> str:
     """'cost: 2.1 x one forward+backward (checks default): baseline 0.3, record 1.0, ...;
     5 sampler forward passes, 1 backward'."""
+    import math
+
+    if not (c.unit_s > 0 and math.isfinite(c.total_units)):  # no forward+backward completed
+        secs = sum(x.seconds for x in c.stages)
+        return (f"cost: {secs:.3f}s, {c.forwards} sampler forward passes (no forward+backward "
+                f"completed to measure the rest against)")
     parts = ", ".join(f"{x.stage} {x.units:.2f}" for x in c.stages)
     return (f"cost: {c.total_units:.2f} x one forward+backward of the sampler "
             f"({c.unit_s:.3f}s{UNIT_OP_DETAIL if getattr(c, 'unit_op_detail', False) else ''}; "

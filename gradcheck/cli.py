@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--raw-graph-cap", type=int, default=600, help="draw the op-level autograd "
                    "graph only up to this many nodes (default 600; bigger ones take minutes)")
     c.add_argument("--no-html", action="store_true", help="write report.json only")
+    c.add_argument("--no-progress", action="store_true", help="no stages on stderr (a bar "
+                   "on a terminal, a line per stage when piped)")
     c.add_argument("--save-grad", default=None, metavar="PATH", help="also write dL/dz0 of every "
                    "mode to PATH (torch.save of {mode: tensor or None}): to compare with your own "
                    "run, or to start an optimisation from")
@@ -300,15 +302,23 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   f"PATH: {INSTALL_HINT}")
     # the record is written last: a run that fails part-way leaves no report (and no new
     # directory) behind
-    with staged(args.out) as stage:
+    from .progress import Display, reporting
+
+    shown = Display() if not (args.no_progress or args.json) else None
+    with staged(args.out) as stage, reporting(shown or (lambda *a: None)):
         record = run(cfg, raw_graph_cap=args.raw_graph_cap, keep_raw_graph=not args.no_html)
         data = record.to_dict()
         rendered = None
         if not args.no_html:  # the renderer (jinja2, matplotlib) only when a page is asked for
             from .report.render import landed, write_run_files
 
+            if shown is not None:
+                shown.close()
+                shown("stage", "writing the report (page, plots, graphs)")
             raw = {m: r.handles.get("raw_graph") for m, r in record.modes.items()}
             rendered = write_run_files(record, stage.path, graphs=args.graph, raw_graphs=raw)
+        if shown is not None:
+            shown.close()
         if args.save_grad:
             _save_grads(record, args.save_grad)
         write_json_atomic(stage.path / "report.json", data)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import DenoiserError, GradcheckError
+from . import progress
 from .probes import alias, current_trace
 from .torch_internals import in_backward
 
@@ -36,6 +37,7 @@ def call_denoiser(fn: Callable[..., Any], x: torch.Tensor, sigma: Any, *args: An
     first element; it is returned as it came). ``step`` defaults to the call index within the
     active trace. ``check_shape=False`` allows an output of another shape (a learned-variance
     model's 2C channels)."""
+    progress.event("call")
     tr = current_trace()
     if tr is not None and in_backward():  # a checkpoint recomputing the call: not a new one
         tr = None

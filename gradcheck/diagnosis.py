@@ -36,6 +36,7 @@ from .evidence import (  # noqa: F401 - the stages, importable from here as befo
 )
 from .backward_errors import explain as explain_backward
 from .compiled import compiled_run, eager_compiled
+from . import progress
 from .reentrant import non_reentrant
 from .recording import (  # noqa: F401 - likewise
     Counted, Loss, Recording, build_loss, raised_record, record, runner,
@@ -179,6 +180,7 @@ class _Run:
         ``guarded`` stage (a pass gradcheck adds) that meets an exception from the sampler
         returns None and notes it (``pass_errors``): a finding, never an exception."""
         t0, c0 = time.perf_counter(), self.counted.calls
+        progress.event("stage", name)
         try:
             out = fn()
         except GradcheckError:

@@ -13,6 +13,7 @@ from . import __version__
 from .diagnosis import diagnose, validate_z0
 from .errors import ConfigError, DenoiserError, InputError
 from .records import RunRecord
+from . import progress
 from .modes import BOTH, BUILTIN_MODES, MODES
 from .sampling import BUILTIN_SHAPES, ResSampler, SamplerConfig, build_denoiser
 
@@ -377,6 +378,7 @@ def _run(cfg: RunConfig, *, raw_graph_cap: int, keep_raw_graph: bool) -> RunReco
     run_modes = user_modes(cfg, user_fn) if user_fn else cfg.modes
     description = None
     for mode in run_modes:
+        progress.event("mode", mode)
         z_in = z0
         if ctx is not None:
             # a fresh denoiser per mode: DDP and fully_shard take the module over

@@ -308,3 +308,36 @@ def test_console_script_and_python_m(tmp_path):
         bad = subprocess.run([*cmd, "run", "--steps", "0"], capture_output=True, text=True,
                              timeout=300)
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+
+
+def test_progress_while_waiting_plain_when_piped_a_bar_on_a_terminal(tmp_path):
+    """Issue 30, item 3: the stages (and, on a terminal, the denoiser calls) as they go, on
+    stderr; one plain line per stage when piped; nothing with --no-progress."""
+    import io
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "gradcheck", "run", "--steps", "4", "--no-html",
+           "--out", str(tmp_path / "o")]
+    piped = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    lines = piped.stderr.splitlines()
+    assert "[gradcheck] mode default: the recorded pass" in lines
+    assert "[gradcheck] mode learnable_step_noise: finite differences" in lines
+    assert "\r" not in piped.stderr  # no bar when piped
+    quiet = subprocess.run(cmd + ["--no-progress", "--out", str(tmp_path / "q")],
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    from gradcheck.progress import Display
+
+    buf = io.StringIO()
+    d = Display(stream=buf, tty=True)
+    d("mode", "default")
+    d("stage", "record")
+    for _ in range(3):
+        d("call", None)
+    d("stage", "numeric")
+    d.close()
+    text = buf.getvalue()
+    assert "mode default: the recorded pass" in text and "denoiser calls" in text
+    assert "mode default: finite differences: 3 denoiser calls" in text

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from gradcheck.errors import ConfigError
+
 from gradcheck.cli import main
 from gradcheck.sampling import SOLVERS, NOISE_MODES, ResSampler, SamplerConfig, build_denoiser
 
@@ -52,9 +54,9 @@ def test_truncation_state_cuts_z0_and_denoiser_biases_it(conv64):
     assert state is None  # DRaFT-K: nothing before the last K steps gets gradient
     cos = torch.nn.functional.cosine_similarity(den.flatten(), full.flatten(), dim=0)
     assert 0.0 < float(cos) < 1.0 - 1e-6  # AlignProp: a biased gradient still arrives
-    # truncating nothing changes nothing
-    same = _grad(ResSampler(conv64, SamplerConfig(steps=6, truncate=6)), z0)
-    torch.testing.assert_close(same, full)
+    # truncating to all the steps would cut nothing: refused by name (issue 30, item 13)
+    with pytest.raises(ConfigError, match="truncate must be less than the 6 solver steps, got 6"):
+        SamplerConfig(steps=6, truncate=6).validate()
 
 
 def test_run_reports_what_truncation_does(tmp_path, capsys):

@@ -79,6 +79,10 @@ class SamplerConfig:
         if self.truncate is not None and (isinstance(self.truncate, bool) or
                                           not isinstance(self.truncate, int) or self.truncate < 0):
             raise ConfigError(f"truncate must be an integer >= 0, got {self.truncate!r}")
+        if self.truncate is not None and self.truncate >= self.num_solver_steps:
+            raise ConfigError(f"truncate must be less than the {self.num_solver_steps} solver "
+                              f"steps, got {self.truncate}: truncating the backward to the last "
+                              f"{self.truncate} steps of {self.num_solver_steps} cuts nothing")
         if self.truncate_kind not in ("state", "denoiser"):
             raise ConfigError(f"truncate_kind must be 'state' or 'denoiser', got "
                               f"{self.truncate_kind!r}")

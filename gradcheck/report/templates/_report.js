@@ -6,7 +6,7 @@
   var DATA = JSON.parse(document.getElementById("gc-data").textContent);
   document.documentElement.classList.add("js");
 
-  /* -- a pan/zoom viewer: wheel scrolls, ctrl+wheel zooms, drag pans ------------------------ */
+  /* -- a pan/zoom viewer: the wheel scrolls the page, ctrl+wheel zooms, drag pans ------------ */
   /* one viewer per box, made once: load() swaps the drawing (an op view per step), so no
      listener is ever added twice */
   function Viewer(box, svg) {
@@ -58,14 +58,10 @@
       return [vb.x + (e.clientX - r.left) * s, vb.y + (e.clientY - r.top) * s];
     }
     box.addEventListener("wheel", function (e) {
+      // the map convention: ctrl+wheel (a pinch) zooms; the plain wheel scrolls the page
+      if (!(e.ctrlKey || e.metaKey)) return;
       e.preventDefault();
-      if (e.ctrlKey || e.metaKey) {
-        var p = point(e); self.zoom(Math.exp(e.deltaY * 0.002), p[0], p[1]);
-      } else {
-        var s = vb.w / Math.max(1, box.clientWidth);
-        if (e.shiftKey) vb.x += e.deltaY * s; else { vb.y += e.deltaY * s; vb.x += e.deltaX * s; }
-        apply();
-      }
+      var p = point(e); self.zoom(Math.exp(e.deltaY * 0.002), p[0], p[1]);
     }, {passive: false});
     var drag = null;
     box.addEventListener("pointerdown", function (e) {

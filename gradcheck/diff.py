@@ -8,6 +8,7 @@ forward pass (further from the output); the CLI then exits 2, as ``run`` does fo
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,8 @@ class RunDiff:
     modes: list[ModeDiff] = field(default_factory=list)
     only_a: list[str] = field(default_factory=list)  # modes in A only
     only_b: list[str] = field(default_factory=list)
+    # "key: A vs B" for each setting that makes the runs' probes differ in meaning
+    config_differs: list[str] = field(default_factory=list)
 
     @property
     def worse(self) -> bool:
@@ -92,6 +95,10 @@ class RunDiff:
     def lines(self, limit: int = 12) -> list[str]:
         """The terminal summary."""
         out = [f"A: {self.title_a}", f"B: {self.title_b}"]
+        if self.config_differs:
+            out.append("warning: the runs differ in configuration ("
+                       + "; ".join(self.config_differs) + "): probes are matched by name and "
+                       "step, which may not be the same place in both")
         for m in self.modes:
             head = {(True, True): "PASS -> PASS", (True, False): "PASS -> FAIL (worse)",
                     (False, True): "FAIL -> PASS (better)",
@@ -100,7 +107,7 @@ class RunDiff:
             out.append(f"mode {m.mode}: {head}{z}")
             for c in m.checks:
                 out.append(f"  {c.name}: {c.a} -> {c.b}{'  (worse)' if c.worse else ''}"
-                           f"  {c.message_b[:140]}")
+                           f"  {textwrap.shorten(c.message_b, 140, placeholder=' ...')}")
             if m.break_change:
                 out.append(f"  break {m.break_change}: "
                            + (f"A {m.break_a}; " if m.break_a else "A none; ")
@@ -169,7 +176,7 @@ def compare_modes(name: str, a: FlowReport, b: FlowReport) -> ModeDiff:
         if ta == tb:
             continue
         md.checks.append(CheckChange(n, ta, tb, fb.message if fb else "not run in B",
-                                     worse=ta == "pass" and tb == "FAIL"))
+                                     worse=tb == "FAIL" and ta != "FAIL"))
     pa = {_key(p): p for p in a.probes}
     pb = {_key(p): p for p in b.probes}
     for k, p in pa.items():
@@ -208,4 +215,26 @@ def compare(a: RunRecord, b: RunRecord, title_a: str = "A", title_b: str = "B") 
         else:
             d.modes.append(compare_modes(name, ra, rb))
     d.only_b = [n for n in b.modes if n not in a.modes]
+    d.config_differs = config_differences(a.config or {}, b.config or {})
     return d
+
+
+#: settings under which the same probe name means another place in the sampler
+CONFIG_KEYS = ("sampler_spec", "denoiser", "dtype", "batch", "z0_shape", "sigmas")
+SAMPLER_KEYS = ("solver", "steps", "sigma_min", "sigma_max", "rho", "truncate")
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """'steps 4 vs 35', ... for each setting the two runs do not share."""
+    out = []
+    sa, sb = a.get("sampler") or {}, b.get("sampler") or {}
+    for k in SAMPLER_KEYS:
+        if k in sa and k in sb and sa[k] != sb[k]:
+            out.append(f"{k} {sa[k]} vs {sb[k]}")
+    for k in CONFIG_KEYS:
+        if k in a and k in b and a[k] != b[k] and not (k == "sigmas" and out):
+            va, vb = a[k], b[k]
+            if k == "sigmas":
+                va, vb = f"{len(va)} levels", f"{len(vb)} levels"
+            out.append(f"{k} {va} vs {vb}")
+    return out

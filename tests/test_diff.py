@@ -109,3 +109,42 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     assert main(["diff", str(runs["ok"]), str(runs["cut"]), "--out", str(blocker / "d")]) == 1
     err = capsys.readouterr().err
     assert "cannot write to output directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_of_another_configuration_are_flagged_and_only_changes_are_listed(tmp_path):
+    """Issue 30, item 12: a 4-step 2ab run against a 35-step 2mid run warns that the runs
+    differ; the page lists the changed probes only; info -> FAIL is worse; lines are cut at a
+    word, never mid-word."""
+    from gradcheck.diff import RunDiff, CheckChange, ModeDiff
+    from gradcheck.report.render import render_diff
+
+    golden = Path(__file__).parent / "golden"
+    a, b = load_record(golden / "run_2ab_4.json"), load_record(golden / "run_2mid_35.json")
+    d = compare(a, b)
+    assert any(x.startswith("solver 2ab vs 2mid") for x in d.config_differs), d.config_differs
+    assert any(x.startswith("steps 4 vs 35") for x in d.config_differs)
+    lines = d.lines()
+    assert lines[2].startswith("warning: the runs differ in configuration (solver 2ab vs 2mid")
+    same = compare(a, a)
+    assert same.config_differs == [] and not any("warning" in x for x in same.lines())
+    out = tmp_path / "d"
+    render_diff(d, out)
+    page = (out / "index.html").read_text()
+    assert "The runs differ in configuration" in page
+    m = d.modes[0]
+    rows = page.split('data-mode="' + m.mode + '"')[1].split("</section>")[0].count("<tr><td>")
+    assert rows == len(m.changed_probes())
+    worse = CheckChange("loss_moves", "info", "FAIL", "x " * 200, worse=True)
+    text = RunDiff("A", "B", modes=[ModeDiff("default", True, False, checks=[worse])]).lines()
+    line = next(x for x in text if "loss_moves" in x)
+    assert "(worse)" in line and line.endswith(" ...") and not line.endswith("x ...x")
+    import dataclasses
+
+    from gradcheck.diff import compare_modes
+
+    ra = a.modes["default"]
+    info = next(f for f in ra.checks if f.level == "info")
+    rb = dataclasses.replace(ra, checks=[dataclasses.replace(f, level="error", passed=False)
+                                         if f is info else f for f in ra.checks])
+    (flip,) = compare_modes("default", ra, rb).checks
+    assert (flip.a, flip.b, flip.worse) == ("info", "FAIL", True)

@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "may wait before a run whose rank died fails (default 120)")
 
     s = r.add_argument_group("sampler")
-    s.add_argument("--solver", default="2ab", help="2ab (default), 2mid, 1euler")
-    s.add_argument("--steps", type=int, default=4, help="sampling steps (default 4, as in the "
-                   "originating test; the original sampler uses 35)")
+    s.add_argument("--solver", default="2ab", help="2ab (default), 2mid (two denoiser calls a "
+                   "step: --steps counts calls, so 35 gives 17 steps, as the original), 1euler")
+    s.add_argument("--steps", type=int, default=4, help="denoiser calls (default 4, as the "
+                   "seed's test; the original: 35), also solver steps but for 2mid")
     s.add_argument("--sigma-min", type=_float, default=0.002)
     s.add_argument("--sigma-max", type=_float, default=80.0)
     s.add_argument("--rho", type=_float, default=7.0)
@@ -167,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--raw-graph-cap", type=int, default=600, help="draw the op-level autograd "
                    "graph only up to this many nodes (default 600; bigger ones take minutes)")
     c.add_argument("--no-html", action="store_true", help="write report.json only")
-    c.add_argument("--no-progress", action="store_true", help="no stages on stderr (a bar "
-                   "on a terminal, a line per stage when piped)")
+    c.add_argument("--no-progress", action="store_true", help="no stages on stderr")
     c.add_argument("--save-grad", default=None, metavar="PATH", help="also write dL/dz0 of every "
                    "mode to PATH (torch.save of {mode: tensor or None}): to compare with your own "
                    "run, or to start an optimisation from")

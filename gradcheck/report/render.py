@@ -129,6 +129,10 @@ def config_rows(cfg: dict[str, Any]) -> list[tuple[str, str]]:
             sampler.pop("s_churn", None)
         for m, v in by_mode.items():
             sampler[f"s_churn ({m})"] = v
+    if sampler.get("solver") == "2mid" and sampler.get("steps"):
+        # steps counts denoiser calls; 2mid makes two a solver step
+        sampler["steps"] = f"{sampler['steps']} denoiser calls = {max(1, sampler['steps'] // 2)} " \
+            f"solver steps (2mid: two calls a step, the second '@mid')"
     if sampler:
         cfg["sampler"] = sampler
     if (cfg.get("nproc") or 1) <= 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator, TextIO
 
@@ -41,13 +42,19 @@ STAGES = {"baseline": "the loss's baseline (1 forward)", "record": "the recorded
 
 class Display:
     """``gradcheck run``'s display of the events: a tqdm bar of denoiser calls whose label
-    names the mode and stage on a terminal; one plain line per mode and stage otherwise."""
+    names the mode and stage on a terminal; when piped, one plain line per mode and stage, but
+    only once the run has taken ``delay_s`` (the lines so far come first): a quick run, or an
+    error found at once, stays the one line it is."""
 
-    def __init__(self, stream: TextIO | None = None, tty: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None,
+                 delay_s: float = 5.0) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.mode: str | None = None
         self.bar: Any = None
+        self.delay_s = delay_s
+        self.t0 = time.monotonic()
+        self.held: list[str] | None = []  # plain lines not shown yet (None: showing)
 
     def __call__(self, kind: str, detail: Any) -> None:
         if kind == "mode":
@@ -62,7 +69,13 @@ class Display:
 
     def _say(self, text: str) -> None:
         if not self.tty:
-            print(f"[gradcheck] {text}", file=self.stream, flush=True)
+            line = f"[gradcheck] {text}"
+            if self.held is not None and time.monotonic() - self.t0 < self.delay_s:
+                self.held.append(line)
+                return
+            for x in (self.held or []) + [line]:
+                print(x, file=self.stream, flush=True)
+            self.held = None
             return
         if self.bar is None:
             from tqdm import tqdm

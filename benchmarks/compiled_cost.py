@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gradcheck  # noqa: E402
+from tests.idioms._loop import euler_loop  # noqa: E402 - the idiom matrix's Euler loop
 
 SIGMAS = [10.0, 5.0, 2.0, 1.0, 0.5, 0.0]
 
@@ -29,14 +30,7 @@ def sampler(backend: str | None, dtype: torch.dtype):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(),
                               torch.nn.Linear(64, 8)).to(dtype)
-    den = gradcheck.instrument(lambda x, s: net(x) + x / (1.0 + float(s)))
-
-    def sample(z0: torch.Tensor) -> torch.Tensor:
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            d = den(x, SIGMAS[i])
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - d) / SIGMAS[i]
-        return x
+    sample = euler_loop(lambda x, s: net(x) + x / (1.0 + float(s)), sigmas=SIGMAS)
     return torch.compile(sample, backend=backend) if backend else sample
 
 

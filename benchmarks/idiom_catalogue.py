@@ -111,15 +111,9 @@ class Denoiser(torch.nn.Module):
 
 
 def _loop(den: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    d = gradcheck.instrument(den)
+    from tests.idioms._loop import euler_loop  # the idiom matrix's plain Euler loop
 
-    def sample(z0: torch.Tensor) -> torch.Tensor:
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            out = d(x, SIGMAS[i])
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - out) / SIGMAS[i]
-        return x
-    return sample
+    return euler_loop(den, sigmas=SIGMAS)
 
 
 def _kdiffusion(den: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

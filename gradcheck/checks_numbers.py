@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .records import Finding, FlowReport, NumericResult
+from .records import Finding, FlowReport, NumericResult, ProbeStats
 from .text import fmt, located
 
 
@@ -47,17 +47,28 @@ def numeric_directional(r: FlowReport) -> Finding:
                    + (f"; located: {located(r)}" if located(r) else ""))
 
 
+def first_bad_call(r: FlowReport) -> tuple[dict, ProbeStats | None] | None:
+    """The shadow's per-call check: the first denoiser call whose VJP disagrees with finite
+    differences of that call alone, and its output probe (None if all agree or none ran)."""
+    calls = r.numeric_shadow.calls if r.numeric_shadow is not None else []
+    bad = next((c for c in calls if not c["agrees"]), None)
+    if bad is None:
+        return None
+    outs = sorted((p for p in r.probes if p.kind == "denoiser_out"), key=lambda p: p.order)
+    return bad, (outs[bad["call"]] if bad["call"] < len(outs) else None)
+
+
 def per_call(r: FlowReport) -> str:
     """'; each denoiser call alone, in float64: ...' (the shadow's per-call check), or ''."""
     calls = r.numeric_shadow.calls if r.numeric_shadow is not None else []
     if not calls:
         return ""
-    bad = next((c for c in calls if not c["agrees"]), None)
-    if bad is None:
+    found = first_bad_call(r)
+    if found is None:
         return (f"; each of the {len(calls)} denoiser calls alone, in float64, has the right "
                 f"VJP: the wrong gradient is outside the denoiser")
-    outs = sorted((p for p in r.probes if p.kind == "denoiser_out"), key=lambda p: p.order)
-    step = outs[bad["call"]].step if bad["call"] < len(outs) else None
+    bad, out = found
+    step = out.step if out is not None else None
     return (f"; each denoiser call alone, in float64: calls 0..{bad['call'] - 1} agree, call "
             f"{bad['call']}" + (f" (step {step})" if step is not None else "")
             + f" has a VJP {bad['rel_error']:.2e} off finite differences of that call alone "

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..checks_numbers import first_bad_call
 from ..probes import Trace, probe, trace
 from ..records import PATH_KINDS, BreakEvent, FlowReport, LocatorResult
 from ..sampling.noise import path_cotangent
@@ -174,14 +175,12 @@ def _top_of_next_iteration(ev: BreakEvent, a: Any, b: Any, frames: tuple) -> boo
 def shadow_call_event(report: FlowReport) -> BreakEvent | None:
     """The first denoiser call whose float64 VJP disagrees with finite differences of that call
     alone (the shadow's per-call check), as a break event at its step."""
-    sh = report.numeric_shadow
-    bad = next((c for c in (sh.calls if sh is not None else []) if not c["agrees"]), None)
-    if bad is None:
+    found = first_bad_call(report)
+    if found is None:
         return None
+    bad, out = found
     k = bad["call"]
-    outs = sorted((p for p in report.probes if p.kind == "denoiser_out"), key=lambda p: p.order)
     ins = sorted((p for p in report.probes if p.kind == "denoiser_in"), key=lambda p: p.order)
-    out = outs[k] if k < len(outs) else None
     return BreakEvent(
         kind="bias", cause="wrong_vjp", op=f"denoiser call {k}",
         step=out.step if out is not None else None,

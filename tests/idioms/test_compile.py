@@ -10,7 +10,7 @@ import torch
 
 import gradcheck
 
-from ._loop import SIGMAS, small_net
+from ._loop import SIGMAS, euler_loop, small_net
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"),
                                 reason="torch.compiler.set_stance is torch 2.6+")
@@ -44,14 +44,7 @@ class Den(torch.nn.Module):
 def _sampler(cut: str | None, where: str, backend: str):
     den = Den(cut)
     inner = torch.compile(den, backend=backend) if where == "denoiser" else den
-    d = gradcheck.instrument(inner)
-
-    def sample(z0: torch.Tensor) -> torch.Tensor:
-        x = z0 * SIGMAS[0]
-        for i in range(len(SIGMAS) - 1):
-            out = d(x, SIGMAS[i])
-            x = x + (SIGMAS[i + 1] - SIGMAS[i]) * (x - out) / SIGMAS[i]
-        return x
+    sample = euler_loop(inner)
     return torch.compile(sample, backend=backend) if where == "sampler" else sample
 
 
